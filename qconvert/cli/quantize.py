@@ -1,0 +1,76 @@
+"""`qconvert quantize`: option checks, one library call, a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..pipeline import QuantizeResult, quantize
+from ..plan.tensor_plan import Plan
+from ._units import human_bytes
+
+out_console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def plan_table(plan: Plan) -> Table:
+    t = Table(title="plan", show_lines=False)
+    for col in ("tensor", "shape", "type", "bytes", "rule"):
+        t.add_column(col, justify="right" if col == "bytes" else "left")
+    for tp in plan.tensors:
+        rule = tp.reason + (f" [fallback: {tp.fallback}]" if tp.fallback else "")
+        t.add_row(tp.name, "x".join(map(str, tp.shape)), tp.qtype.name, human_bytes(tp.nbytes), rule)
+    return t
+
+
+def totals_lines(plan: Plan) -> list[str]:
+    lines = []
+    for name, (n, params, nbytes) in sorted(plan.by_type().items()):
+        lines.append(f"  {name:<6} {n:>4} tensors  {params:>14,} params  {human_bytes(nbytes):>10}")
+    fb = plan.fallbacks
+    lines.append(
+        f"  total  {len(plan.tensors):>4} tensors  {plan.n_params:>14,} params  {human_bytes(plan.nbytes):>10}"
+        f"  {plan.bits_per_weight:.3f} bits/weight"
+    )
+    lines.append(f"  fallbacks: {len(fb)} tensors, {sum(t.n_params for t in fb):,} params"
+                 + ("".join(f"\n    {t.name}: {t.fallback}" for t in fb)))
+    return lines
+
+
+def summary(res: QuantizeResult) -> None:
+    plan = res.plan
+    for line in totals_lines(plan):
+        err_console.print(line, markup=False)
+    err_console.print(
+        f"wrote {res.output} ({human_bytes(res.file_size)}, {len(plan.tensors)} tensors, "
+        f"{res.file_size * 8 / max(1, plan.n_params):.3f} bits/weight incl. metadata) in {res.seconds:.1f}s",
+        markup=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("quantize")
+    def quantize_cmd(
+        model_dir: Annotated[Path, typer.Argument(help="Hugging Face model directory (config.json + safetensors).")],
+        output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .gguf path (default: ./<model>-<TYPE>.gguf).")] = None,
+        type_: Annotated[Optional[str], typer.Option("--type", "-t", help="Tensor type: F32, F16, BF16, Q8_0, Q4_0...")] = None,
+        bits: Annotated[Optional[int], typer.Option("--bits", "-b", help="Shorthand for a type: 8 -> Q8_0, 16 -> F16.")] = None,
+        force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output file.")] = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the per-tensor plan and exit without writing.")] = False,
+        no_fallback: Annotated[bool, typer.Option("--no-fallback", help="Fail instead of falling back when a row width does not fit a type.")] = False,
+        vocab_pre: Annotated[Optional[str], typer.Option("--vocab-pre", help="llama.cpp pre-tokenizer name, when it cannot be derived.")] = None,
+        progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal).")] = None,
+    ) -> None:
+        """Convert a Hugging Face checkpoint to a (quantized) GGUF file."""
+        res = quantize(model_dir, output, type=type_, bits=bits, force=force, dry_run=dry_run,
+                       vocab_pre=vocab_pre, no_fallback=no_fallback, progress=progress)
+        if dry_run:
+            out_console.print(plan_table(res.plan))
+            for line in totals_lines(res.plan):
+                out_console.print(line, markup=False)
+            return
+        summary(res)

@@ -1,0 +1,82 @@
+"""Block encoders and decoders, one module per ggml type.
+
+The contract (checked here, at the boundary, and nowhere else):
+  encode(x: float32 (n_blocks, block_size)) -> uint8 (n_blocks, type_size)
+  decode(q: uint8 (n_blocks, type_size))    -> float32 (n_blocks, block_size)
+Every numba kernel has a plain NumPy twin under `reference/`; tests compare the two
+bit for bit and both with llama.cpp's own quantizer.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..qtypes import qtype
+from ..registry import Registry
+
+Encoder = Callable[..., np.ndarray]
+Decoder = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str
+    encode: Encoder  # numba, parallel over blocks
+    decode: Decoder
+    encode_ref: Encoder  # NumPy twin
+    decode_ref: Decoder
+
+
+KERNELS: Registry[Kernel] = Registry("quantization kernel")
+
+# module name under qconvert.kernels for each type; imported lazily so that numba
+# compiles only what a run uses.
+_MODULES = {
+    "Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0", "Q5_1": "q5_1",
+    "Q2_K": "q2_k", "Q3_K": "q3_k", "Q4_K": "q4_k", "Q5_K": "q5_k", "Q6_K": "q6_k",
+}
+
+
+def kernel(name: str) -> Kernel:
+    if name not in KERNELS:
+        mod = _MODULES.get(name.upper())
+        if mod is not None:
+            importlib.import_module(f"{__name__}.{mod}")
+    return KERNELS.get(name)
+
+
+def _check_in(name: str, x: np.ndarray, width: int, dtype) -> np.ndarray:
+    if x.ndim != 2 or x.shape[1] != width:
+        raise ShapeError(f"{name}: expected (n_blocks, {width}) array, got shape {x.shape}")
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def encode(name: str, x: np.ndarray, *, reference: bool = False,
+           importance: Optional[np.ndarray] = None) -> np.ndarray:
+    """Quantize a float array whose rows are whole blocks.
+
+    `x` may be any shape whose size is a multiple of the block size; it is viewed as
+    (n_blocks, block_size). `importance`, when given, has one weight per value of x
+    (per-column statistics already broadcast) and is used by types that support it.
+    """
+    qt = qtype(name)
+    k = kernel(name)
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, qt.block_size)
+    fn = k.encode_ref if reference else k.encode
+    if importance is not None:
+        imp = np.ascontiguousarray(importance, dtype=np.float32).reshape(-1, qt.block_size)
+        return fn(flat, imp)
+    return fn(_check_in(name, flat, qt.block_size, np.float32))
+
+
+def decode(name: str, q: np.ndarray, *, reference: bool = False) -> np.ndarray:
+    qt = qtype(name)
+    k = kernel(name)
+    flat = np.ascontiguousarray(q, dtype=np.uint8).reshape(-1, qt.type_size)
+    fn = k.decode_ref if reference else k.decode
+    return fn(_check_in(name, flat, qt.type_size, np.uint8))

@@ -1,0 +1,1 @@
+"""Planning: which type each tensor gets, why, and what it costs."""

@@ -1,0 +1,46 @@
+"""GGUF output: metadata and tensor infos from the plan first, then tensor data one
+tensor at a time, so memory holds one tensor and its encoding, never the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable
+
+import gguf
+import numpy as np
+
+from .. import kernels
+from ..kernels.floats import encode_float
+from ..plan.tensor_plan import Plan, TensorPlan
+
+
+def encode(tp: TensorPlan, x: np.ndarray, importance: np.ndarray | None = None) -> np.ndarray:
+    """float32 tensor -> the bytes (or float array) GGUF stores for it."""
+    if not tp.qtype.quantized:
+        return encode_float(tp.qtype.name, x)
+    return kernels.encode(tp.qtype.name, x, importance=importance).reshape(-1)
+
+
+class GGUFSink:
+    def __init__(self, path: Path, arch_name: str) -> None:
+        self.path = path
+        self.writer = gguf.GGUFWriter(str(path), arch_name)
+
+    def add_plan(self, plan: Plan) -> None:
+        for tp in plan.tensors:
+            self.writer.add_tensor_info(
+                tp.name, tp.shape, np.dtype(np.float32), tp.nbytes, raw_dtype=tp.qtype.ggml
+            )
+
+    def begin(self) -> None:
+        self.writer.write_header_to_file(path=str(self.path))
+        self.writer.write_kv_data_to_file()
+        self.writer.write_ti_data_to_file()
+
+    def write(self, tp: TensorPlan, data: np.ndarray) -> None:
+        if data.nbytes != tp.nbytes:
+            raise AssertionError(f"{tp.name}: encoded {data.nbytes} bytes, planned {tp.nbytes}")
+        self.writer.write_tensor_data(data)
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,1 @@
+"""Readers of input checkpoints: config, safetensors shards, tokenizer."""

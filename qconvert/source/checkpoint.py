@@ -1,0 +1,110 @@
+"""A Hugging Face model directory: config.json plus safetensors weights (one file or
+shards listed in model.safetensors.index.json), as lazy tensor handles.
+
+Everything that can be checked without reading weights is checked here, before any long
+loop: the config parses, every shard exists, every tensor the index lists is in its
+shard, every weight has a float dtype."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import FormatError, InputError, UnsupportedError
+from .safetensors_file import FLOAT_DTYPES, SafetensorsFile, TensorHandle
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read {what} ({e.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FormatError(f"{path}: {what} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(data, dict):
+        raise FormatError(f"{path}: {what} should hold a JSON object")
+    return data
+
+
+def read_config(model_dir: Path) -> dict:
+    path = model_dir / "config.json"
+    if not path.exists():
+        raise InputError(
+            f"{path} not found: {model_dir} is not a Hugging Face model directory "
+            "(expected config.json beside the safetensors weights)"
+        )
+    return read_json(path, "config.json")
+
+
+def _shard_files(model_dir: Path) -> tuple[list[Path], dict[str, str] | None]:
+    index = model_dir / INDEX
+    if index.exists():
+        data = read_json(index, "safetensors index")
+        weight_map = data.get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise FormatError(f"{index}: has no 'weight_map' of tensor names to shard files")
+        shards: list[Path] = []
+        for shard in dict.fromkeys(weight_map.values()):
+            p = model_dir / shard
+            if not p.exists():
+                raise InputError(f"{p}: shard listed in {INDEX} is missing (incomplete download?)")
+            shards.append(p)
+        return shards, weight_map
+    if (model_dir / SINGLE).exists():
+        return [model_dir / SINGLE], None
+    found = sorted(model_dir.glob("*.safetensors"))
+    if found:
+        return found, None
+    if any(model_dir.glob("*.bin")) or any(model_dir.glob("*.pt")):
+        raise UnsupportedError(
+            f"{model_dir}: only PyTorch .bin/.pt weights found; qconvert reads safetensors "
+            "(re-save the model with save_pretrained(..., safe_serialization=True))"
+        )
+    raise InputError(f"{model_dir}: no safetensors weights found (model.safetensors or {INDEX})")
+
+
+class Checkpoint:
+    """config + lazily readable tensors of one HF model directory."""
+
+    def __init__(self, model_dir: Path | str) -> None:
+        self.dir = Path(model_dir)
+        if not self.dir.exists():
+            raise InputError(f"{self.dir}: no such directory")
+        if not self.dir.is_dir():
+            raise InputError(f"{self.dir}: expected a model directory, got a file")
+        self.config = read_config(self.dir)
+        shard_paths, weight_map = _shard_files(self.dir)
+        self.files = [SafetensorsFile(p) for p in shard_paths]
+        self.handles: dict[str, TensorHandle] = {}
+        for f in self.files:
+            for name in f.names():
+                self.handles[name] = f.handle(name)
+        if weight_map is not None:
+            for name, shard in weight_map.items():
+                if name not in self.handles:
+                    raise FormatError(
+                        f"{self.dir / shard}: tensor {name!r} is listed in {INDEX} but absent from the shard"
+                    )
+        for h in self.handles.values():
+            if h.dtype not in FLOAT_DTYPES:
+                raise UnsupportedError(
+                    f"{h.source}: tensor {h.name!r} has dtype {h.dtype}; qconvert converts F32/F16/BF16 "
+                    "checkpoints (is this model already quantized?)"
+                )
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.handles
+
+    def __getitem__(self, name: str) -> TensorHandle:
+        return self.handles[name]
