@@ -66,6 +66,8 @@ def encode(name: str, x: np.ndarray, *, reference: bool = False,
     """
     qt = qtype(name)
     k = kernel(name)
+    if x.size % qt.block_size:
+        raise ShapeError(f"{name}: {x.size} values is not a whole number of {qt.block_size}-value blocks")
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, qt.block_size)
     fn = k.encode_ref if reference else k.encode
     if importance is not None:
@@ -77,6 +79,8 @@ def encode(name: str, x: np.ndarray, *, reference: bool = False,
 def decode(name: str, q: np.ndarray, *, reference: bool = False) -> np.ndarray:
     qt = qtype(name)
     k = kernel(name)
+    if q.size % qt.type_size:
+        raise ShapeError(f"{name}: {q.size} bytes is not a whole number of {qt.type_size}-byte blocks")
     flat = np.ascontiguousarray(q, dtype=np.uint8).reshape(-1, qt.type_size)
     fn = k.decode_ref if reference else k.decode
     return fn(_check_in(name, flat, qt.type_size, np.uint8))

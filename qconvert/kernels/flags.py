@@ -3,7 +3,7 @@ round exactly as llama.cpp's C does, and reassociated float sums would change by
 
 import numba
 
-JIT = dict(nopython=True, cache=True, fastmath=False, nogil=True)
+JIT = dict(cache=True, fastmath=False, nogil=True)
 PARALLEL = dict(JIT, parallel=True)
 
 njit = numba.njit
