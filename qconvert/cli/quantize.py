@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..pipeline import QuantizeResult, quantize
 from ..plan.tensor_plan import Plan
-from ._units import human_bytes
+from ._render import human_bytes
 
 out_console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)

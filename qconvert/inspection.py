@@ -1,0 +1,258 @@
+"""What is inside a model file, read from its headers alone.
+
+`inspect(path)` takes a .gguf file, a .safetensors file, a sharded set's
+`model.safetensors.index.json`, or a directory holding one of those, and returns a
+`Report`: format, metadata, one row per tensor, totals per tensor type, parameter count,
+file size and average bits per weight. No tensor data is read: GGUF headers go through
+`gguf_header.read_gguf_header` (bounds-checked, and far faster than gguf-py's GGUFReader on
+a large vocabulary; it reports the same keys, including GGUFReader's GGUF.* header
+entries), safetensors through `read_header`. Every broken file is one FormatError naming it.
+
+Shapes are reported in each format's own order: GGUF lists ne0..ne3 (ne0 is the row, the
+contiguous dimension), the reverse of the PyTorch/numpy order safetensors uses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gguf import GGUFValueType
+
+from .errors import FormatError, InputError
+from .gguf_header import read_gguf_header
+from .source.safetensors_file import DTYPES, read_header
+
+GGUF_SHAPE_ORDER = "ne0..ne3 (GGUF order: ne0 is the contiguous row; reverse of PyTorch/numpy order)"
+ST_SHAPE_ORDER = "row-major (PyTorch/numpy order: last dimension is contiguous)"
+DEFAULT_ARRAY_ITEMS = 8
+
+
+@dataclass
+class MetaValue:
+    """One metadata entry. Arrays longer than the item limit keep their first items only
+    (`truncated` says so; `length` is always the full length)."""
+
+    type: str
+    value: Any
+    item_type: str | None = None
+    length: int | None = None
+    truncated: bool = False
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"type": self.type, "value": self.value}
+        if self.type == "ARRAY":
+            d.update(item_type=self.item_type, length=self.length, truncated=self.truncated)
+        return d
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    type: str  # ggml type name (GGUF) or safetensors dtype
+    shape: list[int]  # in the format's own order, see Report.shape_order
+    n_elements: int
+    n_bytes: int
+    offset: int  # absolute byte offset of the tensor's data in its file
+    file: str | None = None  # shard file name, for sharded safetensors
+
+
+@dataclass
+class TypeTotal:
+    type: str
+    count: int
+    params: int
+    bytes: int
+
+
+@dataclass
+class Report:
+    path: str
+    format: str  # "gguf" | "safetensors"
+    files: list[dict]  # [{"path": str, "size": int}]
+    shape_order: str
+    metadata: dict[str, MetaValue] = field(default_factory=dict)
+    tensors: list[TensorInfo] = field(default_factory=list)
+    header: dict = field(default_factory=dict)  # format facts: GGUF version, alignment...
+
+    @property
+    def file_size(self) -> int:
+        return sum(f["size"] for f in self.files)
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.n_elements for t in self.tensors)
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(t.n_bytes for t in self.tensors)
+
+    @property
+    def bits_per_weight(self) -> float | None:
+        return self.tensor_bytes * 8 / self.n_params if self.n_params else None
+
+    def totals(self) -> list[TypeTotal]:
+        """Per tensor type, largest share of bytes first."""
+        acc: dict[str, TypeTotal] = {}
+        for t in self.tensors:
+            tt = acc.setdefault(t.type, TypeTotal(t.type, 0, 0, 0))
+            tt.count += 1
+            tt.params += t.n_elements
+            tt.bytes += t.n_bytes
+        return sorted(acc.values(), key=lambda x: (-x.bytes, x.type))
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "format": self.format,
+            "files": self.files,
+            "file_size": self.file_size,
+            "header": self.header,
+            "n_params": self.n_params,
+            "tensor_bytes": self.tensor_bytes,
+            "bits_per_weight": self.bits_per_weight,
+            "shape_order": self.shape_order,
+            "metadata": {k: v.to_dict() for k, v in self.metadata.items()},
+            "totals": [asdict(t) for t in self.totals()],
+            "tensors": [asdict(t) for t in self.tensors],
+        }
+
+
+def inspect(path: str | Path, max_array_items: int | None = DEFAULT_ARRAY_ITEMS) -> Report:
+    """Report on a model file, sharded set or directory (see module doc). Arrays in the
+    metadata keep their first `max_array_items` items (None keeps all)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file or directory")
+    if p.is_dir():
+        p = _pick_in_dir(p)
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise InputError(f"{p}: cannot read ({e.strerror})") from None
+    if magic == b"GGUF":
+        return _inspect_gguf(p, max_array_items)
+    if p.suffix == ".gguf":
+        raise FormatError(f"{p}: not a GGUF file (magic bytes {magic!r}, expected b'GGUF')")
+    if p.suffix == ".json":
+        return _inspect_index(p)
+    return _inspect_safetensors(p)
+
+
+def _pick_in_dir(d: Path) -> Path:
+    for name in ("model.safetensors.index.json", "model.safetensors"):
+        if (d / name).is_file():
+            return d / name
+    for pattern in ("*.gguf", "*.safetensors.index.json", "*.safetensors"):
+        found = sorted(d.glob(pattern))
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            names = ", ".join(f.name for f in found[:5])
+            raise InputError(f"{d}: holds several {pattern} files ({names}); name the one to inspect")
+    raise InputError(f"{d}: no .gguf, model.safetensors or model.safetensors.index.json here")
+
+
+# --- GGUF -------------------------------------------------------------------------------
+
+def _inspect_gguf(path: Path, max_items: int | None) -> Report:
+    h = read_gguf_header(path, max_items)
+    rep = Report(str(path), "gguf", [{"path": str(path), "size": h.file_size}], GGUF_SHAPE_ORDER)
+    rep.header = {"version": h.version, "alignment": h.alignment, "data_offset": h.data_offset,
+                  "big_endian": h.big_endian}
+    # the header's own counts, under the names gguf-py's GGUFReader gives them
+    rep.metadata = {"GGUF.version": MetaValue("UINT32", h.version),
+                    "GGUF.tensor_count": MetaValue("UINT64", h.n_tensors),
+                    "GGUF.kv_count": MetaValue("UINT64", h.n_kv)}
+    for kv in h.kv:
+        if kv.type == GGUFValueType.ARRAY:
+            rep.metadata[kv.key] = MetaValue("ARRAY", kv.value, kv.item_type.name if kv.item_type else None,
+                                             kv.length, kv.truncated)
+        else:
+            rep.metadata[kv.key] = MetaValue(kv.type.name, kv.value)
+    rep.tensors = [TensorInfo(t.name, t.type.name, list(t.ne), t.n_elements, t.n_bytes, t.offset) for t in h.tensors]
+    return rep
+
+
+# --- safetensors --------------------------------------------------------------------------
+
+def _json_type(v: Any) -> str:
+    return {str: "str", bool: "bool", int: "int", float: "float", list: "list", dict: "object"}.get(
+        type(v), "null")
+
+
+def _st_tensors(path: Path, label: str | None) -> tuple[list[TensorInfo], dict, int]:
+    """Tensor rows, __metadata__ and file size of one safetensors file; checks every entry."""
+    header, data_start = read_header(path)
+    meta = header.pop("__metadata__", None) or {}
+    size = path.stat().st_size
+    rows = []
+    for name, e in header.items():
+        try:
+            dtype, shape = e["dtype"], [int(d) for d in e["shape"]]
+            begin, end = (int(x) for x in e["data_offsets"])
+            if not isinstance(dtype, str) or min(shape, default=0) < 0:
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            raise FormatError(f"{path}: entry for tensor {name!r} is malformed") from None
+        n = math.prod(shape)
+        if begin > end or data_start + end > size:
+            raise FormatError(f"{path}: tensor {name!r} lies past the end of the file (truncated download?)")
+        if dtype in DTYPES and end - begin != n * DTYPES[dtype].itemsize:
+            raise FormatError(f"{path}: tensor {name!r} has {end - begin} bytes, but {dtype} {shape} needs "
+                              f"{n * DTYPES[dtype].itemsize}")
+        rows.append(TensorInfo(name, dtype, shape, n, end - begin, data_start + begin, label))
+    if not isinstance(meta, dict):
+        raise FormatError(f"{path}: __metadata__ is not a JSON object")
+    return rows, meta, size
+
+
+def _inspect_safetensors(path: Path) -> Report:
+    rows, meta, size = _st_tensors(path, None)
+    rep = Report(str(path), "safetensors", [{"path": str(path), "size": size}], ST_SHAPE_ORDER)
+    rep.metadata = {k: MetaValue(_json_type(v), v) for k, v in meta.items()}
+    rep.tensors = rows
+    return rep
+
+
+def _inspect_index(path: Path) -> Report:
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+        weight_map = index["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise FormatError(f"{path}: not a safetensors index (expected JSON with a \"weight_map\" object)") from None
+    rep = Report(str(path), "safetensors", [], ST_SHAPE_ORDER)
+    for k, v in (index.get("metadata") or {}).items():
+        rep.metadata[f"index.metadata.{k}"] = MetaValue(_json_type(v), v)
+    shard_meta: dict[str, dict] = {}
+    for shard in sorted(set(weight_map.values())):
+        sp = path.parent / shard
+        if not sp.is_file():
+            raise InputError(f"{path}: lists shard {shard!r}, which is missing from {path.parent}")
+        rows, meta, size = _st_tensors(sp, shard)
+        rep.files.append({"path": str(sp), "size": size})
+        rep.tensors.extend(rows)
+        shard_meta[shard] = meta
+        present = {r.name for r in rows}
+        for name in (n for n, s in weight_map.items() if s == shard and n not in present):
+            raise FormatError(f"{path}: says tensor {name!r} is in {shard}, but {shard} does not hold it")
+    # shard __metadata__ shown once when every shard agrees, per shard where they differ
+    keys = dict.fromkeys(k for m in shard_meta.values() for k in m)
+    for k in keys:
+        vals = [m.get(k) for m in shard_meta.values()]
+        if all(v == vals[0] for v in vals):
+            rep.metadata[k] = MetaValue(_json_type(vals[0]), vals[0])
+        else:
+            for shard, m in shard_meta.items():
+                if k in m:
+                    rep.metadata[f"{shard}:{k}"] = MetaValue(_json_type(m[k]), m[k])
+    return rep
+
+
+__all__ = ["inspect", "Report", "TensorInfo", "MetaValue", "TypeTotal"]
