@@ -5,21 +5,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import gguf
 
-from .arch import adapter_for
 from .errors import InputError
+from .plan.presets import BITS_TO_PRESET, PRESETS, parse_override, preset_plan
 from .plan.rules import make_plan, single_type_rules
 from .plan.tensor_plan import Plan
 from .progress import reporter
 from .qtypes import QTYPES
 from .sink.atomic import atomic_path, check_output
 from .sink.gguf import GGUFSink, encode
-from .source.checkpoint import Checkpoint
+from .source.model_source import Source, open_source
 
-BITS_TO_TYPE = {32: "F32", 16: "F16", 8: "Q8_0", 4: "Q4_0"}
+DEFAULT_TYPE = "Q4_K_M"
 
 
 @dataclass
@@ -33,30 +33,54 @@ class QuantizeResult:
 
 
 def resolve_type(type_name: Optional[str], bits: Optional[int]) -> str:
-    if type_name and bits:
+    """--type (a llama-quantize preset such as Q4_K_M, or a plain tensor type such as
+    Q4_K) or --bits (2..8, 16, 32) -> one name."""
+    if type_name and bits is not None:
         raise InputError("give --type or --bits, not both")
     if bits is not None:
-        if bits not in BITS_TO_TYPE:
-            raise InputError(f"--bits {bits}: choose one of {', '.join(map(str, sorted(BITS_TO_TYPE)))}")
-        return BITS_TO_TYPE[bits]
-    name = (type_name or "Q8_0").upper()
-    if name not in QTYPES:
-        raise InputError(f"--type {type_name}: unknown type; choose one of {', '.join(QTYPES.names())}")
+        if bits not in BITS_TO_PRESET:
+            raise InputError(f"--bits {bits}: choose one of {', '.join(map(str, sorted(BITS_TO_PRESET)))}")
+        return BITS_TO_PRESET[bits]
+    if not type_name:
+        return DEFAULT_TYPE
+    name = type_name.upper()
+    if name not in PRESETS and name not in QTYPES:
+        raise InputError(f"--type {type_name}: unknown type; presets: {', '.join(PRESETS.names())}; "
+                         f"plain types: {', '.join(n for n in QTYPES.names() if n not in PRESETS)}")
     return name
 
 
-def default_output(model_dir: Path, type_name: str) -> Path:
-    return Path.cwd() / f"{model_dir.resolve().name}-{type_name}.gguf"
+def default_output(src: Source, type_name: str) -> Path:
+    return Path.cwd() / f"{src.name}-{type_name}.gguf"
 
 
-def _file_type(type_name: str) -> gguf.LlamaFileType:
+def file_type(type_name: str) -> gguf.LlamaFileType:
     if type_name == "F32":
         return gguf.LlamaFileType.ALL_F32
-    return gguf.LlamaFileType[f"MOSTLY_{type_name}"]
+    try:
+        return gguf.LlamaFileType[f"MOSTLY_{type_name}"]
+    except KeyError:  # a plain K type written everywhere: name the file as its _M mix
+        return gguf.LlamaFileType[f"MOSTLY_{type_name}_M"]
+
+
+def make_quant_plan(src: Source, type_name: str, *, tensor_types: Sequence[str] = (),
+                    output_tensor_type: Optional[str] = None, token_embedding_type: Optional[str] = None,
+                    pure: bool = False, no_fallback: bool = False) -> Plan:
+    items = [(s.name, s.shape, s.src_dtype) for s in src.tensors]
+    if type_name in PRESETS:
+        return preset_plan(items, type_name, n_layers=src.n_layers, n_head=src.n_head, n_head_kv=src.n_head_kv,
+                           n_expert=src.n_expert, arch_name=src.arch_name,
+                           overrides=[parse_override(t) for t in tensor_types],
+                           output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type,
+                           pure=pure, no_fallback=no_fallback)
+    if tensor_types or output_tensor_type or token_embedding_type:
+        raise InputError(f"--type {type_name} is a plain tensor type; per-tensor overrides need a preset "
+                         f"(e.g. {type_name}_M or {type_name}_S where it exists)")
+    return make_plan(items, single_type_rules(type_name), ftype=type_name, no_fallback=no_fallback)
 
 
 def quantize(
-    model_dir: str | Path,
+    model: str | Path,
     output: str | Path | None = None,
     *,
     type: Optional[str] = None,
@@ -65,43 +89,45 @@ def quantize(
     dry_run: bool = False,
     vocab_pre: Optional[str] = None,
     no_fallback: bool = False,
+    tensor_types: Sequence[str] = (),
+    output_tensor_type: Optional[str] = None,
+    token_embedding_type: Optional[str] = None,
+    pure: bool = False,
+    allow_requantize: bool = False,
     progress: Optional[bool] = False,
 ) -> QuantizeResult:
-    """Convert a Hugging Face model directory into a GGUF file.
+    """Convert a Hugging Face model directory (or an F32/F16/BF16 GGUF) into a GGUF file.
 
-    type: F32, F16, BF16, Q8_0, Q4_0...; bits: shorthand (8 -> Q8_0). Returns the plan
-    and, unless dry_run, the written path, its size and the time taken."""
+    type: a llama-quantize preset (Q4_K_M, Q8_0, Q3_K_S, F16...) or a plain tensor type
+    (Q4_K...) written everywhere; bits: shorthand (4 -> Q4_K_M, 8 -> Q8_0). Returns the
+    plan and, unless dry_run, the written path, its size and the time taken."""
     t0 = time.perf_counter()
-    model_dir = Path(model_dir)
     type_name = resolve_type(type, bits)
-    ckpt = Checkpoint(model_dir)
-    adapter = adapter_for(ckpt)
-    sources = adapter.tensors()
-    plan = make_plan([(s.name, s.shape, s.src_dtype) for s in sources], single_type_rules(type_name),
-                     ftype=type_name, no_fallback=no_fallback)
+    src = open_source(model, vocab_pre=vocab_pre, allow_requantize=allow_requantize)
+    plan = make_quant_plan(src, type_name, tensor_types=tensor_types, output_tensor_type=output_tensor_type,
+                           token_embedding_type=token_embedding_type, pure=pure, no_fallback=no_fallback)
     if dry_run:
         return QuantizeResult(None, plan, time.perf_counter() - t0)
 
-    out = Path(output) if output is not None else default_output(model_dir, type_name)
+    out = Path(output) if output is not None else default_output(src, type_name)
+    if src.is_gguf and out.resolve() == src.path.resolve():
+        raise InputError(f"{out}: output would overwrite the input; choose another -o")
     check_output(out, force)
-    from .source.tokenizer import add_tokenizer
-
     with atomic_path(out) as tmp:
-        sink = GGUFSink(tmp, adapter.arch_name)
+        sink = GGUFSink(tmp, src.arch_name)
         w = sink.writer
-        w.add_name(model_dir.resolve().name)
-        w.add_file_type(_file_type(type_name))
+        tok = src.write_metadata(w)
+        if not src.is_gguf:
+            w.add_name(src.name)
+        w.add_file_type(file_type(type_name))
         if any(t.qtype.quantized for t in plan.tensors):
             w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        adapter.write_metadata(w)
-        tok = add_tokenizer(w, model_dir, config=ckpt.config, vocab_size=int(adapter.hp.require("vocab_size")),
-                            vocab_pre=vocab_pre, arch=adapter.arch_name)
         sink.add_plan(plan)
         sink.begin()
         with reporter(progress) as rep:
-            rep.start(f"{type_name}", len(plan.tensors))
-            for src, tp in zip(sources, plan.tensors):
-                data = encode(tp, src.load())
+            rep.start(type_name, len(plan.tensors))
+            for s, tp in zip(src.tensors, plan.tensors):
+                data = encode(tp, s.load())
                 sink.write(tp, data)
                 del data
                 rep.advance(1, tp.name)

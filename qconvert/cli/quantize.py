@@ -14,6 +14,8 @@ from ..plan.tensor_plan import Plan
 from ._render import human_bytes
 
 out_console = Console(highlight=False)
+if not out_console.is_terminal:  # piped plans should not wrap at 80 columns
+    out_console.width = 160
 err_console = Console(stderr=True, highlight=False)
 
 
@@ -55,10 +57,15 @@ def summary(res: QuantizeResult) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("quantize")
     def quantize_cmd(
-        model_dir: Annotated[Path, typer.Argument(help="Hugging Face model directory (config.json + safetensors).")],
+        model_dir: Annotated[Path, typer.Argument(help="Hugging Face model directory (config.json + safetensors), or an F32/F16/BF16 .gguf.")],
         output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .gguf path (default: ./<model>-<TYPE>.gguf).")] = None,
-        type_: Annotated[Optional[str], typer.Option("--type", "-t", help="Tensor type: F32, F16, BF16, Q8_0, Q4_0...")] = None,
-        bits: Annotated[Optional[int], typer.Option("--bits", "-b", help="Shorthand for a type: 8 -> Q8_0, 16 -> F16.")] = None,
+        type_: Annotated[Optional[str], typer.Option("--type", "-t", help="llama-quantize preset (Q4_K_M, Q5_K_S, Q8_0, Q4_0, F16...; default Q4_K_M) or a plain type (Q4_K...) for every matrix.")] = None,
+        bits: Annotated[Optional[int], typer.Option("--bits", "-b", help="Shorthand: 2 Q2_K, 3 Q3_K_M, 4 Q4_K_M, 5 Q5_K_M, 6 Q6_K, 8 Q8_0, 16 F16, 32 F32.")] = None,
+        tensor_type: Annotated[Optional[list[str]], typer.Option("--tensor-type", help="PATTERN=TYPE for tensors whose GGUF name matches the regex (repeatable; first match wins; beats the preset).")] = None,
+        output_tensor_type: Annotated[Optional[str], typer.Option("--output-tensor-type", help="Type for output.weight.")] = None,
+        token_embedding_type: Annotated[Optional[str], typer.Option("--token-embedding-type", help="Type for token_embd.weight.")] = None,
+        pure: Annotated[bool, typer.Option("--pure", help="The preset's base type for every matrix (no mix).")] = False,
+        allow_requantize: Annotated[bool, typer.Option("--allow-requantize", help="Accept an already-quantized GGUF as input (rounding errors compound: lower quality than quantizing the original).")] = False,
         force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output file.")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the per-tensor plan and exit without writing.")] = False,
         no_fallback: Annotated[bool, typer.Option("--no-fallback", help="Fail instead of falling back when a row width does not fit a type.")] = False,
@@ -67,7 +74,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Convert a Hugging Face checkpoint to a (quantized) GGUF file."""
         res = quantize(model_dir, output, type=type_, bits=bits, force=force, dry_run=dry_run,
-                       vocab_pre=vocab_pre, no_fallback=no_fallback, progress=progress)
+                       vocab_pre=vocab_pre, no_fallback=no_fallback, tensor_types=tensor_type or (),
+                       output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type,
+                       pure=pure, allow_requantize=allow_requantize, progress=progress)
         if dry_run:
             out_console.print(plan_table(res.plan))
             for line in totals_lines(res.plan):

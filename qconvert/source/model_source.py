@@ -1,0 +1,78 @@
+"""One face for every input: an HF model directory or a GGUF file becomes a `Source`
+with tensors (lazy), the model facts a mix consults, and a way to write metadata."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import gguf
+
+from ..arch.base import SourceTensor
+from ..errors import InputError
+
+
+@dataclass
+class Source:
+    path: Path
+    name: str  # a short model name for general.name and default file names
+    arch_name: str  # GGUF arch
+    tensors: list[SourceTensor]
+    n_layers: int
+    n_head: int
+    n_head_kv: int
+    n_expert: int
+    write_metadata: Callable[[gguf.GGUFWriter], Optional[object]]
+    is_gguf: bool = False
+
+
+def open_hf(model_dir: Path, vocab_pre: Optional[str]) -> Source:
+    from ..arch import adapter_for
+    from .checkpoint import Checkpoint
+    from .tokenizer import add_tokenizer
+
+    ckpt = Checkpoint(model_dir)
+    adapter = adapter_for(ckpt)
+    hp = adapter.hp
+    vocab_size = int(hp.require("vocab_size"))
+
+    def write_metadata(w: gguf.GGUFWriter):
+        adapter.write_metadata(w)
+        return add_tokenizer(w, model_dir, config=ckpt.config, vocab_size=vocab_size,
+                             vocab_pre=vocab_pre, arch=adapter.arch_name)
+
+    return Source(model_dir, model_dir.resolve().name, adapter.arch_name, adapter.tensors(),
+                  hp.n_layers, hp.n_head, hp.n_head_kv,
+                  int(hp.get("num_local_experts", "num_experts", "n_routed_experts", default=0) or 0),
+                  write_metadata)
+
+
+def open_gguf(path: Path, allow_requantize: bool) -> Source:
+    from .gguf_input import GGUFInput
+
+    g = GGUFInput(path)
+    g.check_requantize(allow_requantize)
+
+    def write_metadata(w: gguf.GGUFWriter):
+        g.copy_metadata(w)
+        return None
+
+    head = g.arch_value("attention.head_count", 0)
+    head_kv = g.arch_value("attention.head_count_kv", head)
+    # per-layer head counts are arrays in some files; mixes look at the first layer's
+    head = int(head[0] if isinstance(head, list) else head)
+    head_kv = int(head_kv[0] if isinstance(head_kv, list) else head_kv)
+    stem = re.sub(r"[-_.](F32|F16|BF16|f32|f16|bf16)$", "", path.stem)
+    return Source(path, stem, g.arch_name, g.tensors(), int(g.arch_value("block_count", 0)), head, head_kv,
+                  int(g.arch_value("expert_count", 0) or 0), write_metadata, is_gguf=True)
+
+
+def open_source(path: Path | str, *, vocab_pre: Optional[str] = None, allow_requantize: bool = False) -> Source:
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return open_gguf(path, allow_requantize)
+    if path.is_file():
+        raise InputError(f"{path}: expected a Hugging Face model directory or a .gguf file")
+    return open_hf(path, vocab_pre)
