@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Optional
 import gguf
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, UnsupportedError
 from ..source.checkpoint import Checkpoint
 from ..source.safetensors_file import TensorHandle
 from .hparams import HParams
@@ -118,7 +118,7 @@ class ArchAdapter:
         elif rtype == "llama3":
             pass  # expressed as the rope_freqs tensor (see extra_tensors)
         elif rtype not in ("default", "dynamic"):
-            raise FormatError(f"{self.hp.source}: rope type {rtype!r} is not supported for {self.hf_arch}")
+            raise UnsupportedError(f"{self.hp.source}: rope type {rtype!r} is not supported for {self.hf_arch}")
 
     # -- tensors --------------------------------------------------------------------------
     def gguf_name(self, hf_name: str) -> Optional[str]:
@@ -127,8 +127,9 @@ class ArchAdapter:
     def skip(self, hf_name: str) -> bool:
         if hf_name.endswith(self.skip_suffixes):
             return True
-        # tied embeddings: llama.cpp reuses token_embd when output.weight is absent
-        return hf_name == "lm_head.weight" and self.hp.tied_embeddings
+        # tied embeddings: llama.cpp reuses token_embd when output.weight is absent. When
+        # the config does not say, a stored lm_head is taken to be the output.
+        return hf_name == "lm_head.weight" and bool(self.hp.tied_embeddings)
 
     def transforms(self, gguf_name: str, hf_name: str) -> list[Transform]:
         return []

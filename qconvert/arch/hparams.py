@@ -64,28 +64,38 @@ class HParams:
         return int(v) if v is not None else None
 
     @property
-    def tied_embeddings(self) -> bool:
-        return bool(self.get("tie_word_embeddings", default=True))
+    def tied_embeddings(self) -> bool | None:
+        """None when the config does not say: the class default differs by family
+        (LlamaConfig and Qwen2Config untie, Gemma3TextConfig ties)."""
+        v = self.get("tie_word_embeddings")
+        return None if v is None else bool(v)
 
     # -- rope -------------------------------------------------------------------------
     def rope(self, layer_type: str = "full_attention") -> dict:
         """Rope parameters for one kind of layer, normalised to the 5.x spelling:
-        {"rope_type", "rope_theta", "factor", ...}. Empty when the config says nothing."""
+        {"rope_type", "rope_theta", "factor", ...}. Empty when the config says nothing.
+
+        5.x may key rope_parameters by layer type (Gemma 3); each entry is then complete.
+        4.x Gemma 3 instead gives the local layers' base as `rope_local_base_freq`, and its
+        `rope_scaling` belongs to the global layers only (transformers builds the local
+        rotary embedding with default rope), so a sliding layer gets plain rope."""
         rp = self.c.get("rope_parameters")
-        if isinstance(rp, dict) and any(isinstance(v, dict) for v in rp.values()):
-            rp = rp.get(layer_type) or rp.get("full_attention") or {}
-        out: dict = dict(self.c.get("rope_scaling") or {})
-        out.update(rp or {})
+        if self.has_rope_layer_types():
+            out = dict(rp.get(layer_type) or rp.get("full_attention") or {})
+            if "rope_theta" not in out and layer_type == "full_attention" and self.c.get("rope_theta") is not None:
+                out["rope_theta"] = self.c["rope_theta"]
+        elif layer_type == "sliding_attention" and self.c.get("rope_local_base_freq") is not None:
+            out = {"rope_type": "default", "rope_theta": self.c["rope_local_base_freq"]}
+        else:
+            out = dict(self.c.get("rope_scaling") or {})
+            out.update(rp if isinstance(rp, dict) else {})
+            if "rope_theta" not in out and self.c.get("rope_theta") is not None:
+                out["rope_theta"] = self.c["rope_theta"]
         if "rope_type" not in out and "type" in out:
             out["rope_type"] = out["type"]
-        if "rope_theta" not in out and self.c.get("rope_theta") is not None:
-            out["rope_theta"] = self.c["rope_theta"]
-        if layer_type == "sliding_attention" and "rope_theta" not in (rp or {}):
-            local = self.c.get("rope_local_base_freq")
-            if local is not None:
-                out["rope_theta"] = local
         return out
 
     def has_rope_layer_types(self) -> bool:
+        """True when rope_parameters is keyed by layer type (5.x Gemma 3 and kin)."""
         rp = self.c.get("rope_parameters")
-        return isinstance(rp, dict) and isinstance(rp.get("sliding_attention"), dict)
+        return isinstance(rp, dict) and any(isinstance(v, dict) for v in rp.values())

@@ -1,0 +1,77 @@
+"""A Llama-shaped bf16 checkpoint of any size, sharded one decoder layer per shard,
+with a small SentencePiece tokenizer, for benchmarks and memory measurements. Random
+weights: fine for timing and memory, meaningless for quality."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+
+def write_bf16_safetensors(path: Path, tensors: dict[str, tuple[int, ...]], rng) -> None:
+    header, offset = {}, 0
+    for name, shape in tensors.items():
+        n = int(np.prod(shape)) * 2
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for shape in tensors.values():
+            x = (rng.standard_normal(shape, dtype=np.float32) * 0.02).view(np.uint32)
+            f.write((x >> 16).astype(np.uint16).tobytes())
+
+
+def write_spm_tokenizer(d: Path, vocab: int = 1000) -> None:
+    import sentencepiece as spm
+    from pydoc_data.topics import topics
+
+    text = d / "_spm_train.txt"
+    text.write_text("\n".join(topics[k] for k in sorted(topics))[:400_000])
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(d / "tokenizer"), vocab_size=vocab,
+                                   model_type="bpe", byte_fallback=True, bos_id=1, eos_id=2, unk_id=0,
+                                   num_threads=2, minloglevel=2)
+    text.unlink()
+    (d / "tokenizer.vocab").unlink()
+    (d / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True,
+         "tokenizer_class": "LlamaTokenizer"}))
+
+
+def make_checkpoint(d: Path, layers: int = 24, hidden: int = 1024, vocab: int = 32000) -> tuple[int, int]:
+    """Write the checkpoint into d; return (largest tensor bytes, total tensor bytes)."""
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    ff = hidden * 11 // 4 // 256 * 256
+    kv = hidden // 4
+    cfg = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=hidden,
+               intermediate_size=ff, num_hidden_layers=layers, num_attention_heads=hidden // 64,
+               num_key_value_heads=kv // 64, vocab_size=vocab, max_position_embeddings=4096,
+               rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, torch_dtype="bfloat16",
+               bos_token_id=1, eos_token_id=2)
+    (d / "config.json").write_text(json.dumps(cfg))
+    shards = [{"model.embed_tokens.weight": (vocab, hidden), "lm_head.weight": (vocab, hidden),
+               "model.norm.weight": (hidden,)}]
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shards.append({p + "self_attn.q_proj.weight": (hidden, hidden), p + "self_attn.k_proj.weight": (kv, hidden),
+                       p + "self_attn.v_proj.weight": (kv, hidden), p + "self_attn.o_proj.weight": (hidden, hidden),
+                       p + "mlp.gate_proj.weight": (ff, hidden), p + "mlp.up_proj.weight": (ff, hidden),
+                       p + "mlp.down_proj.weight": (hidden, ff), p + "input_layernorm.weight": (hidden,),
+                       p + "post_attention_layernorm.weight": (hidden,)})
+    weight_map, largest, total = {}, 0, 0
+    for k, tensors in enumerate(shards):
+        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        write_bf16_safetensors(d / fname, tensors, rng)
+        for name, shape in tensors.items():
+            weight_map[name] = fname
+            n = int(np.prod(shape)) * 2
+            largest, total = max(largest, n), total + n
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                "weight_map": weight_map}))
+    write_spm_tokenizer(d)
+    return largest, total
