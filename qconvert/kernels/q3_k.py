@@ -105,6 +105,8 @@ def _encode_block_imp(x, qw, out):
     weight = np.empty(16, np.float32)
     sw = np.empty(16, np.float32)
     Ls = np.empty(16, np.int8)
+    w = np.empty(16, np.float32)
+    wx = np.empty(16, np.float32)
     sumx2 = F0
     for j in range(QK_K):
         sumx2 += x[j] * x[j]
@@ -118,8 +120,8 @@ def _encode_block_imp(x, qw, out):
             sumw += weight[l]
         sw[j] = sumw
         scales[j] = make_qx_quants(16, 4, x[16 * j:16 * j + 16], L[16 * j:16 * j + 16],
-                                   weight, True)
-    d_block = make_qx_quants(16, 32, scales, Ls, sw, True)
+                                   weight, True, w, wx)
+    d_block = make_qx_quants(16, 32, scales, Ls, sw, True, w, wx)
     ls = np.empty(16, np.int64)
     for j in range(16):
         ls[j] = Ls[j]
