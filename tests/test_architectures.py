@@ -38,21 +38,6 @@ TOLERANCE = {"F32": 0.01, "F16": 0.02}
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    """name -> model directory, each built once per session."""
-    tok = train_tokenizer()
-    root = tmp_path_factory.mktemp("tiny_models")
-    made: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in made:
-            made[name] = build(name, root / name, tok)
-        return made[name]
-
-    return get
-
-
-@pytest.fixture(scope="session")
 def reference(tiny):
     """name -> (token ids, transformers logits [n_tokens, vocab], transformers config)."""
     import torch
