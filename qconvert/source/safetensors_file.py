@@ -80,7 +80,11 @@ def read_header(path: Path) -> tuple[dict, int]:
 
 def _widen(arr: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "BF16":
-        return (arr.astype(np.uint32) << 16).view(np.float32)
+        # bf16 is the high half of a float32: place the bits into zeroed words (one
+        # strided copy; calloc'd zeros cost nothing until touched)
+        out = np.zeros(arr.shape, dtype=np.uint32)
+        out.view(np.uint16)[..., 1::2] = arr
+        return out.view(np.float32)
     return arr.astype(np.float32)
 
 

@@ -1,0 +1,134 @@
+"""The value grid of one encoded ggml block, read back from its bytes, and the packing of
+new integer codes into those bytes. This lets a scheme choose a block's scales with the
+RTN kernel (qconvert.kernels.encode) and then pick every weight's code itself, as GPTQ
+does while feeding rounding errors forward.
+
+Every supported type decodes weight i of a block as
+
+    value_i = step_i * (q_i - center) - offset_i,    q_i integer in [0, qmax]
+
+with step/offset constant over a sub-block. The arithmetic is float32 and in the same
+order as gguf-py's dequantizers, so `value` equals gguf.quants.dequantize bit for bit.
+The byte layouts are drawn in the kernel modules (qconvert/kernels/q*.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..registry import Registry
+
+F32 = np.float32
+
+
+def _f16(raw: np.ndarray, off: int) -> np.ndarray:
+    """The little-endian fp16 at bytes off..off+1 of each block, as (n, 1) float32."""
+    return np.ascontiguousarray(raw[:, off:off + 2]).view("<f2").astype(F32)
+
+
+def _nibbles(codes: np.ndarray) -> np.ndarray:
+    """(n, 256) 4-bit codes -> (n, 128), the K-quant nibble order: in each 64-weight
+    chunk c, byte 32c + l = q[64c + l] | q[64c + 32 + l] << 4."""
+    q = (codes & 0xF).astype(np.uint8).reshape(-1, 4, 2, 32)
+    return (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(-1, 128)
+
+
+def _k4_scales(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K/Q5_K: the 8 (scale, min) 6-bit pairs at bytes 4..15, as (n, 8) float32.
+    Sub-block j < 4: scale = s[j] & 63, min = s[j+4] & 63. j >= 4 (k = j-4): the low
+    4 bits come from byte 8+k (scale low nibble, min high nibble) and the high 2 bits
+    from the top bits of s[k] (scale) and s[k+4] (min)."""
+    s = raw[:, 4:16]
+    sc_hi = (s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)
+    m_hi = (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)
+    sc = np.concatenate([s[:, 0:4] & 63, sc_hi], axis=1)
+    m = np.concatenate([s[:, 4:8] & 63, m_hi], axis=1)
+    return sc.astype(F32), m.astype(F32)
+
+
+# ---- per type: parse (raw -> step, offset, each (n, block) float32) and pack --------
+
+
+def _parse_d_only(raw):  # Q8_0, Q4_0: one fp16 d for the whole 32-weight block
+    d = np.broadcast_to(_f16(raw, 0), (raw.shape[0], 32))
+    return d, np.zeros_like(d)
+
+
+def _pack_q8_0(raw, codes):
+    raw[:, 2:34] = (codes.astype(np.int16) - 128).astype(np.int8).view(np.uint8)
+
+
+def _pack_q4_0(raw, codes):
+    q = codes.astype(np.uint8)
+    raw[:, 2:18] = q[:, :16] | (q[:, 16:] << 4)
+
+
+def _parse_k4(raw):  # Q4_K, Q5_K: step = d*sc, offset = dmin*m per 32-weight sub-block
+    sc, m = _k4_scales(raw)
+    step = _f16(raw, 0) * sc
+    offset = _f16(raw, 2) * m
+    return np.repeat(step, 32, axis=1), np.repeat(offset, 32, axis=1)
+
+
+def _pack_q4_k(raw, codes):
+    raw[:, 16:144] = _nibbles(codes)
+
+
+def _pack_q5_k(raw, codes):
+    hi = ((codes.reshape(-1, 8, 32) >> 4) & 1).astype(np.uint8)
+    qh = np.zeros((codes.shape[0], 32), np.uint8)
+    for j in range(8):  # bit j of qh byte l is bit 4 of q[32j + l]
+        qh |= hi[:, j] << j
+    raw[:, 16:48] = qh
+    raw[:, 48:176] = _nibbles(codes)
+
+
+def _parse_q6_k(raw):  # step = d * int8 scale per 16-weight sub-block
+    sc = raw[:, 192:208].view(np.int8).astype(F32)
+    step = _f16(raw, 208) * sc
+    return np.repeat(step, 16, axis=1), np.zeros((raw.shape[0], 256), F32)
+
+
+def _pack_q6_k(raw, codes):
+    q = codes.astype(np.uint8).reshape(-1, 2, 4, 32)  # (half, quarter, l)
+    lo, hi = q & 0xF, q >> 4
+    ql = np.concatenate([lo[:, :, 0] | (lo[:, :, 2] << 4), lo[:, :, 1] | (lo[:, :, 3] << 4)], axis=2)
+    qh = hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)
+    raw[:, 0:128] = ql.reshape(-1, 128)
+    raw[:, 128:192] = qh.reshape(-1, 64)
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    name: str
+    block: int
+    center: int
+    qmax: int
+    parse: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    pack_codes: Callable[[np.ndarray, np.ndarray], None]  # writes into raw in place
+    takes_importance: bool  # the RTN kernel's scale search accepts per-weight importance
+
+    def pack(self, raw: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """A copy of `raw` (n, type_size) with its codes replaced by `codes` (n, block)."""
+        out = np.array(raw, dtype=np.uint8, copy=True)
+        self.pack_codes(out, np.asarray(codes))
+        return out
+
+    def values(self, step: np.ndarray, offset: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """What the block decodes to with these codes, exactly as gguf-py computes it."""
+        return step * (codes - self.center).astype(F32) - offset
+
+
+GRIDS: Registry[BlockGrid] = Registry("GPTQ block grid")
+GRIDS.add("Q8_0", BlockGrid("Q8_0", 32, 128, 255, _parse_d_only, _pack_q8_0, False))
+GRIDS.add("Q4_0", BlockGrid("Q4_0", 32, 8, 15, _parse_d_only, _pack_q4_0, False))
+GRIDS.add("Q4_K", BlockGrid("Q4_K", 256, 0, 15, _parse_k4, _pack_q4_k, True))
+GRIDS.add("Q5_K", BlockGrid("Q5_K", 256, 0, 31, _parse_k4, _pack_q5_k, True))
+GRIDS.add("Q6_K", BlockGrid("Q6_K", 256, 32, 63, _parse_q6_k, _pack_q6_k, True))
+
+
+def block_grid(name: str) -> BlockGrid:
+    return GRIDS.get(name)
