@@ -145,3 +145,12 @@ def test_inspect_reads_a_gguf_llama_cpp_wrote(tiny, tmp_path):
     assert set(rep["metadata"]) == set(reader.fields)
     r = run_cli("inspect", dst)
     assert r.returncode == 0 and "Q4_K" in r.stdout
+
+
+def test_estimate_memory_costs_presets_by_the_real_plan(tiny, tmp_path):
+    d = tiny("qwen3")
+    rows = {r.name: r for r in qconvert.estimate_memory(model_dir=d).rows}
+    for preset in ("Q4_K_M", "Q3_K_M", "Q8_0"):
+        written = qconvert.quantize(d, tmp_path / f"{preset}.gguf", type=preset).output
+        tensor_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(written).tensors)
+        assert abs(rows[preset].weight_bytes - tensor_bytes) <= 0.005 * tensor_bytes, preset

@@ -8,6 +8,8 @@ markup string), and JSON goes out through `dumps_json`, which escapes what `json
 
 from __future__ import annotations
 
+import os
+
 import json
 import re
 import sys
@@ -88,8 +90,12 @@ def print_json(obj: Any) -> None:
 
 
 def console() -> Console:
-    """A stdout console made at call time (so COLUMNS and redirection are honoured)."""
-    return Console(highlight=False, emoji=False, markup=False, soft_wrap=False)
+    """A stdout console made at call time (so COLUMNS and redirection are honoured).
+    Piped output is not squeezed into rich's 80-column default: tables stay one row per line."""
+    c = Console(highlight=False, emoji=False, markup=False, soft_wrap=False)
+    if not c.is_terminal and "COLUMNS" not in os.environ:
+        c.width = 160
+    return c
 
 
 def table(columns: Sequence[str | tuple[str, str] | Column], rows: Iterable[Sequence[object]],

@@ -31,7 +31,7 @@ def _render(est: MemoryEstimate) -> None:
     cols.append("fits" if est.vram is not None else "smallest common GPU")
     rows = []
     for r in est.rows:
-        row = [r.name, f"{r.bits_per_weight:g}", f"{r.weight_bytes / d:,.2f}", f"{r.weight_bytes / b:,.2f}"]
+        row = [r.name, f"{r.bits_per_weight:.4g}", f"{r.weight_bytes / d:,.2f}", f"{r.weight_bytes / b:,.2f}"]
         if has_kv:
             row += [f"{(r.kv_bytes or 0) / b:,.2f}", f"{r.total_bytes / d:,.2f}", f"{r.total_bytes / b:,.2f}"]
         if est.vram is not None:
@@ -42,7 +42,10 @@ def _render(est: MemoryEstimate) -> None:
 
     title = f"{human_count(est.params)} parameters ({est.params:,}, from {est.params_source})"
     notes = [f"{dec} = 1000^{k} bytes, {binary} = 1024^{k} bytes." if k else "Sizes in bytes.",
-             "K-quant mixes are costed at their main block type; INT8/INT4 count the integers only."]
+             ("Q8_0/Q6_K/K-quant mixes: bits per weight of llama.cpp's per-tensor plan for this model"
+              if any(r.note.startswith("from the") for r in est.rows) else
+              "K-quant mixes are costed at their main block type (pass --model-dir for the real plan)")
+             + "; INT8/INT4 count the integers only."]
     if has_kv and est.shape:
         s = est.shape
         notes.append(f"KV cache: {est.context:,} tokens x {s.n_layers} layers x {s.n_kv_heads} KV heads x "

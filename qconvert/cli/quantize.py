@@ -11,11 +11,9 @@ from rich.table import Table
 
 from ..pipeline import QuantizeResult, quantize
 from ..plan.tensor_plan import Plan
-from ._render import human_bytes
+from ._render import console, human_bytes
 
-out_console = Console(highlight=False)
-if not out_console.is_terminal:  # piped plans should not wrap at 80 columns
-    out_console.width = 160
+out_console = console()
 err_console = Console(stderr=True, highlight=False)
 
 

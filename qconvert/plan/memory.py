@@ -268,6 +268,25 @@ class MemoryEstimate:
         }
 
 
+def _planned_bits(model_dir: str | Path, skip: dict) -> dict[str, float]:
+    """Real bits per weight of each llama.cpp preset row for this model: the preset's
+    per-tensor plan, made from the checkpoint's shapes (no weights read). Empty when the
+    model cannot be planned (an architecture qconvert does not convert)."""
+    from ..errors import QConvertError
+    from ..pipeline import make_quant_plan
+    from ..source.model_source import open_hf
+
+    try:
+        src = open_hf(Path(model_dir), None)
+    except QConvertError:
+        return {}
+    out = {}
+    for name in ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"):
+        if name not in skip:
+            out[name] = make_quant_plan(src, name).bits_per_weight
+    return out
+
+
 def estimate_memory(params: int | str | None = None, *, context: int | None = None, layers: int | None = None,
                     kv_heads: int | None = None, head_dim: int | None = None, model_dir: str | Path | None = None,
                     vram: int | str | None = None, kv_type: str = "F16", overhead: int | str = 0,
@@ -310,11 +329,13 @@ def estimate_memory(params: int | str | None = None, *, context: int | None = No
     limit = parse_bytes(vram) if vram is not None else None
     extra = parse_bytes(overhead, "--overhead")
     over = {_row_name(k): float(v) for k, v in (bits_per_weight_override or {}).items()}
+    planned = _planned_bits(model_dir, over) if model_dir is not None else {}
     est = MemoryEstimate(n, source, context, shape, qtype(kv_type).name, kv, extra, limit)
     for p in PRECISIONS:
-        bits = over.get(p.name, p.bits)
+        bits = over.get(p.name, planned.get(p.name, p.bits))
         wb = math.ceil(Fraction(n) * Fraction(bits) / 8)  # exact: 8.5 and 6.5625 are binary fractions
         total = wb + (kv or 0) + extra
-        note = "bits per weight overridden" if p.name in over else p.note
+        note = ("bits per weight overridden" if p.name in over else
+                f"from the {p.name} plan for this model" if p.name in planned else p.note)
         est.rows.append(MemoryRow(p.name, bits, wb, kv, total, None if limit is None else total <= limit, note))
     return est

@@ -1,0 +1,92 @@
+"""The text splits, and the shape of the bundled example model that was trained on them."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from qconvert.calib import corpus
+from qconvert.errors import QConvertError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny-llama"
+
+
+def test_documents_are_sorted_and_cover_the_stdlib_topics():
+    from pydoc_data.topics import topics
+
+    docs = corpus.documents()
+    keys = [k for k, _ in docs]
+    assert keys == sorted(topics)
+    assert all(text == topics[k] for k, text in docs)
+
+
+def test_splits_partition_the_topics():
+    per_split = {name: {k for k, _ in corpus.split_documents(name)} for name in corpus.SPLITS}
+    all_keys = {k for k, _ in corpus.documents()}
+    assert set().union(*per_split.values()) == all_keys
+    names = list(per_split)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not per_split[a] & per_split[b], (a, b)
+
+
+def test_split_rule_is_the_documented_hash():
+    # Recomputed here from the rule as written in the module docstring.
+    for key, _ in corpus.documents():
+        bucket = int.from_bytes(hashlib.sha256(b"qconvert:" + key.encode()).digest()[:8], "big") % 10
+        expected = {0: "evaluation", 1: "calibration"}.get(bucket, "train")
+        assert corpus.split_of(key) == expected
+
+
+def test_splits_are_large_enough_and_text_is_disjoint():
+    texts = {name: corpus.split_text(name) for name in corpus.SPLITS}
+    assert len(texts["evaluation"]) >= 30_000
+    assert len(texts["calibration"]) >= 30_000
+    assert len(texts["train"]) > 5 * len(texts["evaluation"])
+    # no whole paragraph of the held-out splits appears in the training text
+    train = texts["train"]
+    for name in ("evaluation", "calibration"):
+        paragraphs = [p for p in texts[name].split("\n\n") if len(p) > 200]
+        assert paragraphs
+        assert not any(p in train for p in paragraphs), name
+
+
+def test_split_text_is_deterministic_and_rejects_unknown_names():
+    assert corpus.split_text("calibration") == corpus.split_text("calibration")
+    with pytest.raises(QConvertError, match="calibration"):
+        corpus.split_text("validation")
+
+
+def test_example_model_is_a_gqa_llama_with_block_friendly_widths():
+    cfg = json.loads((EXAMPLE / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"]
+    assert cfg["num_key_value_heads"] < cfg["num_attention_heads"]
+    assert cfg["num_attention_heads"] % cfg["num_key_value_heads"] == 0
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    assert head_dim * cfg["num_attention_heads"] == cfg["hidden_size"]
+    # The row width (ggml's ne0, the HF in_features) of every 2-D weight is one of these;
+    # each must be a multiple of the 256-wide k-quant super-block.
+    in_widths = {
+        "q/k/v/gate/up/lm_head": cfg["hidden_size"],
+        "o_proj": head_dim * cfg["num_attention_heads"],
+        "down_proj": cfg["intermediate_size"],
+    }
+    assert all(w % 256 == 0 for w in in_widths.values()), in_widths
+    assert cfg["tie_word_embeddings"] is False
+
+
+def test_example_model_tokenizer_files():
+    tok = json.loads((EXAMPLE / "tokenizer.json").read_text())
+    assert tok["model"]["type"] == "BPE"
+    cfg = json.loads((EXAMPLE / "config.json").read_text())
+    assert len(tok["model"]["vocab"]) == cfg["vocab_size"]
+    special = {t["content"]: t["id"] for t in tok["added_tokens"] if t["special"]}
+    assert special["<|begin_of_text|>"] == cfg["bos_token_id"]
+    assert special["<|end_of_text|>"] == cfg["eos_token_id"]
+    assert {"<|im_start|>", "<|im_end|>"} <= set(special)
+    tcfg = json.loads((EXAMPLE / "tokenizer_config.json").read_text())
+    assert tcfg["add_bos_token"] is True and "chat_template" in tcfg
+    with open(EXAMPLE / "model.safetensors", "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"BF16"}
