@@ -165,10 +165,15 @@ def test_true_sequential(models):
     assert w.dtype == torch.bfloat16 and torch.equal(w, ref.model.layers[0].mlp.down_proj.weight.bfloat16())
 
 
-def test_find_decoder_and_device(models):
+def test_driver_details(models):
     model = load_causal_lm(models["llama"])
     dec = find_decoder(model)
     assert dec.prefix == "model.layers" and dec.layers is model.model.layers
+    # without a transform every weight gets its original storage back (no resident copies)
+    ptrs = {k: (v.data_ptr(), v.dtype) for k, v in model.state_dict().items()}
+    run_layerwise(model, _samples(models["llama"], 2, 16), device="cpu", show_progress=False)
+    assert {k: (v.data_ptr(), v.dtype) for k, v in model.state_dict().items()} == ptrs
+    assert all("forward" not in layer.__dict__ for layer in dec.layers)  # recorders removed
     assert resolve_device("cpu").type == "cpu"
     if torch.cuda.is_available():
         assert resolve_device("auto").type == "cuda"

@@ -1,0 +1,1 @@
+"""Calibration and evaluation text, forward hooks, and importance / Hessian statistics."""

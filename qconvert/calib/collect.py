@@ -1,0 +1,79 @@
+"""Collect importance statistics of a Hugging Face model on calibration text: the
+layer-wise driver with a callback that sums squared linear-layer inputs.
+
+Sums accumulate on the compute device in float64 (65k tokens of squares in float32
+would lose the low bits of the last additions) and come to the host once, at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .imatrix import ImportanceMatrix
+from .layerwise import load_causal_lm, run_layerwise
+from .text import calibration_samples
+
+log = logging.getLogger(__name__)
+
+BUNDLED_TEXT = "qconvert:pydoc-calibration"  # the dataset name written for the bundled text
+
+
+class SquareSums:
+    """An `on_linear` callback: per linear module path, the sum of x^2 per input channel
+    and the number of tokens seen. The accumulator for q, k and v is kept separately even
+    though they see the same input: each names its own weight."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, layer_idx: int, name: str, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1])
+        s = x.to(torch.float64).square().sum(dim=0)
+        if name in self.sums:
+            self.sums[name] += s
+            self.counts[name] += x.shape[0]
+        else:
+            self.sums[name], self.counts[name] = s, x.shape[0]
+
+    def to_matrix(self, rename: Callable[[str], Optional[str]], **meta) -> ImportanceMatrix:
+        """An ImportanceMatrix keyed by rename(module path + '.weight'); modules that
+        rename to None are left out (and logged)."""
+        m = ImportanceMatrix(**meta)
+        dropped = []
+        for name, s in self.sums.items():
+            key = rename(name + ".weight")
+            if key is None:
+                dropped.append(name)
+                continue
+            m.add(key, s.cpu().numpy(), self.counts[name])
+        if dropped:
+            log.warning("importance: %d linear layer(s) have no GGUF name and were left out: %s",
+                        len(dropped), ", ".join(dropped[:5]))
+        return m
+
+
+def collect_importance(model_dir: Path | str, *, text_file: Optional[Path | str] = None, n_samples: int = 128,
+                       seqlen: int = 512, device: str = "auto", batch_size: int = 8, seed: int = 0,
+                       show_progress: Optional[bool] = None) -> ImportanceMatrix:
+    """Importance statistics of every linear weight in the decoder layers of `model_dir`,
+    keyed by GGUF tensor name, from `n_samples` windows of `seqlen` tokens of calibration
+    text (the bundled text unless `text_file` is given)."""
+    from transformers import AutoTokenizer
+
+    from ..arch import adapter_for
+    from ..source.checkpoint import Checkpoint
+
+    adapter = adapter_for(Checkpoint(model_dir))  # fails early on an architecture we cannot write
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    samples = calibration_samples(tokenizer, text_file=text_file, n_samples=n_samples, seqlen=seqlen, seed=seed)
+    model = load_causal_lm(model_dir)
+    sums = SquareSums()
+    run_layerwise(model, samples, on_linear=sums, device=device, batch_size=batch_size, show_progress=show_progress)
+    dataset = str(text_file) if text_file is not None else BUNDLED_TEXT
+    return sums.to_matrix(adapter.gguf_name, datasets=[dataset], chunk_count=n_samples, chunk_size=seqlen,
+                          arch=adapter.arch_name)
