@@ -14,6 +14,7 @@ from .plan.presets import BITS_TO_PRESET, PRESETS, parse_override, preset_plan
 from .plan.rules import make_plan, single_type_rules
 from .plan.tensor_plan import Plan
 from .progress import reporter
+from .schemes.importance import importance_for, load_importance, mark_plan
 from .qtypes import QTYPES
 from .sink.atomic import atomic_path, check_output
 from .sink.gguf import GGUFSink, encode
@@ -94,20 +95,39 @@ def quantize(
     token_embedding_type: Optional[str] = None,
     pure: bool = False,
     allow_requantize: bool = False,
+    imatrix: Optional[str | Path | object] = None,
+    calibration: Optional[str | Path | bool] = None,
+    calibration_samples: int = 128,
+    calibration_seqlen: int = 512,
+    device: str = "auto",
+    save_imatrix: Optional[str | Path] = None,
     progress: Optional[bool] = False,
 ) -> QuantizeResult:
     """Convert a Hugging Face model directory (or an F32/F16/BF16 GGUF) into a GGUF file.
 
     type: a llama-quantize preset (Q4_K_M, Q8_0, Q3_K_S, F16...) or a plain tensor type
     (Q4_K...) written everywhere; bits: shorthand (4 -> Q4_K_M, 8 -> Q8_0). Returns the
-    plan and, unless dry_run, the written path, its size and the time taken."""
+    plan and, unless dry_run, the written path, its size and the time taken.
+
+    imatrix: importance statistics (a file qconvert or llama.cpp wrote, or an
+    ImportanceMatrix) that weight the K-quant scale searches. calibration: True for the
+    bundled calibration text, or a text file: collect those statistics first with
+    transformers (needs the `calib` extra), `calibration_samples` windows of
+    `calibration_seqlen` tokens, on `device`; `save_imatrix` keeps them for later runs."""
     t0 = time.perf_counter()
     type_name = resolve_type(type, bits)
     src = open_source(model, vocab_pre=vocab_pre, allow_requantize=allow_requantize)
     plan = make_quant_plan(src, type_name, tensor_types=tensor_types, output_tensor_type=output_tensor_type,
                            token_embedding_type=token_embedding_type, pure=pure, no_fallback=no_fallback)
+    notes: list[str] = []
+    imx = _importance(src, imatrix, calibration if not dry_run else None, calibration_samples,
+                      calibration_seqlen, device, save_imatrix, progress)
+    if imx is not None:
+        notes += mark_plan(plan, imx)
+    elif calibration is not None and dry_run:
+        notes.append("dry run: calibration not run; the plan's types do not depend on it")
     if dry_run:
-        return QuantizeResult(None, plan, time.perf_counter() - t0)
+        return QuantizeResult(None, plan, time.perf_counter() - t0, notes=notes)
 
     out = Path(output) if output is not None else default_output(src, type_name)
     if src.is_gguf and out.resolve() == src.path.resolve():
@@ -127,9 +147,29 @@ def quantize(
         with reporter(progress) as rep:
             rep.start(type_name, len(plan.tensors))
             for s, tp in zip(src.tensors, plan.tensors):
-                data = encode(tp, s.load())
+                data = encode(tp, s.load(), importance_for(imx, tp.name))
                 sink.write(tp, data)
                 del data
                 rep.advance(1, tp.name)
         sink.close()
-    return QuantizeResult(out, plan, time.perf_counter() - t0, out.stat().st_size, tok)
+    return QuantizeResult(out, plan, time.perf_counter() - t0, out.stat().st_size, tok, notes)
+
+
+def _importance(src: Source, imatrix, calibration, n_samples: int, seqlen: int, device: str,
+                save_imatrix, progress):
+    if imatrix is not None and calibration is not None:
+        raise InputError("give --imatrix or --calibration, not both")
+    if imatrix is not None:
+        return imatrix if hasattr(imatrix, "get") and not isinstance(imatrix, (str, Path)) else load_importance(imatrix)
+    if calibration is None or calibration is False:
+        return None
+    if src.is_gguf:
+        raise InputError(f"{src.path}: calibration runs the Hugging Face model; give the model directory, "
+                         "or an importance matrix with --imatrix")
+    from .calib.collect import collect_importance
+
+    imx = collect_importance(src.path, text_file=None if calibration is True else calibration,
+                             n_samples=n_samples, seqlen=seqlen, device=device, show_progress=progress)
+    if save_imatrix is not None:
+        imx.save(save_imatrix)
+    return imx

@@ -22,7 +22,8 @@ def plan_table(plan: Plan) -> Table:
     for col in ("tensor", "shape", "type", "bytes", "rule"):
         t.add_column(col, justify="right" if col == "bytes" else "left")
     for tp in plan.tensors:
-        rule = tp.reason + (f" [fallback: {tp.fallback}]" if tp.fallback else "")
+        rule = tp.reason + (f" [fallback: {tp.fallback}]" if tp.fallback else "") + \
+            (" [importance-weighted]" if tp.scheme == "importance" else "")
         t.add_row(tp.name, "x".join(map(str, tp.shape)), tp.qtype.name, human_bytes(tp.nbytes), rule)
     return t
 
@@ -68,13 +69,24 @@ def register(app: typer.Typer) -> None:
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the per-tensor plan and exit without writing.")] = False,
         no_fallback: Annotated[bool, typer.Option("--no-fallback", help="Fail instead of falling back when a row width does not fit a type.")] = False,
         vocab_pre: Annotated[Optional[str], typer.Option("--vocab-pre", help="llama.cpp pre-tokenizer name, when it cannot be derived.")] = None,
+        imatrix: Annotated[Optional[Path], typer.Option("--imatrix", help="Importance statistics (qconvert's or llama.cpp's imatrix file) weighting the K-quant scale search.")] = None,
+        calibration: Annotated[Optional[str], typer.Option("--calibration", help="Collect importance statistics first: a text file, or 'default' for the bundled text (needs torch + transformers).")] = None,
+        calibration_samples: Annotated[int, typer.Option("--calibration-samples", help="Calibration windows.")] = 128,
+        calibration_seqlen: Annotated[int, typer.Option("--calibration-seqlen", help="Tokens per calibration window.")] = 512,
+        device: Annotated[str, typer.Option("--device", help="Calibration device: cpu, cuda or auto.")] = "auto",
+        save_imatrix: Annotated[Optional[Path], typer.Option("--save-imatrix", help="Save the collected statistics (llama.cpp's GGUF imatrix format; .dat for the legacy one).")] = None,
         progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal).")] = None,
     ) -> None:
         """Convert a Hugging Face checkpoint to a (quantized) GGUF file."""
         res = quantize(model_dir, output, type=type_, bits=bits, force=force, dry_run=dry_run,
                        vocab_pre=vocab_pre, no_fallback=no_fallback, tensor_types=tensor_type or (),
                        output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type,
-                       pure=pure, allow_requantize=allow_requantize, progress=progress)
+                       pure=pure, allow_requantize=allow_requantize, imatrix=imatrix,
+                       calibration=(True if calibration == "default" else calibration),
+                       calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen,
+                       device=device, save_imatrix=save_imatrix, progress=progress)
+        for note in res.notes:
+            err_console.print(f"note: {note}", markup=False)
         if dry_run:
             out_console.print(plan_table(res.plan))
             for line in totals_lines(res.plan):

@@ -34,6 +34,10 @@ class Kernel:
 
 KERNELS: Registry[Kernel] = Registry("quantization kernel")
 
+# types whose encoders take per-weight importance (llama.cpp's imatrix path); the others
+# round the same way with or without it
+IMPORTANCE_TYPES = frozenset({"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"})
+
 # module name under qconvert.kernels for each type; imported lazily so that numba
 # compiles only what a run uses.
 _MODULES = {

@@ -16,6 +16,7 @@ class TensorPlan:
     qtype: QType
     reason: str  # the rule that chose the type
     fallback: str = ""  # non-empty when the wanted type could not be used, and why
+    scheme: str = "rtn"  # how values are rounded: rtn, importance (imatrix-weighted)...
 
     @property
     def n_params(self) -> int:

@@ -18,7 +18,11 @@ def encode(tp: TensorPlan, x: np.ndarray, importance: np.ndarray | None = None) 
     """float32 tensor -> the bytes (or float array) GGUF stores for it."""
     if not tp.qtype.quantized:
         return encode_float(tp.qtype.name, x)
-    return kernels.encode(tp.qtype.name, x, importance=importance).reshape(-1)
+    if importance is not None and tp.scheme == "importance":
+        # one weight per input column (llama.cpp's imatrix), repeated down the rows
+        imp = np.broadcast_to(np.asarray(importance, dtype=np.float32), x.shape)
+        return kernels.encode(tp.qtype.name, x, importance=imp).reshape(-1)
+    return kernels.encode(tp.qtype.name, x).reshape(-1)
 
 
 class GGUFSink:

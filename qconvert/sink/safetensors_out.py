@@ -1,0 +1,271 @@
+"""Quantized Hugging Face checkpoints that transformers loads as they are: the decoder
+layers' Linear weights in compressed-tensors `pack-quantized` form (layout in
+compressed_tensors.py), everything else (embeddings, lm_head, norms, biases) copied
+byte for byte in its original dtype, plus config.json with `quantization_config`,
+generation_config.json and the tokenizer files.
+
+    write_quantized_safetensors("Llama-3.2-1B", "Llama-3.2-1B-W4A16-G128", bits=4, group_size=128)
+    AutoModelForCausalLM.from_pretrained("Llama-3.2-1B-W4A16-G128")   # needs compressed-tensors
+
+read -> plan (from shapes alone: which tensors are quantized, every output tensor's
+dtype and shape, the shards) -> one tensor at a time: quantize, pack, write -> rename the
+finished directory into place.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Union
+
+import numpy as np
+import torch
+
+from ..errors import InputError, ShapeError, UnsupportedError
+from ..progress import reporter
+from ..schemes.absmax import check_grid, dequantize, rtn_grid
+from ..source.checkpoint import Checkpoint, _shard_files
+from ..source.safetensors_file import SafetensorsFile
+from . import compressed_tensors as ct
+from .atomic_dir import atomic_dir, check_output_dir
+from .safetensors_writer import Entry, ShardedWriter
+
+DEFAULT_SHARD_BYTES = 2 * 1024**3
+# The decoder layers' projections. Embeddings, lm_head (tied or not), norms and routers
+# stay in their original dtype: they are small next to the layers, and lm_head / the
+# embeddings are where low bits hurt most.
+QUANTIZED_MODULE = r".*layers\.\d+\.(self_attn|mlp)\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+COPIED_FILES = ("generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                "special_tokens_map.json", "chat_template.jinja", "chat_template.json", "added_tokens.json",
+                "vocab.json", "merges.txt")
+SCALE_DTYPES = {"bf16": ("BF16", torch.bfloat16), "bfloat16": ("BF16", torch.bfloat16),
+                "f16": ("F16", torch.float16), "fp16": ("F16", torch.float16), "float16": ("F16", torch.float16),
+                "f32": ("F32", torch.float32), "fp32": ("F32", torch.float32), "float32": ("F32", torch.float32)}
+
+# anything with qweight / scales / zeros / g_idx as GPTQResult and GridQuant have them
+Result = object
+Supplier = Union[Mapping[str, Result], Callable[[str], Optional[Result]]]
+
+
+@dataclass
+class Item:
+    hf_name: str
+    shape: tuple[int, ...]
+    src_dtype: str
+    quantize: bool
+    reason: str
+    outputs: list[Entry] = field(default_factory=list)
+
+
+@dataclass
+class SafetensorsPlan:
+    items: list[Item]
+    bits: int
+    group_size: int
+    sym: bool
+    ignore: list[str]
+
+    @property
+    def entries(self) -> list[Entry]:
+        return [e for it in self.items for e in it.outputs]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self.entries)
+
+
+def _scale_dtype(name: Optional[str], src_dtype: str) -> tuple[str, torch.dtype]:
+    if name is None:  # the weight's own precision; F64 checkpoints get F32 scales
+        name = {"BF16": "bf16", "F16": "f16"}.get(src_dtype, "f32")
+    try:
+        return SCALE_DTYPES[name.lower()]
+    except KeyError:
+        raise UnsupportedError(f"scale dtype {name!r}: choose bfloat16, float16 or float32") from None
+
+
+def plan_safetensors(ckpt: Checkpoint, *, bits: int, group_size: int, sym: bool,
+                     scale_dtype: Optional[str] = None) -> SafetensorsPlan:
+    check_grid(bits, group_size)
+    items: list[Item] = []
+    ignore = ["lm_head"]
+    for name, h in ckpt.handles.items():
+        module = name[:-len(".weight")] if name.endswith(".weight") else None
+        it = Item(name, tuple(h.shape), h.dtype, False, "kept: not a decoder-layer projection")
+        if module is not None and len(h.shape) == 2 and re.fullmatch(QUANTIZED_MODULE, module):
+            n_in = h.shape[1]
+            if group_size != -1 and n_in % group_size:
+                it.reason = f"kept: {n_in} input columns are not a multiple of group size {group_size}"
+                ignore.append(module)
+            else:
+                it.quantize, it.reason = True, f"{bits}-bit " + ("per channel" if group_size == -1
+                                                                  else f"groups of {group_size}")
+                sd = _scale_dtype(scale_dtype, h.dtype)[0]
+                it.outputs = [Entry(*t) for t in ct.module_tensors(module, h.shape, bits, group_size, sym, sd)]
+        if not it.quantize:
+            it.outputs = [Entry(name, h.dtype, tuple(h.shape))]
+        items.append(it)
+    return SafetensorsPlan(items, bits, group_size, sym, ignore)
+
+
+def _supplier(scheme: str, quantized: Optional[Supplier], plan: SafetensorsPlan) -> Callable[[str], Optional[Result]]:
+    if scheme.lower() not in ("absmax", "rtn"):
+        raise UnsupportedError(f"safetensors scheme {scheme!r}: the writer rounds with 'absmax' "
+                               "(min-max when asymmetric); pass GPTQ results through `quantized`")
+    if quantized is None:
+        return lambda name: None
+    if callable(quantized):
+        return quantized
+    unknown = sorted(set(quantized) - {it.hf_name for it in plan.items if it.quantize})
+    if unknown:
+        raise InputError(f"quantized results given for tensors the plan does not quantize: {', '.join(unknown[:5])}")
+    return quantized.get
+
+
+def _check_result(name: str, r: Result, shape: tuple[int, int], plan: SafetensorsPlan) -> None:
+    n_out, n_in = shape
+    gs = n_in if plan.group_size == -1 else plan.group_size
+    n_groups = n_in // gs
+    what = f"{name}: quantized result"
+    if tuple(r.qweight.shape) != shape:
+        raise ShapeError(f"{what} has codes of shape {tuple(r.qweight.shape)}, the weight is {shape}")
+    if tuple(r.scales.shape) != (n_out, n_groups) or tuple(r.zeros.shape) != (n_out, n_groups):
+        raise ShapeError(f"{what} has scales {tuple(r.scales.shape)} / zeros {tuple(r.zeros.shape)}; "
+                         f"group size {plan.group_size} needs ({n_out}, {n_groups})")
+    if int(r.qweight.max()) >= 2**plan.bits or int(r.zeros.max()) >= 2**plan.bits or int(r.zeros.min()) < 0:
+        raise ShapeError(f"{what} has codes or zero points outside 0..{2**plan.bits - 1} ({plan.bits} bits)")
+    if plan.sym and bool((r.zeros != 2 ** (plan.bits - 1)).any()):
+        raise InputError(f"{what} is asymmetric (zero points other than {2 ** (plan.bits - 1)}); "
+                         "write it with sym=False")
+    if not torch.equal(torch.as_tensor(r.g_idx).long().cpu(), torch.arange(n_in) // gs):
+        raise UnsupportedError(
+            f"{what} has a permuted g_idx (act-order with dynamic groups), which compressed-tensors "
+            "pack-quantized cannot store; quantize with static_groups=True (actorder 'weight')")
+
+
+def quantize_item(it: Item, ckpt: Checkpoint, plan: SafetensorsPlan, supply: Callable[[str], Optional[Result]],
+                  scale_dtype: Optional[str]) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+    """One planned Linear -> (its packed arrays by output name, our dequantized weight in
+    float32, computed from the scales as stored)."""
+    sd_name, sd_torch = _scale_dtype(scale_dtype, it.src_dtype)
+    r = supply(it.hf_name)
+    if r is None:
+        W = torch.from_numpy(ckpt[it.hf_name].load())  # the HF weight as stored, widened to float32
+        r = rtn_grid(W, bits=plan.bits, group_size=plan.group_size, sym=plan.sym, scale_dtype=sd_torch)
+        del W
+    else:
+        _check_result(it.hf_name, r, it.shape, plan)
+    qweight = torch.as_tensor(r.qweight).cpu().to(torch.uint8)
+    zeros = torch.as_tensor(r.zeros).cpu().to(torch.int32)
+    scales = torch.as_tensor(r.scales).cpu().to(sd_torch)
+    g_idx = torch.arange(it.shape[1], dtype=torch.int32) // (it.shape[1] if plan.group_size == -1 else plan.group_size)
+    deq = dequantize(qweight, scales.to(torch.float32), zeros, g_idx)
+    raw_scales = scales.view(torch.int16).numpy().view(np.uint16) if sd_name == "BF16" else scales.numpy()
+    arrays = ct.module_arrays(it.hf_name[:-len(".weight")], qweight.numpy(), raw_scales, zeros.numpy(),
+                              plan.bits, plan.sym)
+    return arrays, deq
+
+
+def _checkpoint(model) -> Checkpoint:
+    if isinstance(model, Checkpoint):
+        return model
+    if getattr(model, "is_gguf", False):
+        raise InputError(f"{model.path}: safetensors output needs a Hugging Face model directory, not a GGUF file")
+    path = Path(getattr(model, "path", model))  # a Source (open_hf) or a directory
+    if path.is_file():
+        raise InputError(f"{path}: safetensors output needs a Hugging Face model directory")
+    return Checkpoint(path)
+
+
+def write_quantized_safetensors(model, out_dir: Union[str, Path], *, bits: int = 4, group_size: int = 128,
+                                sym: bool = True, scheme: str = "absmax", quantized: Optional[Supplier] = None,
+                                shard_bytes: int = DEFAULT_SHARD_BYTES, force: bool = False,
+                                scale_dtype: Optional[str] = None, actorder: Optional[str] = None,
+                                progress: Optional[bool] = False) -> Path:
+    """Write a quantized copy of an HF model directory (path, Checkpoint or Source) to
+    out_dir. Decoder-layer projections are rounded with `scheme` unless `quantized`
+    (hf name -> GPTQResult-like, or a callable returning one or None) supplies them.
+    group_size -1: one scale per output channel. Returns out_dir."""
+    ckpt = _checkpoint(model)
+    out = Path(out_dir)
+    plan = plan_safetensors(ckpt, bits=bits, group_size=group_size, sym=sym, scale_dtype=scale_dtype)
+    supply = _supplier(scheme, quantized, plan)
+    check_output_dir(out, force, input_dir=ckpt.dir)
+    config = dict(ckpt.config)
+    config["quantization_config"] = ct.quantization_config(bits=bits, group_size=group_size, sym=sym,
+                                                           ignore=plan.ignore, actorder=actorder)
+    with atomic_dir(out) as tmp, reporter(progress) as rep:
+        rep.start(f"W{bits} {ct.FORMAT}", len(plan.items))
+        writer = ShardedWriter(tmp, plan.entries, shard_bytes)
+        try:
+            for it in plan.items:
+                if it.quantize:
+                    arrays, _ = quantize_item(it, ckpt, plan, supply, scale_dtype)
+                    for name, arr in arrays.items():
+                        writer.write(name, arr)
+                else:  # the stored bytes in the original dtype
+                    f = _file_of(ckpt, it.hf_name)
+                    writer.write(it.hf_name, f.raw(it.hf_name))
+                    f.release(it.hf_name)
+                    arrays = None
+                del arrays
+                rep.advance(1, it.hf_name)
+            writer.close()
+        finally:
+            writer.abort()
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        for name in COPIED_FILES:
+            if (ckpt.dir / name).is_file():
+                shutil.copy2(ckpt.dir / name, tmp / name)
+    return out
+
+
+def _file_of(ckpt: Checkpoint, name: str) -> SafetensorsFile:
+    return next(f for f in ckpt.files if name in f.header)
+
+
+def dequantized_state_dict(model, *, bits: int = 4, group_size: int = 128, sym: bool = True,
+                           scheme: str = "absmax", quantized: Optional[Supplier] = None,
+                           scale_dtype: Optional[str] = None) -> dict[str, torch.Tensor]:
+    """hf name -> float32 weight as the written checkpoint decodes it, for every tensor
+    write_quantized_safetensors (same arguments) quantizes; computed from the codes and
+    rounded scales in memory, not read back from a file."""
+    ckpt = _checkpoint(model)
+    plan = plan_safetensors(ckpt, bits=bits, group_size=group_size, sym=sym, scale_dtype=scale_dtype)
+    supply = _supplier(scheme, quantized, plan)
+    return {it.hf_name: quantize_item(it, ckpt, plan, supply, scale_dtype)[1] for it in plan.items if it.quantize}
+
+
+def read_dequantized(out_dir: Union[str, Path]) -> dict[str, np.ndarray]:
+    """Read a pack-quantized checkpoint (ours) back: module.weight -> float32, decoded
+    with our own unpacker (the NumPy inverse of the writer's packing)."""
+    ckpt_dir = Path(out_dir)
+    qc = json.loads((ckpt_dir / "config.json").read_text())["quantization_config"]
+    w = qc["config_groups"]["group_0"]["weights"]
+    bits, sym = int(w["num_bits"]), bool(w["symmetric"])
+    raw: dict[str, tuple[SafetensorsFile, str]] = {}
+    for p in _shard_files(ckpt_dir)[0]:  # not Checkpoint: it admits float tensors only
+        f = SafetensorsFile(p)
+        raw.update((n, (f, n)) for n in f.names())
+    out = {}
+    for name, (f, n) in raw.items():
+        if not name.endswith(".weight_packed"):
+            continue
+        prefix = name[:-len(".weight_packed")]
+        n_out, n_in = (int(x) for x in f.raw(n.replace("weight_packed", "weight_shape")))
+        fs, ns = raw[f"{prefix}.weight_scale"]
+        s = fs.raw(ns)
+        dt = fs.header[ns]["dtype"]
+        scales = (s.astype(np.uint32) << 16).view(np.float32) if dt == "BF16" else s.astype(np.float32)
+        codes = ct.unpack_int32(np.asarray(f.raw(n)), bits, n_in)
+        if sym:
+            zeros = np.full(scales.shape, 2 ** (bits - 1), dtype=np.int32)
+        else:
+            fz, nz = raw[f"{prefix}.weight_zero_point"]
+            zeros = ct.unpack_int32(np.ascontiguousarray(fz.raw(nz).T), bits, n_out).T.astype(np.int32)
+        gs = n_in // scales.shape[1]
+        g = np.arange(n_in) // gs
+        out[f"{prefix}.weight"] = scales[:, g] * (codes.astype(np.float32) - zeros[:, g])
+    return out
