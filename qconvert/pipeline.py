@@ -31,6 +31,7 @@ class QuantizeResult:
     file_size: int = 0
     tokenizer: Optional[object] = None
     notes: list[str] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)  # per-tensor figures of calibrated schemes
 
 
 def resolve_type(type_name: Optional[str], bits: Optional[int]) -> str:
@@ -101,6 +102,8 @@ def quantize(
     calibration_seqlen: int = 512,
     device: str = "auto",
     save_imatrix: Optional[str | Path] = None,
+    scheme: str = "rtn",
+    damp: float = 0.01,
     progress: Optional[bool] = False,
 ) -> QuantizeResult:
     """Convert a Hugging Face model directory (or an F32/F16/BF16 GGUF) into a GGUF file.
@@ -113,13 +116,22 @@ def quantize(
     ImportanceMatrix) that weight the K-quant scale searches. calibration: True for the
     bundled calibration text, or a text file: collect those statistics first with
     transformers (needs the `calib` extra), `calibration_samples` windows of
-    `calibration_seqlen` tokens, on `device`; `save_imatrix` keeps them for later runs."""
+    `calibration_seqlen` tokens, on `device`; `save_imatrix` keeps them for later runs.
+    scheme="gptq": GPTQ error feedback while rounding each decoder linear to its GGUF
+    block type (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K; other types get importance weighting),
+    from the same kind of calibration pass."""
     t0 = time.perf_counter()
     type_name = resolve_type(type, bits)
     src = open_source(model, vocab_pre=vocab_pre, allow_requantize=allow_requantize)
     plan = make_quant_plan(src, type_name, tensor_types=tensor_types, output_tensor_type=output_tensor_type,
                            token_embedding_type=token_embedding_type, pure=pure, no_fallback=no_fallback)
     notes: list[str] = []
+    if scheme not in ("rtn", "gptq"):
+        raise InputError(f"--scheme {scheme}: choose rtn or gptq (importance weighting comes with --imatrix/--calibration)")
+    if scheme == "gptq":
+        return _quantize_gptq(src, plan, output, type_name, force=force, dry_run=dry_run, calibration=calibration,
+                              n_samples=calibration_samples, seqlen=calibration_seqlen, device=device, damp=damp,
+                              imatrix=imatrix, progress=progress, t0=t0)
     imx = _importance(src, imatrix, calibration if not dry_run else None, calibration_samples,
                       calibration_seqlen, device, save_imatrix, progress)
     if imx is not None:
@@ -129,10 +141,21 @@ def quantize(
     if dry_run:
         return QuantizeResult(None, plan, time.perf_counter() - t0, notes=notes)
 
+    out = _output_path(src, output, type_name, force)
+    return _write(src, plan, out, type_name, lambda tp, s: encode(tp, s.load(), importance_for(imx, tp.name)),
+                  progress, t0, notes)
+
+
+def _output_path(src: Source, output, type_name: str, force: bool) -> Path:
     out = Path(output) if output is not None else default_output(src, type_name)
     if src.is_gguf and out.resolve() == src.path.resolve():
         raise InputError(f"{out}: output would overwrite the input; choose another -o")
     check_output(out, force)
+    return out
+
+
+def _write(src: Source, plan: Plan, out: Path, type_name: str, encoder, progress, t0: float,
+           notes: list[str]) -> QuantizeResult:
     with atomic_path(out) as tmp:
         sink = GGUFSink(tmp, src.arch_name)
         w = sink.writer
@@ -147,12 +170,52 @@ def quantize(
         with reporter(progress) as rep:
             rep.start(type_name, len(plan.tensors))
             for s, tp in zip(src.tensors, plan.tensors):
-                data = encode(tp, s.load(), importance_for(imx, tp.name))
+                data = encoder(tp, s)
                 sink.write(tp, data)
                 del data
                 rep.advance(1, tp.name)
         sink.close()
     return QuantizeResult(out, plan, time.perf_counter() - t0, out.stat().st_size, tok, notes)
+
+
+def _quantize_gptq(src: Source, plan: Plan, output, type_name: str, *, force: bool, dry_run: bool, calibration,
+                   n_samples: int, seqlen: int, device: str, damp: float, imatrix, progress, t0: float) -> QuantizeResult:
+    import tempfile
+
+    import numpy as np
+
+    from .schemes.gptq_driver import plan_gptq, run_gptq
+
+    if src.is_gguf:
+        raise InputError(f"{src.path}: GPTQ runs the Hugging Face model; give the model directory")
+    if imatrix is not None:
+        raise InputError("--scheme gptq collects its own statistics; drop --imatrix")
+    plan_gptq(plan, src)
+    if dry_run:
+        return QuantizeResult(None, plan, time.perf_counter() - t0,
+                              notes=["dry run: calibration not run; the plan's types do not depend on it"])
+    out = _output_path(src, output, type_name, force)
+    text = None if calibration in (None, True) else calibration
+    with tempfile.TemporaryDirectory(prefix="qconvert-gptq-", dir=out.parent) as td:
+        store = Path(td)
+        stats = run_gptq(src, plan, store, text_file=text, n_samples=n_samples, seqlen=seqlen, device=device,
+                         damp=damp, progress=progress)
+
+        def encoder(tp, s):
+            if tp.scheme == "gptq":
+                return np.load(store / f"{tp.name}.npy")
+            if tp.scheme == "importance":
+                return encode(tp, s.load(), np.load(store / f"{tp.name}.imp.npy"))
+            return encode(tp, s.load())
+
+        res = _write(src, plan, out, type_name, encoder, progress, t0, [])
+    if stats:
+        ratios = [v["err"] / v["rtn_err"] for v in stats.values() if v.get("rtn_err")]
+        if ratios:
+            res.notes.append(f"GPTQ on {len(stats)} tensors: output error {np.mean(ratios):.3f}x that of "
+                             f"round-to-nearest on average (min {min(ratios):.3f}, max {max(ratios):.3f})")
+    res.stats = stats
+    return res
 
 
 def _importance(src: Source, imatrix, calibration, n_samples: int, seqlen: int, device: str,

@@ -23,7 +23,7 @@ def plan_table(plan: Plan) -> Table:
         t.add_column(col, justify="right" if col == "bytes" else "left")
     for tp in plan.tensors:
         rule = tp.reason + (f" [fallback: {tp.fallback}]" if tp.fallback else "") + \
-            (" [importance-weighted]" if tp.scheme == "importance" else "")
+            (f" [{tp.scheme}]" if tp.scheme != "rtn" else "")
         t.add_row(tp.name, "x".join(map(str, tp.shape)), tp.qtype.name, human_bytes(tp.nbytes), rule)
     return t
 
@@ -75,6 +75,8 @@ def register(app: typer.Typer) -> None:
         calibration_seqlen: Annotated[int, typer.Option("--calibration-seqlen", help="Tokens per calibration window.")] = 512,
         device: Annotated[str, typer.Option("--device", help="Calibration device: cpu, cuda or auto.")] = "auto",
         save_imatrix: Annotated[Optional[Path], typer.Option("--save-imatrix", help="Save the collected statistics (llama.cpp's GGUF imatrix format; .dat for the legacy one).")] = None,
+        scheme: Annotated[str, typer.Option("--scheme", help="rtn (round to nearest; importance-weighted with --imatrix/--calibration) or gptq (error feedback on the GGUF block grid; runs a calibration pass).")] = "rtn",
+        damp: Annotated[float, typer.Option("--damp", help="GPTQ damping, a fraction of the Hessian's mean diagonal.")] = 0.01,
         progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal).")] = None,
     ) -> None:
         """Convert a Hugging Face checkpoint to a (quantized) GGUF file."""
@@ -84,7 +86,7 @@ def register(app: typer.Typer) -> None:
                        pure=pure, allow_requantize=allow_requantize, imatrix=imatrix,
                        calibration=(True if calibration == "default" else calibration),
                        calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen,
-                       device=device, save_imatrix=save_imatrix, progress=progress)
+                       device=device, save_imatrix=save_imatrix, scheme=scheme, damp=damp, progress=progress)
         for note in res.notes:
             err_console.print(f"note: {note}", markup=False)
         if dry_run:

@@ -1,0 +1,125 @@
+"""The reference a candidate is compared with: its log-probs at every scored position, on disk.
+
+Layout of a reference directory:
+    tokens.npy     int32 (n_windows, n_ctx)           the windows it was computed on
+    logprobs.npy   float16 (n_windows, n_scored, vocab) log-softmax of its logits
+    top.npy        int32 (n_windows, n_scored)         its argmax, from the float32 logits
+    meta.json      model, backend, first scored position, windows digest, vocab, own metrics
+float16 halves the size of float32 (a 150k vocabulary and 8k positions: 2.5 GB) and is read
+back through a memmap one window at a time; its relative precision (2^-11) shifts a KL by
+~1e-7 nats after renormalising (see metrics.py). The argmax is stored separately so that
+ties created by the float16 rounding cannot change the top-1 agreement.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import FormatError
+from .logits import backend_for, open_logits
+from .metrics import Accumulator, Metrics, log_softmax, row_chunks
+from .windows import Windows
+
+
+@dataclass
+class Reference:
+    path: Path
+    windows: Windows
+    model: str
+    backend: str
+    vocab: int
+    metrics: Metrics  # the reference scored alone (perplexity)
+    _logprobs: np.ndarray = field(repr=False, default=None)
+    top: np.ndarray = field(repr=False, default=None)
+    _tmp: Optional[tempfile.TemporaryDirectory] = field(repr=False, default=None)
+
+    def describe(self) -> str:
+        return f"{Path(self.model).name} via {self.backend}"
+
+    def logprobs(self, window: int, rows: slice) -> np.ndarray:
+        """float64 log-probs of one window's scored rows, renormalised after the float16 trip."""
+        lp = np.asarray(self._logprobs[window, rows], dtype=np.float64)
+        m = lp.max(axis=-1, keepdims=True)
+        return lp - (m + np.log(np.exp(lp - m).sum(axis=-1, keepdims=True)))
+
+    @classmethod
+    def open(cls, path: Path | str) -> "Reference":
+        path = Path(path)
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+            tokens = np.load(path / "tokens.npy")
+            top = np.load(path / "top.npy")
+            logprobs = np.load(path / "logprobs.npy", mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise FormatError(f"{path}: not a complete evaluation reference ({e})") from None
+        windows = Windows(tokens, meta["first"], meta.get("source", ""))
+        if windows.digest() != meta["digest"] or logprobs.shape != (*top.shape, meta["vocab"]):
+            raise FormatError(f"{path}: reference files disagree with meta.json; compute it again")
+        metrics = Metrics(**meta["metrics"])
+        return cls(path, windows, meta["model"], meta["backend"], meta["vocab"], metrics, logprobs, top)
+
+    def close(self) -> None:
+        """Drop the memmap and, for a reference in a temporary directory, the files."""
+        self._logprobs = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> "Reference":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def reference_from(model: Path | str, windows: Windows, workdir: Path | str | None = None, *,
+                   backend: Optional[str] = None, threads: int = 1) -> Reference:
+    """Run `model` (a GGUF through llama.cpp, an HF directory through transformers) on the
+    windows and store its log-probs in `workdir` (created; default: a temporary directory
+    removed by Reference.close())."""
+    t0 = time.perf_counter()
+    backend = backend or backend_for(model)
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="qconvert-ref-")
+        workdir = tmp.name
+    path = Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    src = open_logits(model, backend=backend, n_ctx=windows.n_ctx, threads=threads)
+    targets = windows.targets()
+    acc = Accumulator()
+    top = np.zeros(targets.shape, dtype=np.int32)
+    store = None
+    try:
+        for w in range(windows.n_windows):
+            logits = src(windows.tokens[w], windows.first)
+            if store is None:  # the vocabulary is known once the first window has run
+                store = np.lib.format.open_memmap(path / "logprobs.npy", mode="w+", dtype=np.float16,
+                                                  shape=(*targets.shape, logits.shape[-1]))
+            top[w] = np.argmax(logits, axis=-1)
+            for rows in row_chunks(len(logits), logits.shape[-1]):
+                lp = log_softmax(logits[rows])
+                store[w, rows] = lp
+                acc.add(lp, targets[w, rows])
+    finally:
+        src.close()
+    store.flush()
+    vocab = int(store.shape[-1])
+    del store
+    np.save(path / "tokens.npy", windows.tokens)
+    np.save(path / "top.npy", top)
+    label = f"{backend} ({src.label})"
+    metrics = acc.result(str(model), label, "", time.perf_counter() - t0)
+    meta = dict(model=str(model), backend=label, first=windows.first, digest=windows.digest(), vocab=vocab,
+                source=windows.source, metrics=metrics.__dict__)
+    (path / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    ref = Reference.open(path)
+    ref._tmp = tmp
+    return ref

@@ -1,0 +1,95 @@
+"""The thin driver that runs GPTQ on GGUF block grids for a whole model: one
+calibration pass, layer by layer (true-sequential: layer i+1 sees the outputs of the
+already-quantized layer i), each decoder linear solved with `gptq_gguf` against its
+Hessian, the encoded blocks kept in a scratch directory until the GGUF writer reaches
+them. Linear weights planned at a type without a GPTQ grid get the importance-weighted
+kernel instead (importance = mean x², the Hessian's diagonal over 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import InputError
+from ..plan.tensor_plan import Plan
+from ..source.model_source import Source
+from .gptq_grid import gptq_gguf
+
+GRID_TYPES = frozenset({"Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"})
+
+
+def plan_gptq(plan: Plan, src: Source) -> dict[str, str]:
+    """Mark decoder linears for GPTQ; return hf module name -> GGUF tensor name."""
+    by_name = {tp.name: tp for tp in plan.tensors}
+    linears: dict[str, str] = {}
+    for s in src.tensors:
+        tp = by_name[s.name]
+        if not s.hf_name.endswith(".weight") or len(s.shape) != 2 or ".layers." not in s.hf_name:
+            continue
+        if not tp.qtype.quantized:
+            continue
+        tp.scheme = "gptq" if tp.qtype.name in GRID_TYPES else "importance"
+        linears[s.hf_name[: -len(".weight")]] = s.name
+    if not linears:
+        raise InputError(f"{src.path}: no quantized decoder linear weights to run GPTQ on")
+    return linears
+
+
+def run_gptq(src: Source, plan: Plan, store: Path, *, text_file: Optional[str | Path] = None,
+             n_samples: int = 128, seqlen: int = 512, device: str = "auto", damp: float = 0.01,
+             batch_size: int = 8, progress: Optional[bool] = None) -> dict[str, dict]:
+    """Quantize every marked linear; write `<store>/<gguf name>.npy` (GGUF bytes) and, for
+    importance-scheme tensors, `<name>.imp.npy`. Returns per-tensor GPTQ statistics."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from ..calib.layerwise import load_causal_lm, run_layerwise
+    from ..calib.text import calibration_samples
+    from .hessian import accumulate_hessian, hessian_init
+
+    linears = plan_gptq(plan, src)
+    by_name = {tp.name: tp for tp in plan.tensors}
+    transforms = {s.name: s.transforms for s in src.tensors}
+    tokenizer = AutoTokenizer.from_pretrained(str(src.path))
+    samples = calibration_samples(tokenizer, text_file=text_file, n_samples=n_samples, seqlen=seqlen)
+    model = load_causal_lm(src.path)
+    hess: dict[str, list] = {}
+    stats: dict[str, dict] = {}
+
+    def on_linear(i: int, name: str, x: torch.Tensor) -> None:
+        if name not in linears:
+            return
+        if name not in hess:
+            hess[name] = list(hessian_init(x.shape[-1], dtype=torch.float32, device=x.device))
+        hess[name] = list(accumulate_hessian(hess[name][0], hess[name][1], x))
+
+    def transform(i: int, layer: torch.nn.Module) -> None:
+        for mod_name, mod in layer.named_modules():
+            if not isinstance(mod, torch.nn.Linear):
+                continue
+            full = next((n for n in hess if n.endswith(f".{i}.{mod_name}")), None)
+            if full is None:
+                continue
+            gname = linears[full]
+            tp = by_name[gname]
+            H = hess.pop(full)[0]
+            W = mod.weight.detach().to(torch.float32).cpu().numpy()
+            Hn = H.cpu().numpy()
+            if tp.scheme == "gptq":
+                blocks, deq, st = gptq_gguf(W, Hn, tp.qtype.name, damp=damp, device=H.device)
+                mod.weight.data.copy_(torch.from_numpy(deq).to(mod.weight.device, mod.weight.dtype))
+                # llama.cpp's row order (e.g. Llama's q/k rope permutation) applies to whole
+                # rows, so it applies to the encoded rows too
+                rows = blocks.reshape(W.shape[0], -1)
+                for t in transforms[gname]:
+                    rows = t(rows)
+                np.save(store / f"{gname}.npy", np.ascontiguousarray(rows).reshape(-1))
+                stats[gname] = {k: st[k] for k in ("err", "rtn_err") if k in st}
+            else:
+                np.save(store / f"{gname}.imp.npy", (np.diag(Hn) / 2).astype(np.float32))
+
+    run_layerwise(model, samples, on_linear=on_linear, transform=transform, device=device,
+                  batch_size=batch_size, show_progress=progress)
+    return stats
