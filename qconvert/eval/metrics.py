@@ -3,12 +3,15 @@
 Per scored position (see windows.py), with q the candidate's next-token distribution and
 p the reference's:
     NLL   = -log q(actual next token)             perplexity = exp(mean NLL)
+    ΔNLL  = NLL - the reference's NLL             paired: its standard error is far smaller
+                                                  than the NLL's own when both models err on
+                                                  the same hard tokens
     KL    = sum_v p(v) (log p(v) - log q(v))      KL(P_ref || Q_candidate), nats
     top-1 = argmax q == argmax p
 Softmax and KL are taken in float64: in float32 the KL of two nearly equal distributions
-(1e-6 nats) drowns in rounding. The reference's stored float16 log-probs are renormalised
-(log p -= logsumexp log p) before use, so p sums to one exactly and KL stays >= 0; that
-rounding alone moves a KL by ~1e-7 nats, far below any quantization effect measured.
+(1e-6 nats) drowns in rounding. The reference's stored log-probs are renormalised
+(log p -= logsumexp log p) before use, so p sums to one exactly and KL stays >= 0 whatever
+the storage precision (reference.py: float32, or float16 for very large references).
 Only per-position scalars are kept (two float64 per position), never a vocab-wide array
 for more than a chunk of rows.
 """
@@ -53,6 +56,7 @@ class Metrics:
     n_positions: int
     nll: float  # mean negative log-likelihood, nats/token
     nll_se: float  # its standard error over positions
+    delta_nll_se: float = float("nan")  # standard error of the mean of NLL - reference NLL
     mean_kl: float = float("nan")
     median_kl: float = float("nan")
     p99_kl: float = float("nan")
@@ -79,16 +83,20 @@ class Accumulator:
     def __init__(self) -> None:
         self.nll: list[np.ndarray] = []
         self.kl: list[np.ndarray] = []
+        self.delta: list[np.ndarray] = []
         self.same_top = 0
         self.count = 0
 
     def add(self, logq: np.ndarray, targets: np.ndarray, logp: Optional[np.ndarray] = None,
-            ref_top: Optional[np.ndarray] = None) -> None:
-        """logq: candidate log-probs (rows, vocab) float64; logp: the reference's, same shape."""
-        self.nll.append(-logq[np.arange(len(targets)), targets])
+            ref_top: Optional[np.ndarray] = None, ref_nll: Optional[np.ndarray] = None) -> None:
+        """logq: candidate log-probs (rows, vocab) float64; logp, ref_top, ref_nll: the
+        reference's log-probs (same shape), argmax and NLL at the same rows."""
+        nll = -logq[np.arange(len(targets)), targets]
+        self.nll.append(nll)
         self.count += len(targets)
         if logp is None:
             return
+        self.delta.append(nll - ref_nll)
         p = np.exp(logp)
         # p == 0 contributes nothing, even where log q is -inf (0 * inf would be nan)
         terms = np.where(p > 0, p * (logp - logq), 0.0)
@@ -97,14 +105,19 @@ class Accumulator:
 
     def result(self, model: str, backend: str, reference: str, seconds: float) -> Metrics:
         nll = np.concatenate(self.nll)
-        se = float(nll.std(ddof=1) / math.sqrt(len(nll))) if len(nll) > 1 else float("nan")
-        m = Metrics(model, backend, reference, len(nll), float(nll.mean()), se, seconds=seconds)
+        m = Metrics(model, backend, reference, len(nll), float(nll.mean()), _se(nll), seconds=seconds)
         if self.kl:
+            m.delta_nll_se = _se(np.concatenate(self.delta))
             kl = np.concatenate(self.kl)
             m.mean_kl, m.median_kl = float(kl.mean()), float(np.median(kl))
             m.p99_kl, m.max_kl = float(np.quantile(kl, 0.99)), float(kl.max())
             m.top1 = self.same_top / self.count
         return m
+
+
+def _se(x: np.ndarray) -> float:
+    """Standard error of the mean of x."""
+    return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
 
 
 def score(model: Path | str, windows: Windows, *, reference: Optional["Reference"] = None,
@@ -128,7 +141,8 @@ def score(model: Path | str, windows: Windows, *, reference: Optional["Reference
                 if reference is None:
                     acc.add(logq, targets[w, rows])
                 else:
-                    acc.add(logq, targets[w, rows], reference.logprobs(w, rows), reference.top[w, rows])
+                    acc.add(logq, targets[w, rows], reference.logprobs(w, rows), reference.top[w, rows],
+                            reference.nll[w, rows])
     finally:
         src.close()
     return acc.result(str(model), f"{backend} ({src.label})", reference.describe() if reference else "",

@@ -1,14 +1,18 @@
 """The reference a candidate is compared with: its log-probs at every scored position, on disk.
 
 Layout of a reference directory:
-    tokens.npy     int32 (n_windows, n_ctx)           the windows it was computed on
-    logprobs.npy   float16 (n_windows, n_scored, vocab) log-softmax of its logits
-    top.npy        int32 (n_windows, n_scored)         its argmax, from the float32 logits
+    tokens.npy     int32 (n_windows, n_ctx)             the windows it was computed on
+    logprobs.npy   float32 or float16 (n_windows, n_scored, vocab)   log-softmax of its logits
+    top.npy        int32 (n_windows, n_scored)           its argmax, from the float32 logits
+    nll.npy        float64 (n_windows, n_scored)         its NLL of the actual next tokens
     meta.json      model, backend, first scored position, windows digest, vocab, own metrics
-float16 halves the size of float32 (a 150k vocabulary and 8k positions: 2.5 GB) and is read
-back through a memmap one window at a time; its relative precision (2^-11) shifts a KL by
-~1e-7 nats after renormalising (see metrics.py). The argmax is stored separately so that
-ties created by the float16 rounding cannot change the top-1 agreement.
+The log-probs are float32 while the file stays under STORE_F32_LIMIT (the example model:
+2048 x ~7k positions = 57 MB) and float16 beyond (a 150k vocabulary and 8k positions:
+2.5 GB instead of 5), read back through a memmap one window at a time. float16's rounding
+(relative 2^-11) sets a floor on the KL it can resolve: a model against its own float16
+log-probs measured 2.5e-7 nats on the tiny test Llama, whose near-uniform distributions are
+the worst case; quantized models sit at 1e-3 and above. The argmax is stored separately so
+that ties made by rounding cannot change the top-1 agreement.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from .logits import backend_for, open_logits
 from .metrics import Accumulator, Metrics, log_softmax, row_chunks
 from .windows import Windows
 
+STORE_F32_LIMIT = 1 << 30  # bytes of float32 log-probs above which float16 is stored
+
 
 @dataclass
 class Reference:
@@ -38,13 +44,15 @@ class Reference:
     metrics: Metrics  # the reference scored alone (perplexity)
     _logprobs: np.ndarray = field(repr=False, default=None)
     top: np.ndarray = field(repr=False, default=None)
+    nll: np.ndarray = field(repr=False, default=None)
     _tmp: Optional[tempfile.TemporaryDirectory] = field(repr=False, default=None)
 
     def describe(self) -> str:
         return f"{Path(self.model).name} via {self.backend}"
 
     def logprobs(self, window: int, rows: slice) -> np.ndarray:
-        """float64 log-probs of one window's scored rows, renormalised after the float16 trip."""
+        """float64 log-probs of one window's scored rows, renormalised after the trip
+        through the stored precision (so they sum to one and KL cannot go negative)."""
         lp = np.asarray(self._logprobs[window, rows], dtype=np.float64)
         m = lp.max(axis=-1, keepdims=True)
         return lp - (m + np.log(np.exp(lp - m).sum(axis=-1, keepdims=True)))
@@ -56,14 +64,16 @@ class Reference:
             meta = json.loads((path / "meta.json").read_text())
             tokens = np.load(path / "tokens.npy")
             top = np.load(path / "top.npy")
+            nll = np.load(path / "nll.npy")
             logprobs = np.load(path / "logprobs.npy", mmap_mode="r")
         except (OSError, ValueError) as e:
             raise FormatError(f"{path}: not a complete evaluation reference ({e})") from None
         windows = Windows(tokens, meta["first"], meta.get("source", ""))
-        if windows.digest() != meta["digest"] or logprobs.shape != (*top.shape, meta["vocab"]):
+        if (windows.digest() != meta["digest"] or logprobs.shape != (*top.shape, meta["vocab"])
+                or nll.shape != top.shape):
             raise FormatError(f"{path}: reference files disagree with meta.json; compute it again")
         metrics = Metrics(**meta["metrics"])
-        return cls(path, windows, meta["model"], meta["backend"], meta["vocab"], metrics, logprobs, top)
+        return cls(path, windows, meta["model"], meta["backend"], meta["vocab"], metrics, logprobs, top, nll)
 
     def close(self) -> None:
         """Drop the memmap and, for a reference in a temporary directory, the files."""
@@ -80,10 +90,11 @@ class Reference:
 
 
 def reference_from(model: Path | str, windows: Windows, workdir: Path | str | None = None, *,
-                   backend: Optional[str] = None, threads: int = 1) -> Reference:
+                   backend: Optional[str] = None, threads: int = 1, dtype=None) -> Reference:
     """Run `model` (a GGUF through llama.cpp, an HF directory through transformers) on the
     windows and store its log-probs in `workdir` (created; default: a temporary directory
-    removed by Reference.close())."""
+    removed by Reference.close()). dtype: np.float32 or np.float16 for the stored
+    log-probs; default by size (see STORE_F32_LIMIT)."""
     t0 = time.perf_counter()
     backend = backend or backend_for(model)
     tmp = None
@@ -101,8 +112,10 @@ def reference_from(model: Path | str, windows: Windows, workdir: Path | str | No
         for w in range(windows.n_windows):
             logits = src(windows.tokens[w], windows.first)
             if store is None:  # the vocabulary is known once the first window has run
-                store = np.lib.format.open_memmap(path / "logprobs.npy", mode="w+", dtype=np.float16,
-                                                  shape=(*targets.shape, logits.shape[-1]))
+                shape = (*targets.shape, logits.shape[-1])
+                if dtype is None:
+                    dtype = np.float32 if 4 * np.prod(shape) <= STORE_F32_LIMIT else np.float16
+                store = np.lib.format.open_memmap(path / "logprobs.npy", mode="w+", dtype=dtype, shape=shape)
             top[w] = np.argmax(logits, axis=-1)
             for rows in row_chunks(len(logits), logits.shape[-1]):
                 lp = log_softmax(logits[rows])
@@ -115,10 +128,11 @@ def reference_from(model: Path | str, windows: Windows, workdir: Path | str | No
     del store
     np.save(path / "tokens.npy", windows.tokens)
     np.save(path / "top.npy", top)
+    np.save(path / "nll.npy", np.concatenate(acc.nll).reshape(targets.shape))
     label = f"{backend} ({src.label})"
     metrics = acc.result(str(model), label, "", time.perf_counter() - t0)
     meta = dict(model=str(model), backend=label, first=windows.first, digest=windows.digest(), vocab=vocab,
-                source=windows.source, metrics=metrics.__dict__)
+                source=windows.source, store_dtype=np.dtype(dtype).name, metrics=metrics.__dict__)
     (path / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     ref = Reference.open(path)
     ref._tmp = tmp
