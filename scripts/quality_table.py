@@ -49,6 +49,10 @@ class Recipe:
         return root / (slug + ".gguf" if self.evaluate == "gguf" else slug)
 
 
+# calibration on the bundled calibration split (disjoint from training and evaluation
+# text), windows as long as the example model's training windows
+CALIB = dict(calibration=True, calibration_samples=128, calibration_seqlen=256, device="cpu")
+
 RECIPES: list[Recipe] = [
     Recipe("F16", dict(type="F16")),
     Recipe("Q8_0", dict(type="Q8_0")),
@@ -56,7 +60,11 @@ RECIPES: list[Recipe] = [
     Recipe("Q5_K_M", dict(type="Q5_K_M")),
     Recipe("Q4_K_M", dict(type="Q4_K_M")),
     Recipe("Q4_0", dict(type="Q4_0")),
+    Recipe("Q4_K_M + importance", dict(type="Q4_K_M", **CALIB)),
+    Recipe("Q4_K_M + GPTQ", dict(type="Q4_K_M", scheme="gptq", **CALIB)),
     Recipe("Q3_K_M", dict(type="Q3_K_M")),
+    Recipe("Q3_K_M + importance", dict(type="Q3_K_M", **CALIB)),
+    Recipe("Q3_K_M + GPTQ", dict(type="Q3_K_M", scheme="gptq", **CALIB)),
     Recipe("Q2_K", dict(type="Q2_K")),
     Recipe("BF16 checkpoint (transformers)", None, evaluate="hf"),
 ]

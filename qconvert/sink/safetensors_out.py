@@ -41,9 +41,9 @@ QUANTIZED_MODULE = r".*layers\.\d+\.(self_attn|mlp)\.(q_proj|k_proj|v_proj|o_pro
 COPIED_FILES = ("generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                 "special_tokens_map.json", "chat_template.jinja", "chat_template.json", "added_tokens.json",
                 "vocab.json", "merges.txt")
-SCALE_DTYPES = {"bf16": ("BF16", torch.bfloat16), "bfloat16": ("BF16", torch.bfloat16),
-                "f16": ("F16", torch.float16), "fp16": ("F16", torch.float16), "float16": ("F16", torch.float16),
-                "f32": ("F32", torch.float32), "fp32": ("F32", torch.float32), "float32": ("F32", torch.float32)}
+SCALE_DTYPES = {"bf16": "BF16", "bfloat16": "BF16", "f16": "F16", "fp16": "F16", "float16": "F16",
+                "f32": "F32", "fp32": "F32", "float32": "F32", "float64": "F32"}
+TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 
 # anything with qweight / scales / zeros / g_idx as GPTQResult and GridQuant have them
 Result = object
@@ -66,7 +66,14 @@ class SafetensorsPlan:
     bits: int
     group_size: int
     sym: bool
-    ignore: list[str]
+    scale_dtype: str  # safetensors dtype name of the stored scales
+    ignore: list[str]  # lm_head (tied or not) and projections kept dense
+
+    @property
+    def targets(self) -> list[str]:
+        # exactly the projections, not "Linear": a Linear we keep dense (an MoE router, a
+        # vision tower's) would otherwise be expected in packed form and fail to load
+        return ["re:" + QUANTIZED_MODULE]
 
     @property
     def entries(self) -> list[Entry]:
@@ -77,11 +84,18 @@ class SafetensorsPlan:
         return sum(e.nbytes for e in self.entries)
 
 
-def _scale_dtype(name: Optional[str], src_dtype: str) -> tuple[str, torch.dtype]:
-    if name is None:  # the weight's own precision; F64 checkpoints get F32 scales
-        name = {"BF16": "bf16", "F16": "f16"}.get(src_dtype, "f32")
+def resolve_scale_dtype(name: Optional[str], config: dict, handles) -> str:
+    """The safetensors dtype of the stored scales. transformers builds each compressed
+    Linear's scale in the dtype it loads the model in (the config's `dtype` by default)
+    and casts the file's scales into it, so by default scales are stored in that dtype:
+    then the weights it decodes are exactly ours."""
+    if name is None:
+        name = str(config.get("dtype") or config.get("torch_dtype") or "")
+    if not name:  # no dtype in the config: the checkpoint's own (F64 gets F32)
+        first = next((h.dtype for h in handles if len(h.shape) == 2), "F32")
+        name = {"BF16": "bf16", "F16": "f16"}.get(first, "f32")
     try:
-        return SCALE_DTYPES[name.lower()]
+        return SCALE_DTYPES[name.lower().removeprefix("torch.")]
     except KeyError:
         raise UnsupportedError(f"scale dtype {name!r}: choose bfloat16, float16 or float32") from None
 
@@ -89,6 +103,7 @@ def _scale_dtype(name: Optional[str], src_dtype: str) -> tuple[str, torch.dtype]
 def plan_safetensors(ckpt: Checkpoint, *, bits: int, group_size: int, sym: bool,
                      scale_dtype: Optional[str] = None) -> SafetensorsPlan:
     check_grid(bits, group_size)
+    sd = resolve_scale_dtype(scale_dtype, ckpt.config, ckpt.handles.values())
     items: list[Item] = []
     ignore = ["lm_head"]
     for name, h in ckpt.handles.items():
@@ -102,12 +117,11 @@ def plan_safetensors(ckpt: Checkpoint, *, bits: int, group_size: int, sym: bool,
             else:
                 it.quantize, it.reason = True, f"{bits}-bit " + ("per channel" if group_size == -1
                                                                   else f"groups of {group_size}")
-                sd = _scale_dtype(scale_dtype, h.dtype)[0]
                 it.outputs = [Entry(*t) for t in ct.module_tensors(module, h.shape, bits, group_size, sym, sd)]
         if not it.quantize:
             it.outputs = [Entry(name, h.dtype, tuple(h.shape))]
         items.append(it)
-    return SafetensorsPlan(items, bits, group_size, sym, ignore)
+    return SafetensorsPlan(items, bits, group_size, sym, sd, ignore)
 
 
 def _supplier(scheme: str, quantized: Optional[Supplier], plan: SafetensorsPlan) -> Callable[[str], Optional[Result]]:
@@ -146,10 +160,10 @@ def _check_result(name: str, r: Result, shape: tuple[int, int], plan: Safetensor
 
 
 def quantize_item(it: Item, ckpt: Checkpoint, plan: SafetensorsPlan, supply: Callable[[str], Optional[Result]],
-                  scale_dtype: Optional[str]) -> tuple[dict[str, np.ndarray], torch.Tensor]:
-    """One planned Linear -> (its packed arrays by output name, our dequantized weight in
-    float32, computed from the scales as stored)."""
-    sd_name, sd_torch = _scale_dtype(scale_dtype, it.src_dtype)
+                  *, with_dequant: bool = False) -> tuple[dict[str, np.ndarray], Optional[torch.Tensor]]:
+    """One planned Linear -> (its packed arrays by output name, and with_dequant: our
+    dequantized weight in float32, computed from the scales as stored)."""
+    sd_torch = TORCH_DTYPES[plan.scale_dtype]
     r = supply(it.hf_name)
     if r is None:
         W = torch.from_numpy(ckpt[it.hf_name].load())  # the HF weight as stored, widened to float32
@@ -160,9 +174,11 @@ def quantize_item(it: Item, ckpt: Checkpoint, plan: SafetensorsPlan, supply: Cal
     qweight = torch.as_tensor(r.qweight).cpu().to(torch.uint8)
     zeros = torch.as_tensor(r.zeros).cpu().to(torch.int32)
     scales = torch.as_tensor(r.scales).cpu().to(sd_torch)
-    g_idx = torch.arange(it.shape[1], dtype=torch.int32) // (it.shape[1] if plan.group_size == -1 else plan.group_size)
-    deq = dequantize(qweight, scales.to(torch.float32), zeros, g_idx)
-    raw_scales = scales.view(torch.int16).numpy().view(np.uint16) if sd_name == "BF16" else scales.numpy()
+    deq = None
+    if with_dequant:
+        gs = it.shape[1] if plan.group_size == -1 else plan.group_size
+        deq = dequantize(qweight, scales.to(torch.float32), zeros, torch.arange(it.shape[1]) // gs)
+    raw_scales = scales.view(torch.int16).numpy().view(np.uint16) if plan.scale_dtype == "BF16" else scales.numpy()
     arrays = ct.module_arrays(it.hf_name[:-len(".weight")], qweight.numpy(), raw_scales, zeros.numpy(),
                               plan.bits, plan.sym)
     return arrays, deq
@@ -190,19 +206,23 @@ def write_quantized_safetensors(model, out_dir: Union[str, Path], *, bits: int =
     group_size -1: one scale per output channel. Returns out_dir."""
     ckpt = _checkpoint(model)
     out = Path(out_dir)
+    if actorder not in (None, "weight", "static"):
+        raise UnsupportedError(f"actorder {actorder!r}: compressed-tensors reads 'weight' (act-order with static "
+                               "groups, g_idx = column // group_size) or none")
     plan = plan_safetensors(ckpt, bits=bits, group_size=group_size, sym=sym, scale_dtype=scale_dtype)
     supply = _supplier(scheme, quantized, plan)
     check_output_dir(out, force, input_dir=ckpt.dir)
     config = dict(ckpt.config)
     config["quantization_config"] = ct.quantization_config(bits=bits, group_size=group_size, sym=sym,
-                                                           ignore=plan.ignore, actorder=actorder)
+                                                           targets=plan.targets, ignore=plan.ignore,
+                                                           actorder=actorder)
     with atomic_dir(out) as tmp, reporter(progress) as rep:
         rep.start(f"W{bits} {ct.FORMAT}", len(plan.items))
         writer = ShardedWriter(tmp, plan.entries, shard_bytes)
         try:
             for it in plan.items:
                 if it.quantize:
-                    arrays, _ = quantize_item(it, ckpt, plan, supply, scale_dtype)
+                    arrays, _ = quantize_item(it, ckpt, plan, supply)
                     for name, arr in arrays.items():
                         writer.write(name, arr)
                 else:  # the stored bytes in the original dtype
@@ -235,7 +255,8 @@ def dequantized_state_dict(model, *, bits: int = 4, group_size: int = 128, sym: 
     ckpt = _checkpoint(model)
     plan = plan_safetensors(ckpt, bits=bits, group_size=group_size, sym=sym, scale_dtype=scale_dtype)
     supply = _supplier(scheme, quantized, plan)
-    return {it.hf_name: quantize_item(it, ckpt, plan, supply, scale_dtype)[1] for it in plan.items if it.quantize}
+    return {it.hf_name: quantize_item(it, ckpt, plan, supply, with_dequant=True)[1]
+            for it in plan.items if it.quantize}
 
 
 def read_dequantized(out_dir: Union[str, Path]) -> dict[str, np.ndarray]:
@@ -245,27 +266,28 @@ def read_dequantized(out_dir: Union[str, Path]) -> dict[str, np.ndarray]:
     qc = json.loads((ckpt_dir / "config.json").read_text())["quantization_config"]
     w = qc["config_groups"]["group_0"]["weights"]
     bits, sym = int(w["num_bits"]), bool(w["symmetric"])
-    raw: dict[str, tuple[SafetensorsFile, str]] = {}
+    where: dict[str, SafetensorsFile] = {}
     for p in _shard_files(ckpt_dir)[0]:  # not Checkpoint: it admits float tensors only
         f = SafetensorsFile(p)
-        raw.update((n, (f, n)) for n in f.names())
+        where.update(dict.fromkeys(f.names(), f))
+
+    def get(name: str) -> np.ndarray:
+        return where[name].raw(name)
+
     out = {}
-    for name, (f, n) in raw.items():
+    for name in where:
         if not name.endswith(".weight_packed"):
             continue
         prefix = name[:-len(".weight_packed")]
-        n_out, n_in = (int(x) for x in f.raw(n.replace("weight_packed", "weight_shape")))
-        fs, ns = raw[f"{prefix}.weight_scale"]
-        s = fs.raw(ns)
-        dt = fs.header[ns]["dtype"]
-        scales = (s.astype(np.uint32) << 16).view(np.float32) if dt == "BF16" else s.astype(np.float32)
-        codes = ct.unpack_int32(np.asarray(f.raw(n)), bits, n_in)
+        n_out, n_in = (int(x) for x in get(f"{prefix}.weight_shape"))
+        s = get(f"{prefix}.weight_scale")
+        bf16 = where[f"{prefix}.weight_scale"].header[f"{prefix}.weight_scale"]["dtype"] == "BF16"
+        scales = (s.astype(np.uint32) << 16).view(np.float32) if bf16 else s.astype(np.float32)
+        codes = ct.unpack_int32(get(name), bits, n_in)
         if sym:
             zeros = np.full(scales.shape, 2 ** (bits - 1), dtype=np.int32)
         else:
-            fz, nz = raw[f"{prefix}.weight_zero_point"]
-            zeros = ct.unpack_int32(np.ascontiguousarray(fz.raw(nz).T), bits, n_out).T.astype(np.int32)
-        gs = n_in // scales.shape[1]
-        g = np.arange(n_in) // gs
-        out[f"{prefix}.weight"] = scales[:, g] * (codes.astype(np.float32) - zeros[:, g])
+            zeros = ct.unpack_int32(np.ascontiguousarray(get(f"{prefix}.weight_zero_point").T), bits, n_out).T
+        g = np.arange(n_in) // (n_in // scales.shape[1])
+        out[f"{prefix}.weight"] = scales[:, g] * (codes.astype(np.float32) - zeros[:, g].astype(np.float32))
     return out
