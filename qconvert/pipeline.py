@@ -104,6 +104,10 @@ def quantize(
     save_imatrix: Optional[str | Path] = None,
     scheme: str = "rtn",
     damp: float = 0.01,
+    format: str = "gguf",
+    group_size: int = 128,
+    sym: bool = True,
+    act_order: bool = False,
     progress: Optional[bool] = False,
 ) -> QuantizeResult:
     """Convert a Hugging Face model directory (or an F32/F16/BF16 GGUF) into a GGUF file.
@@ -119,8 +123,20 @@ def quantize(
     `calibration_seqlen` tokens, on `device`; `save_imatrix` keeps them for later runs.
     scheme="gptq": GPTQ error feedback while rounding each decoder linear to its GGUF
     block type (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K; other types get importance weighting),
-    from the same kind of calibration pass."""
+    from the same kind of calibration pass.
+
+    format="safetensors": an int-N checkpoint transformers loads (compressed-tensors
+    pack-quantized): `bits` (default 4), `group_size` (-1 per channel), `sym`, scheme rtn
+    (absmax / min-max rounding) or gptq (`act_order` with static groups, `damp`)."""
     t0 = time.perf_counter()
+    if format == "safetensors":
+        return _quantize_safetensors(model, output, bits=4 if bits is None else bits, type_name=type, force=force,
+                                     dry_run=dry_run, scheme=scheme, group_size=group_size, sym=sym,
+                                     act_order=act_order, damp=damp, calibration=calibration,
+                                     n_samples=calibration_samples, seqlen=calibration_seqlen, device=device,
+                                     progress=progress, t0=t0)
+    if format != "gguf":
+        raise InputError(f"--format {format}: choose gguf or safetensors")
     type_name = resolve_type(type, bits)
     src = open_source(model, vocab_pre=vocab_pre, allow_requantize=allow_requantize)
     plan = make_quant_plan(src, type_name, tensor_types=tensor_types, output_tensor_type=output_tensor_type,
@@ -215,6 +231,61 @@ def _quantize_gptq(src: Source, plan: Plan, output, type_name: str, *, force: bo
             res.notes.append(f"GPTQ on {len(stats)} tensors: output error {np.mean(ratios):.3f}x that of "
                              f"round-to-nearest on average (min {min(ratios):.3f}, max {max(ratios):.3f})")
     res.stats = stats
+    return res
+
+
+def _quantize_safetensors(model, output, *, bits: int, type_name, force: bool, dry_run: bool, scheme: str,
+                          group_size: int, sym: bool, act_order: bool, damp: float, calibration, n_samples: int,
+                          seqlen: int, device: str, progress, t0: float) -> QuantizeResult:
+    import tempfile
+
+    from .sink.safetensors_out import plan_safetensors, write_quantized_safetensors
+    from .source.checkpoint import Checkpoint
+
+    if type_name:
+        raise InputError("--type names GGUF types; for --format safetensors give --bits (2, 3, 4, 8) and --group-size")
+    if bits not in (2, 3, 4, 8):
+        raise InputError(f"--bits {bits}: safetensors output takes 2, 3, 4 or 8 bits")
+    if scheme not in ("rtn", "absmax", "gptq"):
+        raise InputError(f"--scheme {scheme}: choose rtn (absmax rounding) or gptq for safetensors output")
+    if act_order and scheme != "gptq":
+        raise InputError("--act-order is a GPTQ option; add --scheme gptq")
+    model = Path(model)
+    if model.is_file():
+        raise InputError(f"{model}: safetensors output is made from a Hugging Face model directory")
+    ckpt = Checkpoint(model)
+    splan = plan_safetensors(ckpt, bits=bits, group_size=group_size, sym=sym)
+    label = f"W{bits}A16-{'G' + str(group_size) if group_size > 0 else 'CH'}{'' if sym else '-ASYM'}"
+    res = QuantizeResult(None, None, notes=[f"{sum(it.quantize for it in splan.items)} projections quantized "
+                                            f"({label}, {scheme}); {len(splan.ignore)} names kept dense: "
+                                            f"{', '.join(splan.ignore[:6])}"])
+    res.safetensors_plan = splan
+    if dry_run:
+        res.seconds = time.perf_counter() - t0
+        return res
+    out = Path(output) if output is not None else Path.cwd() / f"{model.resolve().name}-{label}"
+    quantized = None
+    with tempfile.TemporaryDirectory(prefix="qconvert-gptq-") as td:
+        if scheme == "gptq":
+            from .schemes.gptq_safetensors import run_gptq_int, staged_results
+
+            targets = {it.hf_name for it in splan.items if it.quantize}
+            ratios = run_gptq_int(model, Path(td), targets=targets, bits=bits, group_size=group_size, sym=sym,
+                                  act_order=act_order, damp=damp, scale_dtype=splan.scale_dtype,
+                                  text_file=None if calibration in (None, True) else calibration,
+                                  n_samples=n_samples, seqlen=seqlen, device=device, progress=progress)
+            quantized = staged_results(Path(td))
+            res.stats = {"err_ratio_vs_rtn": ratios}
+            if ratios:
+                vals = list(ratios.values())
+                res.notes.append(f"GPTQ on {len(vals)} tensors: output error {sum(vals) / len(vals):.3f}x that "
+                                 f"of round-to-nearest on average")
+        write_quantized_safetensors(ckpt, out, bits=bits, group_size=group_size, sym=sym, scheme="absmax",
+                                    quantized=quantized, force=force, progress=progress,
+                                    actorder="weight" if act_order else None)
+    res.output = out
+    res.file_size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    res.seconds = time.perf_counter() - t0
     return res
 
 

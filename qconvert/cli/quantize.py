@@ -75,7 +75,11 @@ def register(app: typer.Typer) -> None:
         calibration_seqlen: Annotated[int, typer.Option("--calibration-seqlen", help="Tokens per calibration window.")] = 512,
         device: Annotated[str, typer.Option("--device", help="Calibration device: cpu, cuda or auto.")] = "auto",
         save_imatrix: Annotated[Optional[Path], typer.Option("--save-imatrix", help="Save the collected statistics (llama.cpp's GGUF imatrix format; .dat for the legacy one).")] = None,
-        scheme: Annotated[str, typer.Option("--scheme", help="rtn (round to nearest; importance-weighted with --imatrix/--calibration) or gptq (error feedback on the GGUF block grid; runs a calibration pass).")] = "rtn",
+        format_: Annotated[str, typer.Option("--format", help="gguf (llama.cpp) or safetensors (int-N checkpoint transformers loads: compressed-tensors pack-quantized).")] = "gguf",
+        scheme: Annotated[str, typer.Option("--scheme", help="rtn (round to nearest; importance-weighted with --imatrix/--calibration) or gptq (error feedback; runs a calibration pass).")] = "rtn",
+        group_size: Annotated[int, typer.Option("--group-size", help="safetensors: weights per scale (-1: one per output channel).")] = 128,
+        sym: Annotated[bool, typer.Option("--sym/--asym", help="safetensors: symmetric (absmax) or asymmetric (min-max, zero point) grids.")] = True,
+        act_order: Annotated[bool, typer.Option("--act-order", help="safetensors + gptq: quantize columns in order of decreasing Hessian diagonal (static groups).")] = False,
         damp: Annotated[float, typer.Option("--damp", help="GPTQ damping, a fraction of the Hessian's mean diagonal.")] = 0.01,
         progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal).")] = None,
     ) -> None:
@@ -86,9 +90,15 @@ def register(app: typer.Typer) -> None:
                        pure=pure, allow_requantize=allow_requantize, imatrix=imatrix,
                        calibration=(True if calibration == "default" else calibration),
                        calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen,
-                       device=device, save_imatrix=save_imatrix, scheme=scheme, damp=damp, progress=progress)
+                       device=device, save_imatrix=save_imatrix, scheme=scheme, damp=damp, format=format_,
+                       group_size=group_size, sym=sym, act_order=act_order, progress=progress)
         for note in res.notes:
             err_console.print(f"note: {note}", markup=False)
+        if res.plan is None:  # safetensors output
+            if not dry_run:
+                err_console.print(f"wrote {res.output}/ ({human_bytes(res.file_size)} of safetensors) "
+                                  f"in {res.seconds:.1f}s", markup=False)
+            return
         if dry_run:
             out_console.print(plan_table(res.plan))
             for line in totals_lines(res.plan):
