@@ -67,6 +67,14 @@ RECIPES: list[Recipe] = [
     Recipe("Q3_K_M + GPTQ", dict(type="Q3_K_M", scheme="gptq", **CALIB)),
     Recipe("Q2_K", dict(type="Q2_K")),
     Recipe("BF16 checkpoint (transformers)", None, evaluate="hf"),
+    Recipe("RTN 4-bit g128", dict(format="safetensors", bits=4, group_size=128), evaluate="hf"),
+    Recipe("GPTQ 4-bit g128", dict(format="safetensors", bits=4, group_size=128, scheme="gptq", **CALIB),
+           evaluate="hf"),
+    Recipe("GPTQ 4-bit g128 act-order", dict(format="safetensors", bits=4, group_size=128, scheme="gptq",
+                                              act_order=True, **CALIB), evaluate="hf"),
+    Recipe("RTN 3-bit g128", dict(format="safetensors", bits=3, group_size=128), evaluate="hf"),
+    Recipe("GPTQ 3-bit g128", dict(format="safetensors", bits=3, group_size=128, scheme="gptq", **CALIB),
+           evaluate="hf"),
 ]
 
 
