@@ -15,18 +15,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from synthetic_checkpoint import make_checkpoint
 
 
-def peak_rss_of(cmd: list[str]) -> int:
-    """Peak RSS in bytes of one child process (wait4 gives that child's own rusage;
-    ru_maxrss is KiB on Linux)."""
-    proc = subprocess.Popen(cmd)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"{cmd[:4]}... failed with exit code {proc.returncode}")
-    return usage.ru_maxrss * 1024
+def peak_rss_of(code: str) -> int:
+    """Peak RSS in bytes of a fresh interpreter running `code`, read by that process
+    itself at its end (ru_maxrss is KiB on Linux)."""
+    tail = "\nimport resource; print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    out = subprocess.run([sys.executable, "-c", code + tail], check=True, capture_output=True, text=True).stdout
+    return int(out.rsplit("RSS", 1)[1]) * 1024
 
 
 def main() -> None:
@@ -38,12 +34,20 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as td:
         d = Path(td) / "model"
-        largest, total = make_checkpoint(d, a.layers, a.hidden, a.vocab)
+        # made in a child: Linux carries a process's peak RSS across fork and exec, so
+        # this process must stay small for its children's figures to be their own
+        made = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+                               "from synthetic_checkpoint import make_checkpoint as m; from pathlib import Path;"
+                               "print(*m(Path(sys.argv[2]), *map(int, sys.argv[3:])))",
+                               str(Path(__file__).parent), str(d), str(a.layers), str(a.hidden), str(a.vocab)],
+                              check=True, capture_output=True, text=True).stdout.split()
+        largest, total = int(made[-2]), int(made[-1])
         # each measurement in a fresh child so ru_maxrss is that child's alone
-        base = peak_rss_of([sys.executable, "-c", "import resource,qconvert.pipeline,qconvert.kernels as k;"
-                            f"k.kernel('{a.type}') if '{a.type}'[0]=='Q' else None"])
-        conv = peak_rss_of([sys.executable, "-m", "qconvert", "quantize", str(d), "-o",
-                            str(Path(td) / "out.gguf"), "--type", a.type, "--no-progress"])
+        # the baseline loads every kernel a mix may use (numba's compiled code is most of it)
+        base = peak_rss_of("import qconvert.pipeline, qconvert.kernels as k\n"
+                           "for t in ('Q8_0', 'Q4_0', 'Q4_K', 'Q5_K', 'Q6_K', 'Q3_K', 'Q2_K'): k.kernel(t)")
+        conv = peak_rss_of(f"import qconvert\nqconvert.quantize({str(d)!r}, {str(Path(td) / 'out.gguf')!r}, "
+                           f"type={a.type!r})")
         print(f"checkpoint total (bf16):    {total / 1e6:9.1f} MB in {a.layers + 1} shards")
         print(f"largest tensor (bf16):      {largest / 1e6:9.1f} MB  (as float32: {2 * largest / 1e6:.1f} MB)")
         print(f"peak RSS, import only:      {base / 1e6:9.1f} MB")

@@ -33,5 +33,5 @@ def test_gptq_dry_run_marks_the_plan_without_calibrating(tiny):
     res = qconvert.quantize(tiny("qwen3"), type="Q3_K_M", scheme="gptq", dry_run=True)
     by = {t.name: t for t in res.plan.tensors}
     assert by["blk.0.ffn_up.weight"].scheme in ("gptq", "importance")
-    assert {t.scheme for t in res.plan.tensors if t.qtype.name == "Q3_K" and t.name.startswith("blk.")} == {"importance"}
+    assert {t.scheme for t in res.plan.tensors if t.qtype.name == "Q3_K" and t.name.startswith("blk.")} == {"gptq"}
     assert any("calibration not run" in n for n in res.notes)

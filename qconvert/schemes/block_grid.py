@@ -49,6 +49,14 @@ def _k4_scales(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sc.astype(F32), m.astype(F32)
 
 
+def _crumbs(codes: np.ndarray) -> np.ndarray:
+    """(n, 256) codes -> (n, 64) bytes of their low 2 bits in kquant_common.pack_2bit
+    order: in each 128-weight half h, byte 32h + l holds q[128h + 32s + l] at bits 2s..2s+1
+    (s = 0..3)."""
+    q = (codes & 3).astype(np.uint8).reshape(-1, 2, 4, 32)  # (half, shift s, l)
+    return (q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)).reshape(-1, 64)
+
+
 # ---- per type: parse (raw -> step, offset, each (n, block) float32) and pack --------
 
 
@@ -101,6 +109,39 @@ def _pack_q6_k(raw, codes):
     raw[:, 128:192] = qh.reshape(-1, 64)
 
 
+def _parse_q3_k(raw):  # step = d * signed 6-bit scale per 16-weight sub-block, no offset
+    s = raw[:, 96:108]
+    lo = np.concatenate([s[:, 0:8] & 0xF, s[:, 0:8] >> 4], axis=1)  # sub-blocks 0..7, 8..15
+    # byte 8 + k holds the high 2 bits of s(k), s(k+4), s(k+8), s(k+12) from bit 0 up, so
+    # sub-block j = 4t + k takes bits 2t..2t+1 of byte 8 + k
+    hi = np.concatenate([(s[:, 8:12] >> (2 * t)) & 3 for t in range(4)], axis=1)
+    sc = ((lo | (hi << 4)).astype(np.int16) - 32).astype(F32)  # stored with +32
+    step = _f16(raw, 108) * sc  # gguf-py: dl = d * scale, then dl * (q - 4)
+    return np.repeat(step, 16, axis=1), np.zeros((raw.shape[0], 256), F32)
+
+
+def _pack_q3_k(raw, codes):
+    # q = 0..7 means q - 4; the low 2 bits go to qs, bit 2 to hmask, where bit k of
+    # byte l belongs to q[32k + l] (a set bit is the +4, i.e. a non-negative value)
+    hi = ((codes.reshape(-1, 8, 32) >> 2) & 1).astype(np.uint8)
+    hmask = np.zeros((codes.shape[0], 32), np.uint8)
+    for k in range(8):
+        hmask |= hi[:, k] << k
+    raw[:, 0:32] = hmask
+    raw[:, 32:96] = _crumbs(codes)
+
+
+def _parse_q2_k(raw):  # step = d * 4-bit scale, offset = dmin * 4-bit min per 16 weights
+    s = raw[:, 0:16]
+    step = _f16(raw, 80) * (s & 0xF).astype(F32)  # gguf-py: dl * q - ml
+    offset = _f16(raw, 82) * (s >> 4).astype(F32)
+    return np.repeat(step, 16, axis=1), np.repeat(offset, 16, axis=1)
+
+
+def _pack_q2_k(raw, codes):
+    raw[:, 16:80] = _crumbs(codes)
+
+
 @dataclass(frozen=True)
 class BlockGrid:
     name: str
@@ -128,6 +169,8 @@ GRIDS.add("Q4_0", BlockGrid("Q4_0", 32, 8, 15, _parse_d_only, _pack_q4_0, False)
 GRIDS.add("Q4_K", BlockGrid("Q4_K", 256, 0, 15, _parse_k4, _pack_q4_k, True))
 GRIDS.add("Q5_K", BlockGrid("Q5_K", 256, 0, 31, _parse_k4, _pack_q5_k, True))
 GRIDS.add("Q6_K", BlockGrid("Q6_K", 256, 32, 63, _parse_q6_k, _pack_q6_k, True))
+GRIDS.add("Q3_K", BlockGrid("Q3_K", 256, 4, 7, _parse_q3_k, _pack_q3_k, True))
+GRIDS.add("Q2_K", BlockGrid("Q2_K", 256, 0, 3, _parse_q2_k, _pack_q2_k, True))
 
 
 def block_grid(name: str) -> BlockGrid:

@@ -17,7 +17,7 @@ from ..plan.tensor_plan import Plan
 from ..source.model_source import Source
 from .gptq_grid import gptq_gguf
 
-GRID_TYPES = frozenset({"Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"})
+GRID_TYPES = frozenset({"Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q3_K", "Q2_K"})
 
 
 def plan_gptq(plan: Plan, src: Source) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""GPTQ onto ggml block grids (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K): the GGUF bytes come out
+"""GPTQ onto ggml block grids (Q4_0, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): the GGUF bytes come out
 directly, with error feedback while rounding.
 
 The walk is GPTQ's (see gptq.py), in natural column order — a ggml block is a run of
