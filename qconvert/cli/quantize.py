@@ -14,7 +14,7 @@ from ..plan.tensor_plan import Plan
 from ._render import console, human_bytes
 
 out_console = console()
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def plan_table(plan: Plan) -> Table:

@@ -14,6 +14,8 @@ filled in here, each only where SpecialVocab found nothing:
 
 from __future__ import annotations
 
+import logging
+
 import json
 from pathlib import Path
 
@@ -57,7 +59,15 @@ def _token_text(entry) -> str | None:
 def special_vocab(model_dir: Path, tokens: list, *, merges: bool, tokenizer_config: dict,
                   default_ids: dict[str, int] | None = None) -> gguf.SpecialVocab:
     """A SpecialVocab for `tokens` (the written list), its gaps filled as described above."""
-    sv = gguf.SpecialVocab(model_dir, load_merges=merges, n_vocab=len(tokens))
+    # gguf-py warns about template pieces it does not need (e.g. a pair template's second
+    # BOS); those are not the user's problem, so only errors get through
+    vocab_log = logging.getLogger("gguf.vocab")
+    level = vocab_log.level
+    vocab_log.setLevel(logging.ERROR)
+    try:
+        sv = gguf.SpecialVocab(model_dir, load_merges=merges, n_vocab=len(tokens))
+    finally:
+        vocab_log.setLevel(level)
     sv.chat_template = chat_template(model_dir, sv.chat_template)
 
     texts = {(t.decode("utf-8", "replace") if isinstance(t, bytes) else t): i
