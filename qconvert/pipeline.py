@@ -142,6 +142,9 @@ def quantize(
     plan = make_quant_plan(src, type_name, tensor_types=tensor_types, output_tensor_type=output_tensor_type,
                            token_embedding_type=token_embedding_type, pure=pure, no_fallback=no_fallback)
     notes: list[str] = []
+    if src.requantized:
+        notes.append(f"{src.requantized} tensors were already quantized: they are decoded and quantized again, "
+                     "so both roundings' errors add up (expect lower quality than from the original weights)")
     if scheme not in ("rtn", "gptq"):
         raise InputError(f"--scheme {scheme}: choose rtn or gptq (importance weighting comes with --imatrix/--calibration)")
     if scheme == "gptq":
@@ -275,11 +278,11 @@ def _quantize_safetensors(model, output, *, bits: int, type_name, force: bool, d
                                   text_file=None if calibration in (None, True) else calibration,
                                   n_samples=n_samples, seqlen=seqlen, device=device, progress=progress)
             quantized = staged_results(Path(td))
-            res.stats = {"err_ratio_vs_rtn": ratios}
+            res.stats = ratios
             if ratios:
-                vals = list(ratios.values())
-                res.notes.append(f"GPTQ on {len(vals)} tensors: output error {sum(vals) / len(vals):.3f}x that "
-                                 f"of round-to-nearest on average")
+                vals = [v["err"] / v["rtn_err"] for v in ratios.values() if v["rtn_err"] > 0]
+                res.notes.append(f"GPTQ on {len(ratios)} tensors: output error {sum(vals) / max(1, len(vals)):.3f}x "
+                                 "that of round-to-nearest on average")
         write_quantized_safetensors(ckpt, out, bits=bits, group_size=group_size, sym=sym, scheme="absmax",
                                     quantized=quantized, force=force, progress=progress,
                                     actorder="weight" if act_order else None)

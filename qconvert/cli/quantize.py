@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -42,8 +43,32 @@ def totals_lines(plan: Plan) -> list[str]:
     return lines
 
 
+def layer_report(stats: dict) -> list[str]:
+    """GPTQ's per-layer report: output error of each layer's tensors relative to their
+    own weights' output, GPTQ versus round-to-nearest (tr(ΔHΔᵀ)/tr(WHWᵀ), mean over the
+    layer's tensors)."""
+    by_layer: dict[str, list[tuple[float, float]]] = {}
+    for name, v in stats.items():
+        if "err" not in v:
+            continue
+        m = re.search(r"(?:blk|layers)\.(\d+)\.", name)
+        by_layer.setdefault(m.group(1) if m else "-", []).append((v["err"], v.get("rtn_err", float("nan"))))
+    lines = []
+    for layer in sorted(by_layer, key=lambda k: int(k) if k.isdigit() else -1):
+        errs = by_layer[layer]
+        g = sum(e for e, _ in errs) / len(errs)
+        r = sum(e for _, e in errs) / len(errs)
+        lines.append(f"  layer {layer:>3}: {len(errs)} tensors, relative output error GPTQ {g:.3e} "
+                     f"vs round-to-nearest {r:.3e} ({g / r:.2f}x)")
+    return lines
+
+
 def summary(res: QuantizeResult) -> None:
     plan = res.plan
+    if res.stats:
+        err_console.print("GPTQ per layer:", markup=False)
+        for line in layer_report(res.stats):
+            err_console.print(line, markup=False)
     for line in totals_lines(plan):
         err_console.print(line, markup=False)
     err_console.print(
@@ -95,6 +120,10 @@ def register(app: typer.Typer) -> None:
         for note in res.notes:
             err_console.print(f"note: {note}", markup=False)
         if res.plan is None:  # safetensors output
+            if res.stats:
+                err_console.print("GPTQ per layer:", markup=False)
+                for line in layer_report(res.stats):
+                    err_console.print(line, markup=False)
             if not dry_run:
                 err_console.print(f"wrote {res.output}/ ({human_bytes(res.file_size)} of safetensors) "
                                   f"in {res.seconds:.1f}s", markup=False)

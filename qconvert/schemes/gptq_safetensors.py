@@ -16,8 +16,9 @@ from ..source.checkpoint import Checkpoint
 
 def run_gptq_int(model_dir: Path, store: Path, *, targets: set[str], bits: int, group_size: int, sym: bool,
                  act_order: bool, damp: float, scale_dtype: str, text_file=None, n_samples: int = 128,
-                 seqlen: int = 512, device: str = "auto", progress: Optional[bool] = None) -> dict[str, float]:
-    """Quantize the HF linear weights named in `targets`; return name -> GPTQ/RTN error ratio."""
+                 seqlen: int = 512, device: str = "auto", progress: Optional[bool] = None) -> dict[str, dict]:
+    """Quantize the HF linear weights named in `targets`; return name -> {"err", "rtn_err"}:
+    relative output errors of GPTQ and of round-to-nearest on the same grid."""
     import torch
     from transformers import AutoTokenizer
 
@@ -33,7 +34,7 @@ def run_gptq_int(model_dir: Path, store: Path, *, targets: set[str], bits: int, 
     samples = calibration_samples(tokenizer, text_file=text_file, n_samples=n_samples, seqlen=seqlen)
     model = load_causal_lm(model_dir)
     hess: dict[str, tuple] = {}
-    ratios: dict[str, float] = {}
+    ratios: dict[str, dict] = {}
 
     def on_linear(i: int, name: str, x: torch.Tensor) -> None:
         if name in modules:
@@ -49,7 +50,7 @@ def run_gptq_int(model_dir: Path, store: Path, *, targets: set[str], bits: int, 
                               static_groups=act_order, scale_dtype=sd)
             base = rtn_grid(W.cpu(), bits=bits, group_size=group_size, sym=sym, scale_dtype=sd)
             e_rtn = output_error(W, torch.as_tensor(np.asarray(base.dequant), device=W.device), H)
-            ratios[full + ".weight"] = float(r.err / e_rtn) if e_rtn > 0 else 1.0
+            ratios[full + ".weight"] = {"err": float(r.err), "rtn_err": float(e_rtn)}
             mod.weight.data.copy_(torch.as_tensor(np.asarray(r.dequant)).to(mod.weight.device, mod.weight.dtype))
             torch.save({k: getattr(r, k) for k in ("qweight", "scales", "zeros", "g_idx", "dequant")},
                        store / f"{full}.weight.pt")

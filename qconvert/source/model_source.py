@@ -26,6 +26,7 @@ class Source:
     n_expert: int
     write_metadata: Callable[[gguf.GGUFWriter], Optional[object]]
     is_gguf: bool = False
+    requantized: int = 0  # tensors of a GGUF input that were already quantized
 
 
 def open_hf(model_dir: Path, vocab_pre: Optional[str]) -> Source:
@@ -66,7 +67,8 @@ def open_gguf(path: Path, allow_requantize: bool) -> Source:
     head_kv = int(head_kv[0] if isinstance(head_kv, list) else head_kv)
     stem = re.sub(r"[-_.](F32|F16|BF16|f32|f16|bf16)$", "", path.stem)
     return Source(path, stem, g.arch_name, g.tensors(), int(g.arch_value("block_count", 0)), head, head_kv,
-                  int(g.arch_value("expert_count", 0) or 0), write_metadata, is_gguf=True)
+                  int(g.arch_value("expert_count", 0) or 0), write_metadata, is_gguf=True,
+                  requantized=len(g.quantized_tensors()))
 
 
 def open_source(path: Path | str, *, vocab_pre: Optional[str] = None, allow_requantize: bool = False) -> Source:
