@@ -1,5 +1,8 @@
 """`qconvert.estimate_memory` and `qconvert estimate-memory`: figures checked by hand.
 
+KV cache, sliding-window and longest-context figures are computed by hand in each test from
+the shape (tokens x KV heads x (K + V head size) x bytes per element, per layer).
+
 Byte counts per block come from llama.cpp's block structs (ggml-common.h): block_q8_0 is
 an f16 scale + 32 int8 = 34 bytes per 32 weights; block_q6_K 210 bytes, block_q4_K 144
 bytes per 256 weights."""
@@ -9,16 +12,20 @@ from __future__ import annotations
 import json
 import sys
 
+import gguf
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
 from qconvert.errors import InputError
 from qconvert.plan.memory import (
-    PRECISIONS, estimate_memory, kv_cache_bytes, model_shape_from_dir, params_from_dir, parse_bytes, parse_params,
+    PRECISIONS, THIS_FILE, ModelShape, estimate_memory, kv_cache_bytes, kv_cache_bytes_for, kv_table, longest_context,
+    memory_needed, model_shape_from_config, model_shape_from_dir, params_from_dir, parse_bytes, parse_params,
+    read_gguf_model, runtime_overhead_bytes,
 )
 
 GiB = 2**30
+MiB = 2**20
 
 
 def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
@@ -240,3 +247,185 @@ def test_cli_errors(args, needle, monkeypatch, capsys):
     code, out, err = run_cli(["estimate-memory", *args], monkeypatch, capsys)
     assert code == 2 and out == ""
     assert needle in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ KV layouts, GGUF input, longest context
+
+
+def _gemma3_12l_config(**extra):
+    # Gemma 3-shaped (not a real size): 12 layers, 4 KV heads of 256, 1024-token window
+    return {"model_type": "gemma3_text", "num_hidden_layers": 12, "num_attention_heads": 8,
+            "num_key_value_heads": 4, "head_dim": 256, "hidden_size": 2560, "sliding_window": 1024,
+            "max_position_embeddings": 131072, "vocab_size": 262208, **extra}
+
+
+def test_sliding_window_kv_by_hand():
+    # no layer_types, no pattern: gemma3's period 6 -> layers 5 and 11 global, 10 sliding
+    s = model_shape_from_config(_gemma3_12l_config())
+    assert s.sliding_window == 1024 and s.n_sliding_layers == 10
+    assert [i for i, swa in enumerate(s.sliding_layers) if not swa] == [5, 11]
+    per_token = 4 * (256 + 256) * 2  # KV heads x (K + V head size) x 2 bytes (F16)
+    assert kv_cache_bytes_for(s, 8192) == 10 * 1024 * per_token + 2 * 8192 * per_token == 109_051_904
+    assert kv_cache_bytes_for(s, 8192, sliding=False) == 12 * 8192 * per_token == 384 * MiB
+    # below the window every layer holds the whole context
+    assert kv_cache_bytes_for(s, 1000) == 12 * 1000 * per_token
+    # a q8_0 cache: 34 bytes per 32 elements
+    assert kv_cache_bytes_for(s, 8192, "Q8_0") == (10 * 1024 + 2 * 8192) * 4 * 512 // 32 * 34
+    # layer_types wins over the period; 4.x-style sliding_window_pattern is a period
+    lt = ["sliding_attention", "full_attention"] * 6
+    assert model_shape_from_config(_gemma3_12l_config(layer_types=lt)).n_sliding_layers == 6
+    assert model_shape_from_config(_gemma3_12l_config(sliding_window_pattern=4)).n_sliding_layers == 9
+    # Qwen2 names a window it does not use; a llama with a window but no pattern gets a full cache
+    assert model_shape_from_config({**_gemma3_12l_config(), "model_type": "qwen2",
+                                    "use_sliding_window": False}).sliding_window is None
+    assert model_shape_from_config({**_gemma3_12l_config(), "model_type": "llama"}).sliding_window is None
+
+
+def test_kv_table_stops_at_trained_context(tmp_path):
+    s = model_shape_from_config(_gemma3_12l_config())
+    t = kv_table(s)
+    assert [e["context"] for e in t] == [2048, 4096, 8192, 16384, 32768, 65536, 131072]
+    per_token = 4 * 512 * 2
+    for e in t:
+        assert e["kv_bytes"] == (10 * 1024 + 2 * e["context"]) * per_token
+        assert e["kv_bytes_full"] == 12 * e["context"] * per_token
+    short = ModelShape(2, 2, 16, max_context=5000)
+    assert [e["context"] for e in kv_table(short)] == [2048, 4096, 5000]
+
+
+def test_runtime_overhead_rule():
+    assert runtime_overhead_bytes(10**9, 0) == 512 * MiB
+    # + logits of a 512-token micro-batch (F32) + the F16 mask of 8192 x 512
+    assert runtime_overhead_bytes(10**9, 8192, n_vocab=32000) == 512 * MiB + 512 * 32000 * 4 + 8192 * 512 * 2
+    with pytest.raises(InputError):
+        runtime_overhead_bytes(0, -1)
+
+
+def test_longest_context_exact_at_the_boundary_and_monotone():
+    s = model_shape_from_config(_gemma3_12l_config())
+    weights = 2 * 10**9
+    per_token = 4 * 512 * 2
+    # closed form: past the window, each token costs 2 global layers x per_token + 1024 bytes of mask
+    base = weights + 10 * 1024 * per_token + 512 * MiB + 512 * 262208 * 4
+    for c in (3000, 50_000, 100_001):
+        vram = base + c * (2 * per_token + 1024)
+        assert longest_context(vram, weights, s) == c
+        assert longest_context(vram - 1, weights, s) == c - 1
+        assert memory_needed(weights, s, c) <= vram < memory_needed(weights, s, c + 1)
+    # capped at the trained context; 0 when nothing fits
+    assert longest_context(10**12, weights, s) == 131072
+    assert longest_context(weights, weights, s) == 0
+    assert longest_context(10**12, weights, s, cap=4096) == 4096
+    found = [longest_context(v, weights, s, kv_type="Q8_0") for v in range(weights, weights + 2 * GiB, 37 * MiB)]
+    assert found == sorted(found) and found[0] == 0 and found[-1] == 131072
+
+
+def _write_gguf(path, arch, kv: dict, tensors: bool = True):
+    w = gguf.GGUFWriter(str(path), arch)
+    for k, v in kv.items():
+        if isinstance(v, list):  # gguf-py types the array from its items (bool, int)
+            w.add_array(f"{arch}.{k}", v)
+        else:
+            w.add_uint32(f"{arch}.{k}", v)
+    if tensors:
+        w.add_tensor("a.weight", np.zeros((4, 64), np.float32))  # 256 elements, 1024 bytes
+        # q8_0: 64 rows of 64 -> 2 blocks of 34 bytes per row; bytes given raw
+        w.add_tensor("b.weight", np.zeros((64, 68), np.uint8), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_gguf_header_gives_params_bytes_and_shape(tmp_path):
+    f = _write_gguf(tmp_path / "g3.gguf", "gemma3", {
+        "block_count": 12, "context_length": 131072, "embedding_length": 2560, "attention.head_count": 8,
+        "attention.head_count_kv": 4, "attention.key_length": 256, "attention.value_length": 256,
+        "attention.sliding_window": 1024})
+    m = read_gguf_model(f)
+    assert m.params == 256 + 64 * 64 and m.weight_bytes == 1024 + 64 * 68
+    assert m.shape == ModelShape(12, 4, 256, key_length=256, sliding_window=1024,
+                                 sliding_layers=(True,) * 5 + (False,) + (True,) * 5 + (False,), max_context=131072)
+    e = estimate_memory(model=f, context=8192, vram="24GB")
+    assert e.params == 4352 and e.model_format == "gguf"
+    row = e.row(THIS_FILE)
+    assert row.weight_bytes == 5376 and row.bits_per_weight == pytest.approx(5376 * 8 / 4352)
+    assert e.kv_bytes == 109_051_904 and e.kv_bytes_full == 384 * MiB
+    assert all(r.max_context == 131072 for r in e.rows)  # a toy model fits any context in 24 GB
+    assert e.rows[0].name == THIS_FILE and e.row("FP16").weight_bytes == 2 * 4352
+
+    # per-layer KV heads (a 0 = no KV in that layer), head size from embedding_length / head_count,
+    # a per-layer sliding pattern given as bools
+    f2 = _write_gguf(tmp_path / "mix.gguf", "llama", {
+        "block_count": 3, "embedding_length": 256, "attention.head_count": 4,
+        "attention.head_count_kv": [2, 4, 0]})
+    s = read_gguf_model(f2).shape
+    assert (s.n_layers, s.n_kv_heads, s.head_dim, s.kv_heads_per_layer) == (3, 4, 64, (2, 4, 0))
+    assert kv_cache_bytes_for(s, 100) == 100 * (2 + 4 + 0) * (64 + 64) * 2
+    f3 = _write_gguf(tmp_path / "pat.gguf", "gemma3", {
+        "block_count": 4, "attention.head_count": 2, "attention.head_count_kv": 1, "attention.key_length": 32,
+        "attention.value_length": 16, "attention.sliding_window": 10,
+        "attention.sliding_window_pattern": [True, False, True, True]})
+    s = read_gguf_model(f3).shape
+    assert s.sliding_layers == (True, False, True, True) and (s.key_length, s.value_length) == (32, 16)
+    assert kv_cache_bytes_for(s, 50) == (3 * 10 + 50) * 1 * (32 + 16) * 2
+    # no head counts: params still counted, context refused with the reason
+    f4 = _write_gguf(tmp_path / "bare.gguf", "llama", {"block_count": 2})
+    assert estimate_memory(model=f4).params == 4352
+    with pytest.raises(InputError, match="head_count"):
+        estimate_memory(model=f4, context=10)
+
+
+def test_gguf_written_by_qconvert_matches_its_directory(tiny, tmp_path):
+    import qconvert
+
+    d = tiny("gemma3")
+    out = qconvert.quantize(d, tmp_path / "g.gguf", type="Q4_K_M").output
+    from_dir, from_file = estimate_memory(model=d, context=4096), estimate_memory(model=out, context=4096)
+    reader = gguf.GGUFReader(out)
+    assert from_file.params == sum(int(t.n_elements) for t in reader.tensors)
+    assert from_file.row(THIS_FILE).weight_bytes == sum(int(t.n_bytes) for t in reader.tensors)
+    a, b = from_dir.shape, from_file.shape
+    assert (a.n_layers, a.n_kv_heads, a.head_dim, a.sliding_window, a.sliding_layers, a.max_context) == \
+           (b.n_layers, b.n_kv_heads, b.head_dim, b.sliding_window, b.sliding_layers, b.max_context)
+    assert a.sliding_layers == (True, False)  # layer_types in the fixture's config
+    assert from_dir.kv_bytes == from_file.kv_bytes == (6 + 4096) * 1 * 128 * 2
+
+
+def test_model_dir_alias_and_runtime_in_totals(tmp_path):
+    d = _write_config(tmp_path / "m", {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                       "hidden_size": 64, "max_position_embeddings": 4096, "vocab_size": 100})
+    save_file({"a": np.zeros((64, 64), np.float16)}, str(d / "model.safetensors"))
+    e = estimate_memory(model=d, context=1000, runtime_overhead=True, overhead="1MiB", vram="1GB")
+    r = e.row("FP16")
+    kv = 2 * 2 * 2 * 16 * 1000 * 2
+    ro = 512 * MiB + 512 * 100 * 4 + 1000 * 512 * 2
+    assert r.runtime_overhead_bytes == ro and r.total_bytes == 2 * 4096 + kv + ro + MiB
+    # the row's max context is where the same total stops fitting
+    assert memory_needed(r.weight_bytes, e.shape, r.max_context, extra=MiB) <= 10**9
+    assert r.max_context == 4096 or memory_needed(r.weight_bytes, e.shape, r.max_context + 1, extra=MiB) > 10**9
+    assert estimate_memory(model_dir=d, context=1000).kv_bytes == kv
+    with pytest.raises(InputError, match="not both"):
+        estimate_memory(model=d, model_dir=tmp_path)
+
+
+def test_cli_model_gguf_vram_json(tmp_path, monkeypatch, capsys):
+    f = _write_gguf(tmp_path / "g3.gguf", "gemma3", {
+        "block_count": 12, "context_length": 131072, "embedding_length": 2560, "attention.head_count": 8,
+        "attention.head_count_kv": 4, "attention.key_length": 256, "attention.value_length": 256,
+        "attention.sliding_window": 1024})
+    code, out, err = run_cli(["estimate-memory", "--model", f, "--vram", "1GB", "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["model_format"] == "gguf" and d["rows"][0]["name"] == THIS_FILE and d["runtime_overhead"] is True
+    assert [e["context"] for e in d["kv_table"]][-1] == 131072
+    per_token = 4 * 512 * 2
+    # 1 GB - 512 MiB runtime - weights: (10*1024 + 2c) * per_token + 1024 c <= remaining
+    left = 10**9 - 512 * MiB - 2 * 4352  # FP16 row; no vocabulary in this file
+    c = (left - 10 * 1024 * per_token) // (2 * per_token + 1024)
+    assert {r["name"]: r["max_context"] for r in d["rows"]}["FP16/BF16"] == c
+    code, out, err = run_cli(["estimate-memory", "--model-dir", f, "--vram", "1GB"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "max context" in out and "KV cache per context" in out and "sliding window" in out
+    assert "128k" in out

@@ -1,14 +1,19 @@
 """How much memory a model needs at each precision: weights, plus the KV cache for a context.
 
 weights  = params * bits_per_weight / 8
-KV cache = 2 (K and V) * layers * kv_heads * head_dim * context * bytes per element
+KV cache = sum over layers of tokens * kv_heads * (K head size + V head size) * bytes per element
+           (tokens = context; min(context, window) on a sliding-window layer)
+runtime  = runtime_overhead_bytes(): the one allowance for compute buffers and the like
+total    = memory_needed() = weights + KV cache + runtime + an explicit `overhead`
 
 Bits per weight come from `qtypes`, the table the planner and writer also use, so a
 block format's scales are counted (Q8_0 is 8.5 bits, not 8). Nothing here reads weights:
-a model directory contributes its config.json and its safetensors headers only.
+a model directory contributes its config.json and its safetensors headers only, a GGUF
+its header (tensor elements and stored bytes, and the KV shape from its metadata).
 
-The estimate leaves out what a runtime adds on top (compute buffers, activations, CUDA
-context: often a few hundred MB to a few GB); pass `overhead` to reserve it.
+`longest_context()` bisects memory_needed() for the longest context within a VRAM budget.
+The library's `estimate_memory` leaves the runtime allowance out unless asked
+(`runtime_overhead=True`); the CLI counts it by default.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
@@ -148,32 +153,75 @@ def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, context: int,
 
 @dataclass(frozen=True)
 class ModelShape:
+    """What sizes a KV cache. The three leading fields describe a uniform model; the rest
+    refine it where a model's config says more (all optional, so `ModelShape(32, 8, 128)`
+    stays a full-attention model with K and V heads of 128):
+
+    kv_heads_per_layer  per-layer KV head counts (GGUF `head_count_kv` arrays; 0 = no KV)
+    key_length/value_length  K and V head sizes when they differ from head_dim
+    sliding_window      tokens a sliding-window layer attends to (None: no sliding layers)
+    sliding_layers      per layer, True where the layer uses the sliding window
+    max_context         the model's trained context (HF max_position_embeddings,
+                        GGUF {arch}.context_length), caps "longest context that fits"
+    n_vocab             vocabulary size (sizes the runtime's logits buffer)
+    """
+
     n_layers: int
     n_kv_heads: int
     head_dim: int
+    kv_heads_per_layer: tuple[int, ...] | None = None
+    key_length: int | None = None
+    value_length: int | None = None
+    sliding_window: int | None = None
+    sliding_layers: tuple[bool, ...] | None = None
+    max_context: int | None = None
+    n_vocab: int | None = None
+
+    def layers(self) -> list[tuple[int, int, int, bool]]:
+        """Per layer: (KV heads, K head size, V head size, uses the sliding window)."""
+        heads = self.kv_heads_per_layer or (self.n_kv_heads,) * self.n_layers
+        k = self.key_length or self.head_dim
+        v = self.value_length or self.head_dim
+        swa = self.sliding_layers if self.sliding_window else None
+        return [(h, k, v, bool(swa[i]) if swa else False) for i, h in enumerate(heads)]
+
+    @property
+    def n_sliding_layers(self) -> int:
+        return sum(1 for *_, swa in self.layers() if swa)
 
 
-def model_shape_from_dir(model_dir: str | Path) -> ModelShape:
-    """Layers, KV heads and head size from a Hugging Face config.json. Multimodal configs
-    (Gemma 3) keep the language model under "text_config", which wins over top-level keys.
-    Every layer is sized for the full context: models with sliding-window layers (Gemma 2/3,
-    Mistral) need less, so for them this is an upper bound (refining it is future work)."""
-    path = Path(model_dir) / "config.json"
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(cfg, dict):
-            raise ValueError
-    except FileNotFoundError:
-        raise InputError(f"{path}: not found; --model-dir must hold a Hugging Face config.json") from None
-    except (OSError, UnicodeDecodeError, ValueError):
-        raise FormatError(f"{path}: not a readable JSON object") from None
+# llama.cpp's sliding-window period per architecture when a file names none
+# (`load_swa_pattern(ml, n)` in src/models/<arch>.cpp): with period n, layer il slides
+# unless il % n == n - 1, so Gemma 3 has five sliding layers, then one global one.
+DEFAULT_SWA_PERIOD = {"gemma2": 2, "gemma3": 6, "gemma3_text": 6, "cohere2": 4}
+
+
+def _swa_from_period(n_layers: int, period: int) -> tuple[bool, ...]:
+    # period 0 means every layer slides (llama.cpp's set_swa_pattern(0))
+    return tuple(period == 0 or i % period < period - 1 for i in range(n_layers))
+
+
+def model_shape_from_config(cfg: dict, where: str = "config.json") -> ModelShape:
+    """Layers, KV heads, head size, sliding-window layout, trained context and vocabulary
+    from a Hugging Face config dict. Multimodal configs (Gemma 3) keep the language model
+    under "text_config", which wins over top-level keys.
+
+    Sliding layers: `layer_types` ("sliding_attention"/"full_attention") when present, else
+    `sliding_window_pattern` (period, as Gemma 3 4.x configs spell it), else llama.cpp's
+    default period for the model type (DEFAULT_SWA_PERIOD: gemma2 2, gemma3 6). A window
+    with none of these (Mistral v0.1, Qwen2's disabled one) is ignored: llama.cpp gives
+    those models a full cache, so every layer counts at full context."""
     c = {**cfg, **cfg["text_config"]} if isinstance(cfg.get("text_config"), dict) else cfg
 
     def need(key: str) -> int:
         v = c.get(key)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise InputError(f"{path}: has no usable {key!r}; pass --layers/--kv-heads/--head-dim instead")
+            raise InputError(f"{where}: has no usable {key!r}; pass --layers/--kv-heads/--head-dim instead")
         return v
+
+    def opt(key: str) -> int | None:
+        v = c.get(key)
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
     layers = need("num_hidden_layers")
     kv = need("num_key_value_heads") if c.get("num_key_value_heads") is not None else need("num_attention_heads")
@@ -181,7 +229,34 @@ def model_shape_from_dir(model_dir: str | Path) -> ModelShape:
         hd = need("head_dim")
     else:
         hd = need("hidden_size") // need("num_attention_heads")
-    return ModelShape(layers, kv, hd)
+    window, swa = opt("sliding_window"), None
+    if window and c.get("use_sliding_window") is not False:
+        lt = c.get("layer_types")
+        if isinstance(lt, list) and len(lt) == layers:
+            swa = tuple(t == "sliding_attention" for t in lt)
+        elif opt("sliding_window_pattern"):
+            swa = _swa_from_period(layers, c["sliding_window_pattern"])
+        elif c.get("model_type") in DEFAULT_SWA_PERIOD:
+            swa = _swa_from_period(layers, DEFAULT_SWA_PERIOD[c["model_type"]])
+    if not swa or not any(swa):
+        window, swa = None, None
+    return ModelShape(layers, kv, hd, sliding_window=window, sliding_layers=swa,
+                      max_context=opt("max_position_embeddings"), n_vocab=opt("vocab_size"))
+
+
+def model_shape_from_dir(model_dir: str | Path) -> ModelShape:
+    """`model_shape_from_config` of a directory's config.json."""
+    path = Path(model_dir) / "config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(cfg, dict):
+            raise ValueError
+    except FileNotFoundError:
+        raise InputError(f"{path}: not found; --model must be a Hugging Face directory (config.json) "
+                         "or a .gguf file") from None
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise FormatError(f"{path}: not a readable JSON object") from None
+    return model_shape_from_config(cfg, str(path))
 
 
 def params_from_dir(model_dir: str | Path) -> int:
@@ -215,6 +290,212 @@ def params_from_dir(model_dir: str | Path) -> int:
     return total
 
 
+# --- a GGUF file ------------------------------------------------------------------------------
+
+@dataclass
+class GGUFModel:
+    """What `estimate-memory` needs from a GGUF, read from its header alone."""
+
+    path: str
+    arch: str | None
+    params: int  # elements of every tensor
+    weight_bytes: int  # bytes of every tensor's data, as stored
+    file_size: int
+    shape: ModelShape | None  # None when the metadata lacks block_count or head counts
+    shape_problem: str = ""  # why shape is None
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.weight_bytes * 8 / self.params if self.params else 0.0
+
+
+def _gguf_int(v) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def read_gguf_model(path: str | Path) -> GGUFModel:
+    """Parameter count, stored bytes and KV shape of a GGUF (see ModelShape). Keys, with
+    {arch} = general.architecture:
+
+        {arch}.block_count                      layers
+        {arch}.attention.head_count_kv          KV heads: one number, or one per layer
+        {arch}.attention.key_length/value_length  K/V head sizes; else embedding_length / head_count
+        {arch}.attention.sliding_window         window of the sliding layers
+        {arch}.attention.sliding_window_pattern per-layer bools, or a period; else llama.cpp's
+                                                default period for the architecture (gemma3: 6)
+        {arch}.context_length                   trained context
+    """
+    from ..gguf_header import read_gguf_header
+
+    # Per-layer arrays are needed whole; 65536 covers any layer count while a 150k-token
+    # vocabulary stays a length, not 150k decoded strings.
+    h = read_gguf_header(path, max_array_items=65536)
+    meta = {kv.key: kv for kv in h.kv}
+    arch = meta["general.architecture"].value if "general.architecture" in meta else None
+    params = sum(t.n_elements for t in h.tensors)
+    weight = sum(t.n_bytes for t in h.tensors)
+    model = GGUFModel(str(path), arch, params, weight, h.file_size, None)
+
+    def val(key: str):
+        kv = meta.get(f"{arch}.{key}")
+        return None if kv is None else kv.value
+
+    layers = _gguf_int(val("block_count"))
+    if arch is None or not layers or layers < 1:
+        model.shape_problem = f"{path}: no general.architecture or {{arch}}.block_count in its metadata"
+        return model
+
+    def per_layer(key: str) -> tuple[int, ...] | None:
+        v = val(key)
+        if isinstance(v, list):
+            if len(v) != layers or not all(_gguf_int(x) is not None and x >= 0 for x in v):
+                raise FormatError(f"{path}: {arch}.{key} has {len(v)} entries for {layers} layers")
+            return tuple(int(x) for x in v)
+        n = _gguf_int(v)
+        return None if n is None else (n,) * layers
+
+    kv_heads = per_layer("attention.head_count_kv")
+    heads = per_layer("attention.head_count")
+    if kv_heads is None:
+        kv_heads = heads  # llama.cpp's default: no GQA
+    if kv_heads is None:
+        model.shape_problem = f"{path}: no {arch}.attention.head_count(_kv) in its metadata"
+        return model
+    k_len, v_len = _gguf_int(val("attention.key_length")), _gguf_int(val("attention.value_length"))
+    n_embd, n_head = _gguf_int(val("embedding_length")), max(heads or (0,))
+    fallback = n_embd // n_head if n_embd and n_head else None
+    k_len, v_len = k_len or fallback, v_len or k_len or fallback
+    if not k_len:
+        model.shape_problem = f"{path}: no {arch}.attention.key_length, nor embedding_length and head_count"
+        return model
+
+    window, swa = _gguf_int(val("attention.sliding_window")), None
+    if window:
+        pattern = val("attention.sliding_window_pattern")
+        if isinstance(pattern, list) and len(pattern) == layers:
+            swa = tuple(bool(x) for x in pattern)
+        elif _gguf_int(pattern) is not None:
+            swa = _swa_from_period(layers, pattern)
+        elif arch in DEFAULT_SWA_PERIOD:
+            swa = _swa_from_period(layers, DEFAULT_SWA_PERIOD[arch])
+    if not swa or not any(swa):
+        window, swa = None, None
+    tokens = meta.get("tokenizer.ggml.tokens")
+    vocab = _gguf_int(val("vocab_size")) or (tokens.length if tokens is not None else None)
+    model.shape = ModelShape(layers, max(kv_heads), k_len,
+                             kv_heads_per_layer=kv_heads if len(set(kv_heads)) > 1 else None,
+                             key_length=k_len, value_length=v_len if v_len != k_len else None,
+                             sliding_window=window, sliding_layers=swa,
+                             max_context=_gguf_int(val("context_length")), n_vocab=vocab)
+    return model
+
+
+def is_gguf(path: str | Path) -> bool:
+    p = Path(path)
+    if not p.is_file():
+        return False
+    with open(p, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+# --- KV cache, runtime overhead, longest context ----------------------------------------------
+
+def kv_bytes_per_element(kv_type: str = "F16") -> Fraction:
+    """Exact bytes per cached element: a block type's bytes per block over its weights
+    (Q8_0: 34/32), since llama.cpp stores each token's K (and V) row in that type."""
+    q = qtype(kv_type)
+    return Fraction(q.type_size, q.block_size)
+
+
+def kv_cache_bytes_for(shape: ModelShape, context: int, kv_type: str = "F16", *, sliding: bool = True) -> int:
+    """KV cache bytes of `shape` at `context` tokens: per layer, tokens x KV heads x (K head
+    size + V head size) x bytes per element. A sliding-window layer keeps only
+    min(context, window) tokens when `sliding` (False gives the full-context upper bound).
+    llama.cpp keeps one micro-batch (512 tokens) more than the window in its SWA cache,
+    padded to 256 cells; that extra (a few MB) is left out."""
+    elems = 0
+    for heads, k, v, swa in shape.layers():
+        tokens = min(context, shape.sliding_window) if (sliding and swa and shape.sliding_window) else context
+        elems += tokens * heads * (k + v)
+    return math.ceil(elems * kv_bytes_per_element(kv_type))
+
+
+RUNTIME_FIXED_BYTES = 512 * 2**20
+DEFAULT_UBATCH = 512
+
+
+def runtime_overhead_bytes(weight_bytes: int, context: int, *, n_vocab: int | None = None,
+                           ubatch: int = DEFAULT_UBATCH) -> int:
+    """Memory a llama.cpp-style runtime needs beyond weights and KV cache, by one fixed rule:
+
+        512 MiB                      CUDA/driver context, library workspaces and the compute
+                                     graph of one micro-batch (flash attention on)
+      + ubatch x n_vocab x 4         F32 logits of one micro-batch (0 when the vocabulary is unknown)
+      + context x ubatch x 2         the F16 attention mask llama.cpp builds per micro-batch
+
+    Non-decreasing in `context`, so "longest context that fits" can bisect. `weight_bytes` is
+    part of the signature so a rule that scales with model size can replace this one without
+    touching callers; this rule does not use it. The figure is an allowance, not a measurement."""
+    if context < 0:
+        raise InputError(f"context {context}: must not be negative")
+    return RUNTIME_FIXED_BYTES + ubatch * (n_vocab or 0) * 4 + context * ubatch * 2
+
+
+def memory_needed(weight_bytes: int, shape: ModelShape | None, context: int | None, kv_type: str = "F16", *,
+                  extra: int = 0, runtime: bool = True) -> int:
+    """weights + KV cache at `context` (none without a shape or context) + runtime overhead
+    (when `runtime`) + `extra` (--overhead): the one total that `fits`, the max-context search
+    and the planner compare with a VRAM budget."""
+    ctx = context or 0
+    kv = kv_cache_bytes_for(shape, ctx, kv_type) if (shape is not None and ctx) else 0
+    ro = runtime_overhead_bytes(weight_bytes, ctx, n_vocab=shape.n_vocab if shape else None) if runtime else 0
+    return weight_bytes + kv + ro + extra
+
+
+DEFAULT_CONTEXT_CAP = 1 << 20  # searched up to 1M tokens when the model states no trained context
+
+
+def longest_context(vram: int, weight_bytes: int, shape: ModelShape, kv_type: str = "F16", *, extra: int = 0,
+                    runtime: bool = True, cap: int | None = None) -> int:
+    """The largest context c <= cap (the model's max_context, else DEFAULT_CONTEXT_CAP) with
+    memory_needed(c) <= vram; 0 when not even one token fits. Exact: bisection over a
+    non-decreasing function, so c fits and c + 1 does not (unless c == cap)."""
+    cap = cap or shape.max_context or DEFAULT_CONTEXT_CAP
+
+    def fits(c: int) -> bool:
+        return memory_needed(weight_bytes, shape, c, kv_type, extra=extra, runtime=runtime) <= vram
+
+    if not fits(1):
+        return 0
+    if fits(cap):
+        return cap
+    lo, hi = 1, cap  # fits(lo), not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+KV_TABLE_CONTEXTS = (2048, 4096, 8192, 16384, 32768, 65536, 131072)
+
+
+def kv_table(shape: ModelShape, kv_type: str = "F16", contexts=KV_TABLE_CONTEXTS) -> list[dict]:
+    """KV cache bytes at each context up to the model's max_context (all when unknown; a
+    max_context below the largest entry is added as the last row):
+    `kv_bytes` counts sliding layers at their window, `kv_bytes_full` every layer at full context."""
+    cs = sorted(c for c in contexts if not shape.max_context or c <= shape.max_context)
+    if shape.max_context and shape.max_context < max(contexts) and shape.max_context not in cs:
+        cs.append(shape.max_context)  # the trained context itself ends the table
+    out = []
+    for c in cs:
+        out.append({"context": c, "kv_bytes": kv_cache_bytes_for(shape, c, kv_type),
+                    "kv_bytes_full": kv_cache_bytes_for(shape, c, kv_type, sliding=False)})
+    return out
+
+
 # --- the estimate ----------------------------------------------------------------------------
 
 @dataclass
@@ -226,6 +507,8 @@ class MemoryRow:
     total_bytes: int  # weights + KV cache + overhead
     fits: bool | None  # None when no VRAM was given
     note: str = ""
+    runtime_overhead_bytes: int = 0  # runtime_overhead_bytes() at this context (0 when not counted)
+    max_context: int | None = None  # longest context within the VRAM (needs a VRAM and a shape)
 
     @property
     def weight_gb(self) -> float:
@@ -254,18 +537,29 @@ class MemoryEstimate:
     overhead: int
     vram: int | None
     rows: list[MemoryRow] = field(default_factory=list)
+    runtime_overhead: bool = False  # whether totals include runtime_overhead_bytes()
+    kv_bytes_full: int | None = None  # KV cache with every layer at full context (upper bound)
+    kv_table: list[dict] | None = None  # kv_table(): KV cache bytes at 2k..128k tokens
+    model_path: str | None = None
+    model_format: str | None = None  # "hf" | "gguf"
+    file_size: int | None = None  # GGUF input: bytes of the whole file
 
     def row(self, name: str) -> MemoryRow:
-        key = _row_name(name)
+        key = THIS_FILE if name.strip().lower() == THIS_FILE else _row_name(name)
         return next(r for r in self.rows if r.name == key)
 
     def to_dict(self) -> dict:
         return {
             "params": self.params, "params_source": self.params_source, "context": self.context,
             "shape": asdict(self.shape) if self.shape else None, "kv_type": self.kv_type,
-            "kv_bytes": self.kv_bytes, "overhead": self.overhead, "vram": self.vram,
+            "kv_bytes": self.kv_bytes, "kv_bytes_full": self.kv_bytes_full, "overhead": self.overhead,
+            "runtime_overhead": self.runtime_overhead, "vram": self.vram, "model_path": self.model_path,
+            "model_format": self.model_format, "file_size": self.file_size, "kv_table": self.kv_table,
             "rows": [r.to_dict() for r in self.rows],
         }
+
+
+THIS_FILE = "this file"  # the row of a GGUF input: its own bytes and bits per weight
 
 
 def _planned_bits(model_dir: str | Path, skip: dict) -> dict[str, float]:
@@ -290,19 +584,41 @@ def _planned_bits(model_dir: str | Path, skip: dict) -> dict[str, float]:
 def estimate_memory(params: int | str | None = None, *, context: int | None = None, layers: int | None = None,
                     kv_heads: int | None = None, head_dim: int | None = None, model_dir: str | Path | None = None,
                     vram: int | str | None = None, kv_type: str = "F16", overhead: int | str = 0,
-                    bits_per_weight_override: dict[str, float] | None = None) -> MemoryEstimate:
+                    bits_per_weight_override: dict[str, float] | None = None, model: str | Path | None = None,
+                    runtime_overhead: bool = False) -> MemoryEstimate:
     """Memory for weights (and a KV cache when `context` is given) at every precision in
-    PRECISIONS. `params` may be "70B"-style text; without it, `model_dir`'s safetensors are
-    counted. `vram` ("24GB" or bytes) fills each row's `fits`. `bits_per_weight_override`
-    maps row names ("Q4_K_M", "FP16"...) to bits per weight, e.g. from a real plan."""
+    PRECISIONS. `params` may be "70B"-style text; without it, the model is counted.
+    `model` is a Hugging Face directory (config.json + safetensors headers) or a .gguf file
+    (its header: tensor elements, stored bytes, and a "this file" row at its real bits per
+    weight); `model_dir` is the older name for a directory. `vram` ("24GB" or bytes) fills
+    each row's `fits` and, with a known shape, `max_context`. `runtime_overhead` adds
+    runtime_overhead_bytes() to every total (the CLI does by default); `overhead` is an explicit
+    extra on top. `bits_per_weight_override` maps row names ("Q4_K_M", "FP16"...) to bits
+    per weight, e.g. from a real plan."""
+    if model is not None and model_dir is not None and Path(model) != Path(model_dir):
+        raise InputError("pass --model or --model-dir, not both")
+    path = Path(model if model is not None else model_dir) if (model is not None or model_dir is not None) else None
+    gg = None
+    if path is not None:
+        if not path.exists():
+            raise InputError(f"{path}: no such file or directory")
+        if is_gguf(path):
+            gg = read_gguf_model(path)
+        elif not path.is_dir():
+            raise InputError(f"{path}: neither a .gguf file nor a Hugging Face model directory")
+
     if params is not None:
         n, source = parse_params(params), "--params"
-    elif model_dir is not None:
-        n, source = params_from_dir(model_dir), f"safetensors headers in {model_dir}"
+    elif gg is not None:
+        n, source = gg.params, f"GGUF header of {path}"
         if n < 1:
-            raise InputError(f"{model_dir}: its safetensors hold no parameters; pass --params")
+            raise InputError(f"{path}: its GGUF holds no tensors; pass --params")
+    elif path is not None:
+        n, source = params_from_dir(path), f"safetensors headers in {path}"
+        if n < 1:
+            raise InputError(f"{path}: its safetensors hold no parameters; pass --params")
     else:
-        raise InputError("pass --params (e.g. 70B) or --model-dir to count them")
+        raise InputError("pass --params (e.g. 70B) or --model (a model directory or .gguf) to count them")
 
     explicit = {"--layers": layers, "--kv-heads": kv_heads, "--head-dim": head_dim}
     for opt, v in explicit.items():
@@ -310,32 +626,78 @@ def estimate_memory(params: int | str | None = None, *, context: int | None = No
             raise InputError(f"{opt} {v}: must be a positive whole number")
     if kv_type not in QTYPES:
         raise InputError(f"--kv-type {kv_type!r}: not a known tensor type; use one of {', '.join(QTYPES.names())}")
-    shape = kv = None
-    if context is not None:
-        if context < 1:
-            raise InputError(f"--context {context}: must be a positive number of tokens")
-        base = model_shape_from_dir(model_dir) if model_dir is not None else None
-        vals = [v if v is not None else (getattr(base, a) if base else None)
-                for v, a in zip(explicit.values(), ("n_layers", "n_kv_heads", "head_dim"))]
-        if any(v is None for v in vals):
-            raise InputError("--context needs the model's shape: pass --model-dir, "
-                             "or all of --layers, --kv-heads and --head-dim")
-        shape = ModelShape(*vals)
-        kv = kv_cache_bytes(shape.n_layers, shape.n_kv_heads, shape.head_dim, context,
-                            QTYPES.get(kv_type).bits_per_weight / 8)
-    elif any(v is not None for v in explicit.values()):
+    if context is not None and context < 1:
+        raise InputError(f"--context {context}: must be a positive number of tokens")
+    if context is None and path is None and any(v is not None for v in explicit.values()):
         raise InputError("--layers/--kv-heads/--head-dim size the KV cache; pass --context too")
 
+    # the model's own shape: required with --context, used when available otherwise
+    base, problem = None, ""
+    if gg is not None:
+        base, problem = gg.shape, gg.shape_problem
+    elif path is not None:
+        try:
+            base = model_shape_from_dir(path)
+        except (InputError, FormatError) as e:
+            problem = str(e)
+    shape = _apply_overrides(base, layers, kv_heads, head_dim)
+    if context is not None and shape is None:
+        if path is not None and not any(v is not None for v in explicit.values()) and problem:
+            raise InputError(problem)
+        raise InputError("--context needs the model's shape: pass --model (or --model-dir), "
+                         "or all of --layers, --kv-heads and --head-dim")
+
+    kv = kv_cache_bytes_for(shape, context, kv_type) if context is not None else None
     limit = parse_bytes(vram) if vram is not None else None
     extra = parse_bytes(overhead, "--overhead")
     over = {_row_name(k): float(v) for k, v in (bits_per_weight_override or {}).items()}
-    planned = _planned_bits(model_dir, over) if model_dir is not None else {}
-    est = MemoryEstimate(n, source, context, shape, qtype(kv_type).name, kv, extra, limit)
+    planned = _planned_bits(path, over) if (path is not None and gg is None) else {}
+    est = MemoryEstimate(n, source, context, shape, qtype(kv_type).name, kv, extra, limit,
+                         runtime_overhead=runtime_overhead,
+                         kv_bytes_full=kv_cache_bytes_for(shape, context, kv_type, sliding=False)
+                         if kv is not None else None,
+                         kv_table=kv_table(shape, kv_type) if shape is not None else None,
+                         model_path=str(path) if path is not None else None,
+                         model_format=None if path is None else "gguf" if gg is not None else "hf",
+                         file_size=gg.file_size if gg is not None else None)
+
+    def add(name: str, bits: float, wb: int, note: str) -> None:
+        total = memory_needed(wb, shape, context, kv_type, extra=extra, runtime=runtime_overhead)
+        ro = runtime_overhead_bytes(wb, context or 0, n_vocab=shape.n_vocab if shape else None) \
+            if runtime_overhead else 0
+        maxc = (longest_context(limit, wb, shape, kv_type, extra=extra, runtime=runtime_overhead)
+                if limit is not None and shape is not None else None)
+        est.rows.append(MemoryRow(name, bits, wb, kv, total, None if limit is None else total <= limit, note,
+                                  ro, maxc))
+
+    if gg is not None and params is None:
+        add(THIS_FILE, gg.bits_per_weight, gg.weight_bytes,
+            f"tensor data as stored in {Path(gg.path).name} ({gg.file_size:,}-byte file)")
     for p in PRECISIONS:
         bits = over.get(p.name, planned.get(p.name, p.bits))
         wb = math.ceil(Fraction(n) * Fraction(bits) / 8)  # exact: 8.5 and 6.5625 are binary fractions
-        total = wb + (kv or 0) + extra
         note = ("bits per weight overridden" if p.name in over else
                 f"from the {p.name} plan for this model" if p.name in planned else p.note)
-        est.rows.append(MemoryRow(p.name, bits, wb, kv, total, None if limit is None else total <= limit, note))
+        add(p.name, bits, wb, note)
     return est
+
+
+def _apply_overrides(base: ModelShape | None, layers, kv_heads, head_dim) -> ModelShape | None:
+    """The model's shape with --layers/--kv-heads/--head-dim put in. An override makes the
+    affected figure uniform (per-layer head counts, separate K/V sizes are dropped); the
+    sliding-window layout stays while the layer count does."""
+    if layers is None and kv_heads is None and head_dim is None:
+        return base
+    vals = [v if v is not None else (getattr(base, a) if base else None)
+            for v, a in zip((layers, kv_heads, head_dim), ("n_layers", "n_kv_heads", "head_dim"))]
+    if any(v is None for v in vals):
+        return None
+    if base is None:
+        return ModelShape(*vals)
+    keep = vals[0] == base.n_layers
+    return replace(base, n_layers=vals[0], n_kv_heads=vals[1], head_dim=vals[2],
+                   kv_heads_per_layer=base.kv_heads_per_layer if keep and kv_heads is None else None,
+                   key_length=base.key_length if head_dim is None else None,
+                   value_length=base.value_length if head_dim is None else None,
+                   sliding_window=base.sliding_window if keep else None,
+                   sliding_layers=base.sliding_layers if keep else None)
