@@ -32,6 +32,7 @@ class QuantizeResult:
     tokenizer: Optional[object] = None
     notes: list[str] = field(default_factory=list)
     stats: dict = field(default_factory=dict)  # per-tensor figures of calibrated schemes
+    budget: Optional[dict] = None  # a sized plan's figures (plan/sized.py): sizes, losses, memory breakdown
 
 
 def resolve_type(type_name: Optional[str], bits: Optional[int]) -> str:
@@ -109,6 +110,12 @@ def quantize(
     sym: bool = True,
     act_order: bool = False,
     progress: Optional[bool] = False,
+    target_vram: Optional[str | int] = None,
+    target_size: Optional[str | int] = None,
+    target_bpw: Optional[float] = None,
+    context: Optional[int] = None,
+    kv_type: str = "F16",
+    sensitivity_cache: Optional[str | Path] = None,
 ) -> QuantizeResult:
     """Convert a Hugging Face model directory (or an F32/F16/BF16 GGUF) into a GGUF file.
 
@@ -127,8 +134,26 @@ def quantize(
 
     format="safetensors": an int-N checkpoint transformers loads (compressed-tensors
     pack-quantized): `bits` (default 4), `group_size` (-1 per channel), `sym`, scheme rtn
-    (absmax / min-max rounding) or gptq (`act_order` with static groups, `damp`)."""
+    (absmax / min-max rounding) or gptq (`act_order` with static groups, `damp`).
+
+    target_size ("4.2GB" or bytes: the file), target_bpw (bits per weight of the tensors) or
+    target_vram ("8GB": weights + KV cache at `context` tokens of `kv_type` F16/Q8_0 +
+    runtime overhead, memory.runtime_overhead_bytes): instead of a preset, each tensor gets
+    the GGUF type that minimises the total measured loss within that budget (plan/sized.py);
+    the measurements are cached in `sensitivity_cache` (default ~/.cache/qconvert/
+    sensitivity.json) and weighted by the importance statistics when given."""
     t0 = time.perf_counter()
+    if any(v is not None for v in (target_vram, target_size, target_bpw)):
+        return _quantize_sized(model, output, force=force, dry_run=dry_run, vocab_pre=vocab_pre,
+                               no_fallback=no_fallback, allow_requantize=allow_requantize, imatrix=imatrix,
+                               calibration=calibration, n_samples=calibration_samples, seqlen=calibration_seqlen,
+                               device=device, save_imatrix=save_imatrix, progress=progress, t0=t0,
+                               target_vram=target_vram, target_size=target_size, target_bpw=target_bpw,
+                               context=context, kv_type=kv_type, sensitivity_cache=sensitivity_cache,
+                               conflicts=dict(type=type, bits=bits, tensor_types=tuple(tensor_types),
+                                              output_tensor_type=output_tensor_type, pure=pure,
+                                              token_embedding_type=token_embedding_type, scheme=scheme,
+                                              format=format))
     if format == "safetensors":
         return _quantize_safetensors(model, output, bits=4 if bits is None else bits, type_name=type, force=force,
                                      dry_run=dry_run, scheme=scheme, group_size=group_size, sym=sym,
@@ -177,13 +202,7 @@ def _write(src: Source, plan: Plan, out: Path, type_name: str, encoder, progress
            notes: list[str]) -> QuantizeResult:
     with atomic_path(out) as tmp:
         sink = GGUFSink(tmp, src.arch_name)
-        w = sink.writer
-        tok = src.write_metadata(w)
-        if not src.is_gguf:
-            w.add_name(src.name)
-        w.add_file_type(file_type(type_name))
-        if any(t.qtype.quantized for t in plan.tensors):
-            w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        tok = _add_metadata(src, sink.writer, plan, type_name)
         sink.add_plan(plan)
         sink.begin()
         with reporter(progress) as rep:
@@ -195,6 +214,71 @@ def _write(src: Source, plan: Plan, out: Path, type_name: str, encoder, progress
                 rep.advance(1, tp.name)
         sink.close()
     return QuantizeResult(out, plan, time.perf_counter() - t0, out.stat().st_size, tok, notes)
+
+
+def _add_metadata(src: Source, w, plan: Plan, type_name: str):
+    tok = src.write_metadata(w)
+    if not src.is_gguf:
+        w.add_name(src.name)
+    w.add_file_type(file_type(type_name))
+    if any(t.qtype.quantized for t in plan.tensors):
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    return tok
+
+
+def header_layout(src: Source, plan: Plan, type_name: str) -> tuple[int, int]:
+    """(bytes before the first tensor's padding, data alignment) of the file `_write` would
+    make: the header written for real to a scratch file, tensor data left out. Its size
+    depends on names, shapes and metadata, not on the tensors' types."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="qconvert-header-") as td:
+        path = Path(td) / "header.gguf"
+        sink = GGUFSink(path, src.arch_name)
+        _add_metadata(src, sink.writer, plan, type_name)
+        sink.add_plan(plan)
+        sink.begin()
+        alignment = sink.writer.data_alignment
+        sink.close()
+        return path.stat().st_size, alignment
+
+
+def _quantize_sized(model, output, *, force: bool, dry_run: bool, vocab_pre, no_fallback: bool,
+                    allow_requantize: bool, imatrix, calibration, n_samples: int, seqlen: int, device: str,
+                    save_imatrix, progress, t0: float, target_vram, target_size, target_bpw, context, kv_type,
+                    sensitivity_cache, conflicts: dict) -> QuantizeResult:
+    from .plan.sized import sized_plan
+
+    given = [o for o, v in (("--target-vram", target_vram), ("--target-size", target_size),
+                            ("--target-bpw", target_bpw)) if v is not None]
+    if len(given) > 1:
+        raise InputError(f"give one of {', '.join(given)}, not several")
+    clash = [k for k, v in conflicts.items()
+             if v and not (k == "scheme" and v == "rtn") and not (k == "format" and v == "gguf")]
+    if clash:
+        raise InputError(f"{given[0]} chooses every tensor's type; drop "
+                         + ", ".join("--" + k.replace("_", "-") for k in clash))
+    if context is not None and target_vram is None:
+        raise InputError("--context sizes the KV cache of --target-vram; it has no effect on other targets")
+    src = open_source(model, vocab_pre=vocab_pre, allow_requantize=allow_requantize)
+    base = make_quant_plan(src, DEFAULT_TYPE, no_fallback=no_fallback)
+    notes: list[str] = []
+    # the plan depends on the statistics, so a dry run collects them too
+    imx = _importance(src, imatrix, calibration, n_samples, seqlen, device, save_imatrix, progress)
+    header, alignment = header_layout(src, base, DEFAULT_TYPE)
+    plan, budget = sized_plan(src, base, header_bytes=header, alignment=alignment, target_size=target_size,
+                              target_bpw=target_bpw, target_vram=target_vram, context=context, kv_type=kv_type,
+                              imatrix=imx, sensitivity_cache=sensitivity_cache)
+    if imx is not None:
+        notes += mark_plan(plan, imx)
+    type_name = plan.ftype
+    if dry_run:
+        return QuantizeResult(None, plan, time.perf_counter() - t0, notes=notes, budget=budget)
+    out = _output_path(src, output, f"{budget['bits_per_weight']:.2f}bpw", force)
+    res = _write(src, plan, out, type_name, lambda tp, s: encode(tp, s.load(), importance_for(imx, tp.name)),
+                 progress, t0, notes)
+    res.budget = budget
+    return res
 
 
 def _quantize_gptq(src: Source, plan: Plan, output, type_name: str, *, force: bool, dry_run: bool, calibration,

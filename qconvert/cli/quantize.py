@@ -18,15 +18,38 @@ out_console = console()
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def plan_table(plan: Plan) -> Table:
+def plan_table(plan: Plan, budget: Optional[dict] = None) -> Table:
     t = Table(title="plan", show_lines=False)
-    for col in ("tensor", "shape", "type", "bytes", "rule"):
-        t.add_column(col, justify="right" if col == "bytes" else "left")
+    cols = ("tensor", "shape", "type", "bytes") + (("pred. loss",) if budget else ()) + ("rule",)
+    for col in cols:
+        t.add_column(col, justify="right" if col in ("bytes", "pred. loss") else "left")
+    per = (budget or {}).get("tensors", {})
     for tp in plan.tensors:
         rule = tp.reason + (f" [fallback: {tp.fallback}]" if tp.fallback else "") + \
             (f" [{tp.scheme}]" if tp.scheme != "rtn" else "")
-        t.add_row(tp.name, "x".join(map(str, tp.shape)), tp.qtype.name, human_bytes(tp.nbytes), rule)
+        loss = (f"{per[tp.name]['loss']:.4g}" if tp.name in per else "-",) if budget else ()
+        t.add_row(tp.name, "x".join(map(str, tp.shape)), tp.qtype.name, human_bytes(tp.nbytes), *loss, rule)
     return t
+
+
+def budget_lines(b: dict) -> list[str]:
+    """The sized plan's figures: target, predicted file size, loss and its bound, and for
+    --target-vram the memory breakdown."""
+    target = {"size": lambda: f"--target-size {human_bytes(b['target_size'])} ({b['target_size']:,} bytes)",
+              "bpw": lambda: f"--target-bpw {b['target_bpw']}",
+              "vram": lambda: f"--target-vram {human_bytes(b['target_vram'])} at context {b['context']} "
+                              f"(KV cache {b['kv_type']})"}[b["target"]]()
+    lines = [f"  budget: {target}",
+             f"  predicted file size {b['predicted_file_size']:,} bytes ({human_bytes(b['predicted_file_size'])}): "
+             f"header {b['header_bytes']:,} + tensors {b['weights_bytes']:,}; {b['bits_per_weight']:.3f} bits/weight",
+             f"  predicted loss {b['loss']:.6g}, lower bound {b['lower_bound']:.6g} "
+             f"(gap {b['gap']:.3g}{', optimal' if b['exact'] else ''}); "
+             f"{b['measured']} sensitivity measurements made, the rest from the cache"]
+    if b["target"] == "vram":
+        lines.append(f"  memory: weights {human_bytes(b['weights_bytes'])} + KV cache {human_bytes(b['kv_bytes'])} "
+                     f"+ runtime overhead {human_bytes(b['overhead_bytes'])} = {human_bytes(b['vram_total'])} "
+                     f"of {human_bytes(b['target_vram'])}")
+    return lines
 
 
 def totals_lines(plan: Plan) -> list[str]:
@@ -71,6 +94,8 @@ def summary(res: QuantizeResult) -> None:
             err_console.print(line, markup=False)
     for line in totals_lines(plan):
         err_console.print(line, markup=False)
+    for line in budget_lines(res.budget) if res.budget else ():
+        err_console.print(line, markup=False)
     err_console.print(
         f"wrote {res.output} ({human_bytes(res.file_size)}, {len(plan.tensors)} tensors, "
         f"{res.file_size * 8 / max(1, plan.n_params):.3f} bits/weight incl. metadata) in {res.seconds:.1f}s",
@@ -107,6 +132,12 @@ def register(app: typer.Typer) -> None:
         act_order: Annotated[bool, typer.Option("--act-order", help="safetensors + gptq: quantize columns in order of decreasing Hessian diagonal (static groups).")] = False,
         damp: Annotated[float, typer.Option("--damp", help="GPTQ damping, a fraction of the Hessian's mean diagonal.")] = 0.01,
         progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal).")] = None,
+        target_vram: Annotated[Optional[str], typer.Option("--target-vram", help="Choose per-tensor types so weights + KV cache at --context + runtime overhead fit this memory (e.g. 8GB, 8GiB).")] = None,
+        target_size: Annotated[Optional[str], typer.Option("--target-size", help="Choose per-tensor types so the GGUF file is at most this size (e.g. 4.2GB).")] = None,
+        target_bpw: Annotated[Optional[float], typer.Option("--target-bpw", help="Choose per-tensor types for at most this many bits per weight (e.g. 4.5).")] = None,
+        context: Annotated[Optional[int], typer.Option("--context", help="--target-vram: context (tokens) the KV cache is sized for (default 4096).")] = None,
+        kv_type: Annotated[str, typer.Option("--kv-type", help="--target-vram: KV cache type, f16 or q8_0.")] = "f16",
+        sensitivity_cache: Annotated[Optional[Path], typer.Option("--sensitivity-cache", help="JSON file caching per-tensor sensitivity measurements (default ~/.cache/qconvert/sensitivity.json).")] = None,
     ) -> None:
         """Convert a Hugging Face checkpoint to a (quantized) GGUF file."""
         res = quantize(model_dir, output, type=type_, bits=bits, force=force, dry_run=dry_run,
@@ -116,7 +147,9 @@ def register(app: typer.Typer) -> None:
                        calibration=(True if calibration == "default" else calibration),
                        calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen,
                        device=device, save_imatrix=save_imatrix, scheme=scheme, damp=damp, format=format_,
-                       group_size=group_size, sym=sym, act_order=act_order, progress=progress)
+                       group_size=group_size, sym=sym, act_order=act_order, progress=progress,
+                       target_vram=target_vram, target_size=target_size, target_bpw=target_bpw, context=context,
+                       kv_type=kv_type.upper(), sensitivity_cache=sensitivity_cache)
         for note in res.notes:
             err_console.print(f"note: {note}", markup=False)
         if res.plan is None:  # safetensors output
@@ -129,8 +162,10 @@ def register(app: typer.Typer) -> None:
                                   f"in {res.seconds:.1f}s", markup=False)
             return
         if dry_run:
-            out_console.print(plan_table(res.plan))
+            out_console.print(plan_table(res.plan, res.budget))
             for line in totals_lines(res.plan):
+                out_console.print(line, markup=False)
+            for line in budget_lines(res.budget) if res.budget else ():
                 out_console.print(line, markup=False)
             return
         summary(res)

@@ -1,0 +1,176 @@
+"""Sensitivity: how much each tensor loses at each candidate GGUF type, measured.
+
+loss(tensor, type) = sum over input columns c of imp_c * sum over rows (w - q)^2
+
+where q = decode(encode(w)) with the same encoder the writer uses (importance-weighted
+when statistics are given, as the written file will be) and imp_c is the mean squared
+activation of input column c (the importance matrix). Without statistics imp_c = 1 and
+the loss is the plain squared weight error. A tensor without statistics in a run that has
+them (token_embd, output) is weighted by the mean importance of all matrices, so its loss
+is on the same scale as the others'.
+
+Big tensors are measured on a deterministic sample of whole rows (every k-th row, so that
+at most MAX_SAMPLE_VALUES values are encoded per type) and the sum scaled by
+rows / sampled rows: rows of one matrix have alike statistics, and a 2-D tensor of 100M
+values would otherwise cost minutes per candidate type.
+
+Measurements are cached in a JSON file keyed by the model (path + weight files' sizes and
+mtimes), the tensor's name and shape, the type and a hash of the importance statistics,
+so a second plan at another budget reads the file and measures nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+from .. import kernels
+from ..kernels import IMPORTANCE_TYPES
+from ..qtypes import qtype
+
+CANDIDATES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
+MAX_SAMPLE_VALUES = 1 << 20
+CACHE_VERSION = 1
+
+
+def candidates_for(row: int, types: Iterable[str] = CANDIDATES) -> list[str]:
+    """The candidate types whose block divides the row width."""
+    return [t for t in types if qtype(t).fits(row)]
+
+
+def sample_rows(n_rows: int, row: int, limit: int) -> np.ndarray:
+    """Indices of every k-th row, k the smallest step keeping rows * row <= limit."""
+    step = max(1, -(-n_rows * row // limit))
+    return np.arange(0, n_rows, step)
+
+
+def tensor_loss(w: np.ndarray, type_name: str, importance: Optional[np.ndarray] = None,
+                weight_scale: float = 1.0) -> float:
+    """Importance-weighted squared error of encode -> decode for one tensor.
+
+    w: float32, row width last (any leading dims). importance: per input column (n_in,),
+    or (n_mat, n_in) for stacked expert matrices; None for the plain error, then scaled by
+    `weight_scale` (the mean importance of the run, or 1)."""
+    w = np.asarray(w, dtype=np.float32)
+    row = w.shape[-1]
+    imp_rows = None
+    if importance is not None:
+        imp = np.asarray(importance, dtype=np.float32)
+        lead = w.shape[:-1]
+        if imp.ndim == 2:  # one vector per expert matrix: (n_mat, n_in) -> every row of each
+            imp_rows = np.broadcast_to(imp[:, None, :], (imp.shape[0], int(np.prod(lead[1:])), row))
+        else:
+            imp_rows = np.broadcast_to(imp, (int(np.prod(lead)), row))
+        imp_rows = imp_rows.reshape(-1, row)
+    flat = w.reshape(-1, row)
+    idx = sample_rows(flat.shape[0], row, MAX_SAMPLE_VALUES)
+    x = np.ascontiguousarray(flat[idx])
+    imp_s = np.ascontiguousarray(imp_rows[idx]) if imp_rows is not None else None
+    use_imp = imp_s if type_name in IMPORTANCE_TYPES else None
+    q = kernels.decode(type_name, kernels.encode(type_name, x, importance=use_imp)).reshape(x.shape)
+    err = (x.astype(np.float64) - q) ** 2
+    total = float((err * imp_s).sum()) if imp_s is not None else float(err.sum()) * weight_scale
+    return total * flat.shape[0] / len(idx)
+
+
+# -- the cache ------------------------------------------------------------------------------
+
+def model_key(path: Path) -> str:
+    """The model's path plus the size and mtime of its weight files: a rewritten
+    checkpoint at the same path gets new measurements."""
+    p = Path(path).resolve()
+    files = [p] if p.is_file() else sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin"))
+    parts = [str(p)] + [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def importance_hash(imatrix, names: Iterable[str]) -> str:
+    """A digest of the statistics of the named tensors ("plain" without an imatrix)."""
+    if imatrix is None:
+        return "plain"
+    h = hashlib.sha256()
+    for n in sorted(names):
+        v = imatrix.get(n)
+        h.update(n.encode())
+        if v is not None:
+            h.update(np.ascontiguousarray(v, dtype=np.float32).tobytes())
+    return h.hexdigest()[:24]
+
+
+def default_cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "qconvert" / "sensitivity.json"
+
+
+class SensitivityCache:
+    """{model key: {"name|shape|type|importance hash": loss}} in one JSON file."""
+
+    def __init__(self, path: Path | str | None):
+        self.path = Path(path) if path is not None else default_cache_path()
+        self.data: dict = {}
+        try:
+            d = json.loads(self.path.read_text())
+            if isinstance(d, dict) and d.get("version") == CACHE_VERSION and isinstance(d.get("models"), dict):
+                self.data = d["models"]
+        except (OSError, ValueError):
+            pass  # no cache yet, or an unreadable one: measure again
+        self.dirty = False
+
+    @staticmethod
+    def entry(name: str, shape, type_name: str, imp: str) -> str:
+        return f"{name}|{'x'.join(map(str, shape))}|{type_name}|{imp}"
+
+    def get(self, model: str, key: str) -> Optional[float]:
+        return self.data.get(model, {}).get(key)
+
+    def put(self, model: str, key: str, loss: float) -> None:
+        self.data.setdefault(model, {})[key] = loss
+        self.dirty = True
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".sens-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"version": CACHE_VERSION, "models": self.data}, f)
+        os.replace(tmp, self.path)  # atomic: a concurrent reader sees the old or the new file
+        self.dirty = False
+
+
+def measure(src, targets: dict[str, list[str]], *, imatrix=None, cache_path=None) -> tuple[dict, int]:
+    """Losses {(name, type): loss} for every tensor in `targets` (name -> candidate types)
+    of `src` (a Source), from the cache where present. Returns (losses, measured count)."""
+    cache = SensitivityCache(cache_path)
+    mkey = model_key(src.path)
+    ikey = importance_hash(imatrix, targets)
+    scale = 1.0
+    if imatrix is not None:
+        means = [float(np.mean(v)) for n in targets if (v := imatrix.get(n)) is not None]
+        scale = float(np.mean(means)) if means else 1.0
+    handles = {s.name: s for s in src.tensors}
+    out: dict[tuple[str, str], float] = {}
+    measured = 0
+    for name in sorted(targets):
+        s = handles[name]
+        w = None
+        imp = imatrix.get(name) if imatrix is not None else None
+        for t in targets[name]:
+            key = SensitivityCache.entry(name, s.shape, t, ikey)
+            loss = cache.get(mkey, key)
+            if loss is None:
+                if w is None:
+                    w = s.load()
+                loss = tensor_loss(w, t, imp, scale)
+                cache.put(mkey, key, loss)
+                measured += 1
+            out[(name, t)] = float(loss)
+        del w
+    cache.save()
+    return out, measured

@@ -1,0 +1,194 @@
+"""A plan sized for a target: --target-size (file bytes), --target-bpw (bits per weight of
+the tensors) or --target-vram: weights + KV cache at --context (default 4096) + runtime
+overhead, totalled by memory.memory_needed, the function estimate-memory reports, so the
+largest weight budget w with memory_needed(w) <= VRAM is found by bisection.
+
+The preset plan (Q4_K_M) decides what is never quantized (vectors, norms, tables llama.cpp
+keeps dense) and what a row width forces; every other tensor gets the type the budget
+solver (budget.py) picks from its candidates (sensitivity.py), subject to floors:
+
+- output.weight (or a tied token_embd) not below Q5_K: its error lands directly on the
+  logits, and llama.cpp keeps it at Q6_K in every K mix; one step lower leaves the solver
+  room at tight budgets.
+- token_embd not below Q3_K: its rows are looked up, not summed over the hidden state, so
+  it tolerates coarse types (llama.cpp's Q3_K mixes store it at Q3_K).
+
+Bytes are counted as the writer lays them out: each tensor's size from qtypes padded to the
+file's data alignment, plus the header (metadata + tensor infos, whose size does not depend
+on the chosen types) padded the same way, so the predicted file size is the written one.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from ..errors import BudgetError, InputError
+from ..qtypes import qtype
+from .budget import Option, solve
+from .memory import (ModelShape, is_gguf, kv_cache_bytes_for, memory_needed, model_shape_from_dir, parse_bytes,
+                     read_gguf_model)
+from .sensitivity import CANDIDATES, candidates_for, measure
+from .tensor_plan import Plan, TensorPlan
+
+FLOORS = {"output.weight": "Q5_K", "token_embd.weight": "Q3_K"}
+TIED_OUTPUT_FLOOR = "Q5_K"
+MIX_NAME = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
+
+
+def pad(n: int, alignment: int) -> int:
+    return -(-n // alignment) * alignment
+
+
+def floor_for(name: str, tied: bool) -> Optional[str]:
+    if tied and name == "token_embd.weight":
+        return TIED_OUTPUT_FLOOR
+    return FLOORS.get(name)
+
+
+def candidate_types(tp: TensorPlan, tied: bool) -> list[str]:
+    """Candidate types for a tensor the preset quantizes (empty: keep the preset's type)."""
+    if not tp.qtype.quantized or tp.fallback:
+        return []
+    types = candidates_for(tp.shape[-1], CANDIDATES)
+    fl = floor_for(tp.name, tied)
+    if fl is not None:
+        types = [t for t in types if qtype(t).bits_per_weight >= qtype(fl).bits_per_weight]
+    return types
+
+
+def model_shape(src) -> ModelShape:
+    """The KV-cache shape estimate-memory would use for this input."""
+    if is_gguf(src.path):
+        m = read_gguf_model(src.path)
+        if m.shape is None:
+            raise InputError(f"{src.path}: cannot size the KV cache ({m.shape_problem}); use --target-size")
+        return m.shape
+    return model_shape_from_dir(src.path)
+
+
+def weight_budget_for_vram(vram: int, shape: ModelShape, context: int, kv_type: str) -> int:
+    """The most weight bytes w with memory_needed(w, ...) <= vram (the same total
+    estimate-memory reports); negative when KV cache and overhead alone exceed vram.
+    Bisection: memory_needed is non-decreasing in w."""
+    def need(w: int) -> int:
+        return memory_needed(w, shape, context, kv_type)
+
+    if need(0) > vram:
+        return vram - need(0)
+    lo, hi = 0, vram + 1  # need(lo) <= vram < need(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if need(mid) <= vram:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def sized_plan(src, base: Plan, *, header_bytes: int, alignment: int, target_size=None, target_bpw=None,
+               target_vram=None, context: Optional[int] = None, kv_type: str = "F16", imatrix=None,
+               sensitivity_cache=None) -> tuple[Plan, dict]:
+    """(plan, budget report). Exactly one target must be given."""
+    given = [k for k, v in (("size", target_size), ("bpw", target_bpw), ("vram", target_vram)) if v is not None]
+    if len(given) != 1:
+        raise InputError("give one of --target-size, --target-bpw, --target-vram")
+    kind = given[0]
+    tied = not any(t.name == "output.weight" for t in base.tensors)
+    cands = {tp.name: candidate_types(tp, tied) for tp in base.tensors}
+    variable = {n: c for n, c in cands.items() if c}
+    fixed_bytes = sum(pad(tp.nbytes, alignment) for tp in base.tensors if tp.name not in variable)
+    header = pad(header_bytes, alignment)
+    n_params = base.n_params
+    report: dict = {"target": kind, "header_bytes": header, "alignment": alignment}
+    kv = None
+    if kind == "size":
+        total = parse_bytes(target_size, "--target-size")
+        weight_budget = total - header
+        report["target_size"] = total
+    elif kind == "bpw":
+        bpw = float(target_bpw)
+        if not bpw > 0:
+            raise InputError(f"--target-bpw {target_bpw}: must be a positive number of bits")
+        weight_budget = int(bpw * n_params // 8)
+        report["target_bpw"] = bpw
+    else:
+        if context is None:
+            context = 4096
+        if context < 1:
+            raise InputError(f"--context {context}: must be a positive number of tokens")
+        vram = parse_bytes(target_vram, "--target-vram")
+        kv_type = str(kv_type).upper()
+        if kv_type not in ("F16", "Q8_0", "F32", "BF16"):
+            raise InputError(f"--kv-type {kv_type}: choose f16 or q8_0")
+        shape = model_shape(src)
+        kv = kv_cache_bytes_for(shape, context, kv_type)
+        weight_budget = weight_budget_for_vram(vram, shape, context, kv_type)
+        report.update(target_vram=vram, context=context, kv_type=kv_type, kv_bytes=kv, shape=shape)
+
+    losses, measured = measure(src, variable, imatrix=imatrix, cache_path=sensitivity_cache)
+    options = {n: [Option(t, pad(qtype(t).nbytes(_shape(base, n)), alignment), losses[(n, t)]) for t in c]
+               for n, c in variable.items()}
+    try:
+        sol = solve(options, weight_budget - fixed_bytes)
+    except BudgetError as e:
+        smallest_w = e.smallest + fixed_bytes
+        raise _unmet(kind, report, smallest_w, n_params) from None
+
+    tensors, per = [], {}
+    for tp in base.tensors:
+        o = sol.picks.get(tp.name)
+        if o is None:
+            tensors.append(tp)
+            continue
+        smaller = [x for x in options[tp.name] if x.nbytes < o.nbytes]
+        prev = max(smaller, key=lambda x: x.nbytes) if smaller else None
+        reason = f"budget: {o.type} (loss {o.loss:.3g}" + (
+            f", Δloss {o.loss - prev.loss:+.3g} vs {prev.type})" if prev else ")")
+        tensors.append(TensorPlan(tp.name, tp.shape, tp.src_dtype, qtype(o.type), reason))
+        per[tp.name] = {"type": o.type, "bytes": o.nbytes, "loss": o.loss}
+    plan = Plan(tensors, ftype=dominant_mix(tensors))
+    weights = sum(pad(t.nbytes, alignment) for t in plan.tensors)
+    report.update(
+        weight_budget=weight_budget, weights_bytes=weights, predicted_file_size=header + weights,
+        loss=sol.loss, lower_bound=sol.lower_bound, gap=sol.gap, exact=sol.exact, lam=sol.lam,
+        measured=measured, tensors=per, bits_per_weight=plan.bits_per_weight)
+    if kind == "vram":
+        report["overhead_bytes"] = memory_needed(weights, shape, context, kv_type) - weights - kv
+        report["vram_total"] = memory_needed(weights, shape, context, kv_type)
+    return plan, report
+
+
+def _shape(plan: Plan, name: str):
+    return next(t.shape for t in plan.tensors if t.name == name)
+
+
+def dominant_mix(tensors: list[TensorPlan]) -> str:
+    """The llama.cpp file type named after the quantized type holding most parameters."""
+    count: dict[str, int] = {}
+    for t in tensors:
+        if t.qtype.quantized:
+            count[t.qtype.name] = count.get(t.qtype.name, 0) + t.n_params
+    if not count:
+        return "F16"
+    top = min(count, key=lambda k: (-count[k], k))
+    return MIX_NAME.get(top, top)
+
+
+def _unmet(kind: str, report: dict, smallest_weights: int, n_params: int) -> BudgetError:
+    if kind == "size":
+        need = smallest_weights + report["header_bytes"]
+        msg = (f"--target-size {report['target_size']:,} bytes cannot be met: the smallest allowed types "
+               f"give a file of {need:,} bytes ({need / 1e9:.3f} GB)")
+    elif kind == "bpw":
+        need = smallest_weights * 8 / n_params
+        msg = (f"--target-bpw {report['target_bpw']} cannot be met: the smallest allowed types give "
+               f"{need:.3f} bits per weight")
+    else:
+        need = memory_needed(smallest_weights, report["shape"], report["context"], report["kv_type"])
+        msg = (f"--target-vram {report['target_vram']:,} bytes cannot be met at context {report['context']}: "
+               f"the smallest allowed types need {need:,} bytes ({need / 1e9:.3f} GB: weights "
+               f"{smallest_weights:,}, KV cache {report['kv_bytes']:,}, overhead "
+               f"{need - smallest_weights - report['kv_bytes']:,})")
+    err = BudgetError(msg)
+    err.smallest = need
+    return err
