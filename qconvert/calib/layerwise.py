@@ -26,15 +26,20 @@ at layer 0 and assumes every layer gets the same arguments.)
 The windows are unpadded and all of one length, so those arguments depend only on the
 batch size; they are recorded once per batch size.
 
-Weights stay wherever the model was loaded (CPU, in the checkpoint's dtype); a layer is
-copied to the compute device in float32 for its turn. Without a transform the original
-tensors are put back untouched; with one, the transformed values are written back in
-the stored dtype, so its changes stay in the model.
+By default the model is a skeleton whose weights stay in the checkpoint (lazy_model.py):
+the embeddings are read for the capture above and dropped, each layer is read just
+before its turn and dropped after it (after its transform and re-run), so memory holds
+one layer, not the model. A layer (read, or of a fully loaded model: on CPU in the
+checkpoint's dtype) is copied to the compute device in float32 for its turn. Without a
+transform the original tensors are put back untouched; with one, the transformed values
+are written back in the stored dtype, so its changes stay in the model for as long as
+the layer is kept (`keep_weights`, or a fully loaded model).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import logging
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -44,6 +49,9 @@ from torch import nn
 
 from ..errors import InputError, UnsupportedError
 from ..progress import reporter
+from .lazy_model import lazy_weights, load_lazy
+
+log = logging.getLogger(__name__)
 
 OnLinear = Callable[[int, str, torch.Tensor], None]
 Transform = Callable[[int, nn.Module], None]
@@ -62,10 +70,31 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def load_causal_lm(model_dir: Path | str) -> nn.Module:
-    """The model on CPU in its stored dtype (bf16 stays bf16: half the memory of float32;
-    layers are upcast one at a time on the compute device)."""
+def load_causal_lm(model_dir: Path | str, *, lazy: bool = True) -> nn.Module:
+    """The model for `run_layerwise`.
+
+    lazy (default): transformers' module tree with every parameter left in the
+    checkpoint (on the meta device); `run_layerwise` reads the embeddings, then each
+    decoder layer just before it runs, and drops it afterwards, so memory holds one layer
+    (see lazy_model.py). A checkpoint whose decoder stack does not match the module tree
+    name for name falls back to the full load.
+
+    lazy=False: the whole model on CPU in its stored dtype (bf16 stays bf16: half the
+    memory of float32; layers are upcast one at a time on the compute device)."""
     import transformers
+
+    if lazy:
+        def stack_of(m: nn.Module) -> tuple[nn.Module, str]:
+            dec = find_decoder(m)
+            return dec.base, dec.base_path
+
+        try:
+            model, why = load_lazy(model_dir, stack_of)
+        except (OSError, ValueError, KeyError) as e:
+            raise UnsupportedError(f"{model_dir}: transformers cannot build this model for calibration ({e})") from None
+        if model is not None:
+            return model
+        log.info("%s: loading the whole model for calibration (%s)", model_dir, why)
 
     major = int(transformers.__version__.split(".")[0])
     # transformers 5 renamed torch_dtype to dtype and always loads with low memory
@@ -85,6 +114,11 @@ class Decoder:
     base: nn.Module
     layers: nn.ModuleList
     prefix: str  # module path of `layers`, e.g. "model.layers"
+
+    @property
+    def base_path(self) -> str:
+        """Module path of `base` ("model"; "" when the model is the stack itself)."""
+        return self.prefix[: -len("layers")].rstrip(".")
 
 
 def find_decoder(model: nn.Module) -> Decoder:
@@ -196,7 +230,8 @@ def _all_on_device(modules: list[nn.Module], device: torch.device):
 
 def run_layerwise(model: nn.Module, samples: torch.Tensor, *, on_linear: Optional[OnLinear] = None,
                   transform: Optional[Transform] = None, device: str | torch.device = "auto",
-                  batch_size: int = 8, show_progress: Optional[bool] = None) -> list[torch.Tensor]:
+                  batch_size: int = 8, show_progress: Optional[bool] = None,
+                  keep_weights: bool = False) -> list[torch.Tensor]:
     """Walk the decoder layers one at a time over `samples` (n, seqlen) int64.
 
     For layer i: `on_linear(i, name, x)` is called for every nn.Linear in it and every
@@ -205,16 +240,36 @@ def run_layerwise(model: nn.Module, samples: torch.Tensor, *, on_linear: Optiona
     keep it); then `transform(i, layer)` may change the layer (on the device, float32);
     the layer is re-run so layer i+1 sees the transformed layer's outputs. Returns the
     last layer's outputs per batch (before the final norm), on the compute device.
+
+    A lazily loaded model (`load_causal_lm`'s default) has each part read from the
+    checkpoint just before its turn and dropped after it, so a transform must save what
+    it wants to keep itself. With `keep_weights` nothing is dropped (the transformed
+    layers stay, in the stored dtype) and the rest of the checkpoint's tensors are read
+    at the end: the model is whole afterwards. A fully loaded model keeps its weights
+    either way.
     """
     dev = resolve_device(device)
     dec = find_decoder(model)
     if samples.ndim != 2:
         raise InputError(f"calibration samples should be (n, seqlen) token ids, got shape {tuple(samples.shape)}")
-    state = capture_layer_inputs(dec, samples, dev, batch_size)
+    weights = lazy_weights(model)
+
+    def loaded(module: nn.Module, path: str):
+        return weights.loaded(module, path, keep=keep_weights) if weights is not None else nullcontext(module)
+
+    # the embeddings (and whatever else the stack holds beside its layers) for layer 0's inputs
+    base = dec.base_path
+    others = [(f"{base}.{name}" if base else name, m) for name, m in dec.base.named_children() if m is not dec.layers]
+    with ExitStack() as stack:
+        for path, m in others:
+            stack.enter_context(loaded(m, path))
+        state = capture_layer_inputs(dec, samples, dev, batch_size)
     hidden = [h.to(dev, torch.float32) for h in state.hidden]
     state.hidden.clear()  # `hidden` is overwritten layer by layer; keep no second copy
     n_layers, n_batches = len(dec.layers), len(hidden)
     passes = 2 if transform is not None else 1
+    # a transformed layer about to be dropped needs no copy in the stored dtype
+    write_back = transform is not None and (weights is None or keep_weights)
     with torch.no_grad(), reporter(show_progress) as rep:
         rep.start("calibrating", total=n_layers * n_batches * passes)
         for i, layer in enumerate(dec.layers):
@@ -223,13 +278,15 @@ def run_layerwise(model: nn.Module, samples: torch.Tensor, *, on_linear: Optiona
             def tick(item=item):
                 rep.advance(1, item)
 
-            with on_device(layer, dev, write_back=transform is not None):
+            with loaded(layer, f"{dec.prefix}.{i}"), on_device(layer, dev, write_back=write_back):
                 with _linear_hooks(layer, i, f"{dec.prefix}.{i}", on_linear):
                     # without a transform this pass's outputs are the next layer's inputs
                     _forward_all(layer, i, hidden, state, replace=transform is None, advance=tick)
                 if transform is not None:
                     transform(i, layer)
                     _forward_all(layer, i, hidden, state, replace=True, advance=tick)
+    if weights is not None and keep_weights:
+        weights.materialise_rest()
     return hidden
 
 

@@ -24,6 +24,7 @@ from qconvert.arch import adapter_for
 from qconvert.calib.collect import collect_importance
 from qconvert.calib.imatrix import ImportanceMatrix
 from qconvert.calib.layerwise import find_decoder, load_causal_lm, resolve_device, run_layerwise
+from qconvert.calib.lazy_model import lazy_weights
 from qconvert.calib.text import calibration_samples, tokenize
 from qconvert.errors import FormatError, InputError
 from qconvert.source.checkpoint import Checkpoint
@@ -106,15 +107,17 @@ def test_default_text_and_errors(tok, tmp_path):
 
 # ----------------------------------------------------------------------------- driver
 
+@pytest.mark.parametrize("lazy", [False, True])
 @pytest.mark.parametrize("name", ["llama", "gemma3"])
-def test_layerwise_equals_full_forward(models, name):
+def test_layerwise_equals_full_forward(models, name, lazy):
     d = models[name]
     ids = _samples(d)
     ref = _reference(d)
-    model = load_causal_lm(d)  # bf16 on CPU, as stored
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model = load_causal_lm(d, lazy=lazy)
+    # what transformers loads: bf16 on CPU, as stored
+    before = {k: v.clone() for k, v in load_causal_lm(d, lazy=False).state_dict().items()}
     seen = []
-    out = run_layerwise(model, ids, device="cpu", batch_size=2, show_progress=False,
+    out = run_layerwise(model, ids, device="cpu", batch_size=2, show_progress=False, keep_weights=True,
                         transform=lambda i, layer: seen.append((i, layer.mlp.down_proj.weight.dtype)))
     h = torch.cat(out)
     with torch.no_grad():
@@ -127,11 +130,15 @@ def test_layerwise_equals_full_forward(models, name):
     assert (logits - full.logits).abs().max().item() < 1e-4
     assert full.logits.std().item() > 1.0  # the comparison is not between near-constants
     assert seen == [(0, torch.float32), (1, torch.float32)]  # the transform sees float32 layers, in order
-    after = model.state_dict()  # an identity transform leaves the stored weights as they were
+    # an identity transform leaves the stored weights as they were; a lazy model kept its
+    # weights is whole (final norm, tied lm_head) afterwards
+    after = model.state_dict()
+    assert set(after) == set(before)
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
 
 
-def test_true_sequential(models):
+@pytest.mark.parametrize("lazy", [False, True])
+def test_true_sequential(models, lazy):
     d = models["llama"]
     ids = _samples(d)
 
@@ -143,9 +150,9 @@ def test_true_sequential(models):
                 w.add_(0.5 * torch.randn(w.shape, generator=g).to(w.device) * w.abs().mean())
 
     got: dict[tuple[int, str], list[torch.Tensor]] = {}
-    model = load_causal_lm(d)
+    model = load_causal_lm(d, lazy=lazy)
     run_layerwise(model, ids, device="cpu", batch_size=2, show_progress=False, transform=perturb,
-                  on_linear=lambda i, n, x: got.setdefault((i, n), []).append(x.clone()))
+                  keep_weights=lazy, on_linear=lambda i, n, x: got.setdefault((i, n), []).append(x.clone()))
     layer1 = {n: torch.cat(v) for (i, n), v in got.items() if i == 1}
     layer0 = {n: torch.cat(v) for (i, n), v in got.items() if i == 0}
 
@@ -166,7 +173,7 @@ def test_true_sequential(models):
 
 
 def test_driver_details(models):
-    model = load_causal_lm(models["llama"])
+    model = load_causal_lm(models["llama"], lazy=False)
     dec = find_decoder(model)
     assert dec.prefix == "model.layers" and dec.layers is model.model.layers
     # without a transform every weight gets its original storage back (no resident copies)
@@ -181,6 +188,86 @@ def test_driver_details(models):
         assert resolve_device("auto").type == "cpu"
         with pytest.raises(InputError, match="no CUDA"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
+def test_lazy_model_holds_one_layer(models, name):
+    """The lazy path gives bit-identical hooks and outputs to the fully loaded model, while
+    no more than the running decoder layer is ever read from the checkpoint. Gemma 3 has
+    tied embeddings and per-layer-type rotary tables, neither of which is in the file."""
+    d = models[name]
+    ids = _samples(d)
+
+    def perturb(i, layer):  # a transform whose effect reaches the next layer
+        g = torch.Generator().manual_seed(i)
+        w = layer.mlp.down_proj.weight
+        w.add_(0.3 * torch.randn(w.shape, generator=g) * w.abs().mean())
+
+    runs = {}
+    for lazy in (False, True):
+        model = load_causal_lm(d, lazy=lazy)
+        assert (lazy_weights(model) is not None) == lazy
+        names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+        real = []  # per hook call: (layer index, names of parameters not on meta)
+
+        def resident(i, model=model, real=real):
+            real.append((i, {n for n, p in model.named_parameters(remove_duplicate=False) if p.device.type != "meta"}))
+
+        got: dict[tuple[int, str], list[torch.Tensor]] = {}
+
+        def on_linear(i, n, x, got=got, resident=resident):
+            got.setdefault((i, n), []).append(x.clone())
+            resident(i)
+
+        def transform(i, layer, resident=resident):
+            resident(i)
+            perturb(i, layer)
+
+        out = run_layerwise(model, ids, device="cpu", batch_size=2, show_progress=False, on_linear=on_linear,
+                            transform=transform)
+        runs[lazy] = (torch.cat(out), {k: torch.cat(v) for k, v in got.items()})
+        if lazy:
+            assert len(real) == len(got) * 3 + 2  # 3 batches per linear, one transform per layer
+            for i, held in real:
+                assert held == {n for n in names if n.startswith(f"model.layers.{i}.")}, (i, sorted(held))
+            assert all(p.device.type == "meta" for p in model.parameters())  # everything dropped afterwards
+        else:
+            assert all(len(held) == len(names) for _, held in real)
+    (h0, x0), (h1, x1) = runs[False], runs[True]
+    assert torch.equal(h0, h1)
+    assert set(x0) == set(x1) and all(torch.equal(x0[k], x1[k]) for k in x0)
+
+
+def test_lazy_model_finds_the_stack_under_another_prefix(models, tmp_path):
+    """Multimodal Gemma 3 files keep the language model under `language_model.model.`
+    (4.x) while the module tree names it differently: the prefix is found from where
+    layer 0's weights are. Here a Llama file is renamed the same way: the lazy reader
+    must find every tensor; a file in which a layer weight is missing is loaded in full."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src = models["llama"]
+    renamed, broken = tmp_path / "renamed", tmp_path / "broken"
+    for out, drop in ((renamed, None), (broken, "model.layers.1.mlp.up_proj.weight")):
+        out.mkdir()
+        for f in src.iterdir():
+            if f.suffix != ".safetensors" and f.name != "model.safetensors.index.json":
+                shutil.copy(f, out / f.name)
+        tensors = {}
+        for f in sorted(src.glob("*.safetensors")):
+            tensors.update(load_file(f))
+        tensors = {("language_model." + k if k.startswith("model.") else k): v for k, v in tensors.items()
+                   if k != drop}
+        save_file(tensors, out / "model.safetensors")
+    model = load_causal_lm(renamed)
+    weights = lazy_weights(model)
+    assert weights is not None and weights.stored == "language_model.model."
+    ids = _samples(src, 2, 16)
+    eager = run_layerwise(load_causal_lm(src, lazy=False), ids, device="cpu", show_progress=False)
+    lazy = run_layerwise(model, ids, device="cpu", show_progress=False)
+    assert torch.equal(torch.cat(eager), torch.cat(lazy))
+    assert lazy_weights(load_causal_lm(broken)) is None  # fell back to transformers' own load
 
 
 # ----------------------------------------------------------------------------- importance
