@@ -32,6 +32,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from qconvert.calib import corpus  # noqa: E402
+from qconvert.source.pretokenizer_table import LLAMA3  # noqa: E402
 
 SEED = 1234
 VOCAB_SIZE = 2048
@@ -39,20 +40,10 @@ BOS, EOS = "<|begin_of_text|>", "<|end_of_text|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [BOS, EOS, IM_START, IM_END]  # ids 0..3
 
-# The pre-tokenizer regex llama.cpp applies for LLAMA_VOCAB_PRE_TYPE_LLAMA3 (tokenizer.ggml.pre
-# "llama-bpe"), character for character as in src/llama-vocab.cpp.  Meta's own tokenizer.json
-# spells the contractions as "(?i:'s|'t|'re|'ve|'m|'ll|'d)"; llama.cpp's regex engine lacks
-# (?i:...), so it spells out the case pairs.  Both mean the same thing, and using llama.cpp's
-# form means a GGUF made from this tokenizer splits text exactly as the HF tokenizer does.
-LLAMA3_PRETOKENIZER_REGEX = (
-    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
-    r"|[^\r\n\p{L}\p{N}]?\p{L}+"
-    r"|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+"
-    r"|\s+(?!\S)"
-    r"|\s+"
-)
+# The pre-tokenizer regex llama.cpp applies for tokenizer.ggml.pre "llama-bpe", as llama.cpp
+# spells it (case pairs instead of Meta's (?i:...), which llama.cpp's regex engine lacks), so a
+# GGUF made from this tokenizer splits text exactly as the HF tokenizer does.
+LLAMA3_PRETOKENIZER_REGEX = LLAMA3
 
 # ChatML.  BOS is written by the template because apply_chat_template tokenizes without
 # adding special tokens (the same convention as Llama 3's template).
