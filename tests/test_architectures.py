@@ -64,9 +64,9 @@ def reference(tiny):
 
 
 def llama_logits(path: Path, ids: list[int]) -> np.ndarray:
-    from llama_cpp import Llama
+    from qconvert.eval.llama_model import open_llama
 
-    llm = Llama(model_path=str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=2)
+    llm = open_llama(path, n_ctx=128, logits_all=True, n_threads=2)
     llm.eval(ids)
     out = np.array(llm.scores[: len(ids)], dtype=np.float32)
     llm.close()

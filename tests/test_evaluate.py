@@ -83,12 +83,12 @@ def test_metrics_match_a_direct_computation(setup):
     """Same numbers from torch's own cross_entropy and kl_div, llama.cpp called directly,
     and the scored positions picked by hand: the second half of each window."""
     import torch
-    from llama_cpp import Llama
+    from qconvert.eval.llama_model import open_llama
     from transformers import AutoModelForCausalLM
 
     model, ggufs, w, ref = setup
     hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
-    llm = Llama(model_path=str(ggufs["F16"]), n_ctx=N_CTX, logits_all=True, n_threads=1, verbose=False)
+    llm = open_llama(ggufs["F16"], n_ctx=N_CTX, logits_all=True, n_threads=1)
     nll, kl = [], []
     for toks in w.tokens:
         llm.reset()

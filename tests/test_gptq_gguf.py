@@ -10,7 +10,7 @@ import qconvert
 
 
 def test_gptq_gguf_runs_in_llama_cpp_and_beats_rtn_on_layer_error(tiny, tmp_path):
-    from llama_cpp import Llama
+    from qconvert.eval.llama_model import open_llama
 
     model = tiny("llama")
     res = qconvert.quantize(model, tmp_path / "g.gguf", type="Q4_K_M", scheme="gptq",
@@ -23,7 +23,7 @@ def test_gptq_gguf_runs_in_llama_cpp_and_beats_rtn_on_layer_error(tiny, tmp_path
     # the file is a normal GGUF of the planned types, and llama.cpp runs it
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(res.output).tensors}
     assert types == {t.name: t.qtype.name for t in res.plan.tensors}
-    llm = Llama(model_path=str(res.output), n_ctx=64, logits_all=True, verbose=False, n_threads=2)
+    llm = open_llama(res.output, n_ctx=64, logits_all=True, n_threads=2)
     llm.eval([1, 50, 60, 70, 80])
     logits = np.asarray(llm.scores[:5])
     assert np.isfinite(logits).all() and logits.std() > 0

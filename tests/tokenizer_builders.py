@@ -133,9 +133,9 @@ def write_vocab_gguf(model_dir: Path, out: Path, **kwargs) -> TokenizerInfo:
 
 
 def load_vocab(path: Path):
-    import llama_cpp
+    from qconvert.eval.llama_model import open_llama
 
-    return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    return open_llama(path, vocab_only=True)
 
 
 def detokenize(llm, ids: list[int]) -> bytes:

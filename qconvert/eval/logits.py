@@ -58,14 +58,12 @@ class LlamaCppLogits:
     label = "llama.cpp"
 
     def __init__(self, path: Path, *, n_ctx: int, threads: int) -> None:
-        try:
-            from llama_cpp import Llama
-        except ImportError:
-            raise UnsupportedError("scoring a GGUF needs llama-cpp-python (pip install llama-cpp-python)") from None
+        from .llama_model import open_llama
+
         # logits_all: llama.cpp otherwise returns the last position only. n_batch = n_ctx
         # so a window is one decode call, the same graph for every window.
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-                         n_threads=threads, n_threads_batch=threads, verbose=False)
+        self.llm = open_llama(path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
+                              n_threads=threads, n_threads_batch=threads)
         self.vocab = self.llm.n_vocab()
 
     def __call__(self, tokens: np.ndarray, first: int) -> np.ndarray:
