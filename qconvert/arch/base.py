@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import gguf
 import numpy as np
@@ -18,25 +17,8 @@ import numpy as np
 from ..errors import FormatError, UnsupportedError
 from ..source.checkpoint import Checkpoint
 from ..source.safetensors_file import TensorHandle
+from ..source.source_tensor import SourceTensor, Transform  # noqa: F401  (re-exported)
 from .hparams import HParams
-
-Transform = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass
-class SourceTensor:
-    name: str  # GGUF name
-    hf_name: str
-    shape: tuple[int, ...]  # numpy order: rows last
-    src_dtype: str
-    handle: TensorHandle
-    transforms: list[Transform] = field(default_factory=list)
-
-    def load(self) -> np.ndarray:
-        arr = self.handle.load()
-        for t in self.transforms:
-            arr = t(arr)
-        return arr
 
 
 def unpermute_rope(n_head: int) -> Transform:

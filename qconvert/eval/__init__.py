@@ -7,7 +7,8 @@
 
 Modules: windows.py (the text cut into windows), logits.py (backends: llama.cpp for GGUF,
 transformers for HF directories), reference.py (the reference's log-probs on disk),
-metrics.py (streaming statistics of one candidate against a reference).
+statistics.py (streaming statistics of one candidate against a reference), metrics.py
+(score / compare: a model run on the windows, scored alone or against a reference).
 """
 
 from .logits import BACKENDS, backend_for, open_logits

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import FormatError
 from .logits import backend_for, open_logits
-from .metrics import Accumulator, Metrics, log_softmax, row_chunks
+from .statistics import Accumulator, Metrics, log_softmax, row_chunks
 from .windows import Windows
 
 STORE_F32_LIMIT = 1 << 30  # bytes of float32 log-probs above which float16 is stored

@@ -260,7 +260,7 @@ def _planned_bits(model_dir: str | Path, skip: dict) -> dict[str, float]:
     per-tensor plan, made from the checkpoint's shapes (no weights read). Empty when the
     model cannot be planned (an architecture qconvert does not convert)."""
     from ..errors import QConvertError
-    from ..pipeline import make_quant_plan
+    from .type_plan import make_quant_plan
     from ..source.model_source import open_hf
 
     try:

@@ -9,9 +9,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from ..arch.base import SourceTensor
 from ..errors import FormatError, InputError
 from .safetensors_file import TensorHandle
+from .source_tensor import SourceTensor
 
 FLOAT_TYPES = {"F32", "F16", "BF16"}
 # keys that describe the file being written, not the model: the writer sets them anew

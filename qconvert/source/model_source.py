@@ -10,8 +10,8 @@ from typing import Callable, Optional
 
 import gguf
 
-from ..arch.base import SourceTensor
 from ..errors import InputError
+from .source_tensor import SourceTensor
 
 
 @dataclass
