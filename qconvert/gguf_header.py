@@ -17,6 +17,20 @@ Layout (little-endian, or big-endian throughout when the version reads byte-swap
 
     string = u64 byte length | utf-8 bytes
     array  = u32 item type | u64 count | count items
+
+What is an error and what is a problem. `read_gguf_header` raises FormatError (naming the
+file, and the tensor where there is one) when the header cannot be read or a tensor cannot be
+located: truncation, garbled counts, unknown value or ggml types, arrays nested deeper than
+MAX_DEPTH, a `general.alignment` that is not a non-zero power-of-two UINT32 (the start of the
+data is then undefined), dimensions that are negative as int64 or whose product overflows
+64 bits, rows that are not whole blocks, duplicate names, data past the end of the file.
+A header that reads but whose layout llama.cpp would refuse, or whose data ranges are
+shared, is returned with `problems`: overlapping data ranges, offsets not a multiple of the
+alignment (and a `general.alignment` that disagrees with where the tensors lie), tensors not
+stored back to back in header order, empty or over-long names, more than 4 dimensions, a zero
+dimension, and bytes after the last tensor. A tensor count one too high usually reads the
+padding before the data as an extra tensor with an empty name at offset 0: that shows up as
+the empty-name and overlap problems (or, when the padding is short, as data past the end).
 """
 
 from __future__ import annotations
@@ -41,8 +55,14 @@ _SCALAR = {  # value type -> (struct code, numpy dtype code)
     _VT.UINT64: ("Q", "u8"), _VT.INT64: ("q", "i8"), _VT.FLOAT64: ("d", "f8"),
 }
 _VALUE_TYPES = {int(t): t for t in _VT}
+_MIN_ITEM_BYTES = {_VT.STRING: 8, _VT.ARRAY: 12}  # u64 length; u32 type + u64 count
 _GGML_TYPES = {int(t): t for t in GGMLQuantizationType}
 MAX_DIMS = 8  # ggml uses 4; a little room, then it is garbage
+GGML_MAX_DIMS = 4
+GGML_MAX_NAME = 64  # llama.cpp refuses tensor names of this many bytes or more
+MAX_DEPTH = 4  # arrays of arrays: llama.cpp writes none; a few levels, then it is garbage
+MAX_PROBLEMS = 50  # a badly garbled layout would otherwise list every tensor pair
+_INT64_LIMIT = 2**63  # llama.cpp reads ne and element counts as int64
 
 
 @dataclass
@@ -68,6 +88,15 @@ class TensorInfo:
     n_bytes: int
 
 
+@dataclass(frozen=True)
+class Problem:
+    """Something llama.cpp would refuse, or data shared between tensors, in a header that
+    reads: `tensor` is None for the file as a whole."""
+
+    tensor: str | None
+    problem: str
+
+
 @dataclass
 class GGUFHeader:
     path: Path
@@ -80,6 +109,8 @@ class GGUFHeader:
     file_size: int
     kv: list[KV] = field(default_factory=list)
     tensors: list[TensorInfo] = field(default_factory=list)
+    alignment_key: bool = False  # general.alignment was present
+    problems: list[Problem] = field(default_factory=list)
 
 
 def _float(x: float, t: GGUFValueType) -> float | str:
@@ -125,11 +156,13 @@ class _Cursor:
             return KV("", t, _float(v, t) if t in (_VT.FLOAT32, _VT.FLOAT64) else v)
         if t == _VT.STRING:
             return KV("", t, self.string(what))
-        if depth > 4:
-            raise FormatError(f"{self.path}: {what} nests arrays implausibly deep")
+        if depth >= MAX_DEPTH:
+            raise FormatError(f"{self.path}: {what} nests arrays more than {MAX_DEPTH} deep (garbled?)")
         item = self.vtype(what)
         count = self.num("Q", what)
-        self.need(count, f"{what} ({count} array items)")  # every item takes at least one byte
+        # every item takes at least its smallest encoding: a count the rest of the file cannot
+        # hold fails here, before any loop or allocation
+        self.need(count * _MIN_ITEM_BYTES.get(item, 1), f"{what} ({count} array items)")
         n_keep = count if keep is None else min(count, keep)
         if item in _SCALAR:
             dt = np.dtype(self.e + _SCALAR[item][1])
@@ -193,8 +226,9 @@ def _read(buf: mmap.mmap, path: Path, size: int, keep: int | None) -> GGUFHeader
         if key == "general.alignment":
             a = kv.value
             if kv.type != _VT.UINT32 or a == 0 or a & (a - 1):
-                raise FormatError(f"{path}: general.alignment must be a power-of-two UINT32, not {a!r}")
-            h.alignment = a
+                raise FormatError(f"{path}: general.alignment must be a power-of-two UINT32 (where the tensor "
+                                  f"data starts depends on it), not {kv.type.name} {a!r}")
+            h.alignment, h.alignment_key = a, True
     raw_tensors = []
     for i in range(n_tensors):
         name = c.string(f"tensor #{i} name")
@@ -203,7 +237,7 @@ def _read(buf: mmap.mmap, path: Path, size: int, keep: int | None) -> GGUFHeader
             raise FormatError(f"{path}: garbled GGUF header (tensor {name!r} claims {n_dims} dimensions)")
         ne = [c.num("Q", f"tensor {name!r} shape") for _ in range(n_dims)]
         gtype = c.num("I", f"tensor {name!r} type")
-        if gtype not in _GGML_TYPES:
+        if gtype not in _GGML_TYPES or _GGML_TYPES[gtype] not in GGML_QUANT_SIZES:
             raise FormatError(f"{path}: tensor {name!r} has unknown ggml type {gtype}")
         raw_tensors.append((name, _GGML_TYPES[gtype], ne, c.num("Q", f"tensor {name!r} offset")))
     h.data_offset = -(-c.pos // h.alignment) * h.alignment
@@ -212,14 +246,101 @@ def _read(buf: mmap.mmap, path: Path, size: int, keep: int | None) -> GGUFHeader
         if name in names:
             raise FormatError(f"{path}: tensor {name!r} appears twice")
         names.add(name)
-        block, type_size = GGML_QUANT_SIZES[gt]
-        n = math.prod(ne)
-        if ne and ne[0] % block:
-            raise FormatError(f"{path}: tensor {name!r} has rows of {ne[0]}, not a multiple of "
-                              f"{gt.name}'s block of {block}")
-        t = TensorInfo(name, gt, ne, h.data_offset + rel, n, n // block * type_size)
-        if t.offset + t.n_bytes > size:
-            raise FormatError(f"{path}: tensor {name!r} ends at byte {t.offset + t.n_bytes}, past the end "
-                              f"of the {size}-byte file (truncated download?)")
-        h.tensors.append(t)
+        h.tensors.append(_tensor(path, size, h.data_offset, name, gt, ne, rel))
+    h.problems = layout_problems(h)
     return h
+
+
+def _tensor(path: Path, size: int, data_offset: int, name: str, gt: GGMLQuantizationType, ne: list[int],
+            rel: int) -> TensorInfo:
+    """One tensor's info, its size checked against its type and the file."""
+    block, type_size = GGML_QUANT_SIZES[gt]
+    # llama.cpp reads ne as int64 and refuses negative ones and element counts past INT64_MAX
+    if any(d >= _INT64_LIMIT for d in ne) or math.prod(max(d, 1) for d in ne) >= _INT64_LIMIT:
+        raise FormatError(f"{path}: tensor {name!r} has shape {ne}, whose element count does not fit "
+                          f"in 64 bits (garbled header?)")
+    n = math.prod(ne)
+    if ne and ne[0] % block:
+        raise FormatError(f"{path}: tensor {name!r} has rows of {ne[0]}, not a multiple of "
+                          f"{gt.name}'s block of {block}")
+    t = TensorInfo(name, gt, ne, data_offset + rel, n, n // block * type_size)
+    if t.offset + t.n_bytes > size:
+        raise FormatError(f"{path}: tensor {name!r} ends at byte {t.offset + t.n_bytes}, past the end "
+                          f"of the {size}-byte file (truncated download?)")
+    return t
+
+
+def _padded(n: int, alignment: int) -> int:
+    return -(-n // alignment) * alignment
+
+
+def layout_problems(h: GGUFHeader) -> list[Problem]:
+    """What llama.cpp's loader would refuse (or silently misread) in a header that reads: see
+    the module doc. At most MAX_PROBLEMS, then one line counting the rest."""
+    out: list[Problem] = []
+    for i, t in enumerate(h.tensors):
+        raw = len(t.name.encode("utf-8", "surrogateescape"))
+        if raw == 0:
+            out.append(Problem(t.name, f"tensor #{i} has an empty name (a tensor count one too high reads "
+                                       "the padding before the data as a tensor)"))
+        elif raw >= GGML_MAX_NAME:
+            out.append(Problem(t.name, f"name is {raw} bytes long; llama.cpp refuses names of "
+                                       f"{GGML_MAX_NAME} bytes or more"))
+        if len(t.ne) > GGML_MAX_DIMS:
+            out.append(Problem(t.name, f"has {len(t.ne)} dimensions; ggml has at most {GGML_MAX_DIMS}"))
+        if t.n_elements == 0:
+            out.append(Problem(t.name, f"has a zero dimension (shape {t.ne}): it holds no data"))
+    # the order rule only says something new when misalignment or overlap does not explain it
+    layout = _alignment_problems(h) + _overlaps(h.tensors)
+    out += layout or _order_problems(h)
+    if h.tensors:
+        end = _padded(max(t.offset + t.n_bytes for t in h.tensors), h.alignment)
+        if h.file_size > end:
+            out.append(Problem(None, f"{h.file_size - end:,} bytes after the last tensor's data belong to no "
+                                     "tensor (a tensor count too low, or appended data?)"))
+    if len(out) > MAX_PROBLEMS:
+        out = out[:MAX_PROBLEMS] + [Problem(None, f"... and {len(out) - MAX_PROBLEMS:,} more problems")]
+    return out
+
+
+def _alignment_problems(h: GGUFHeader) -> list[Problem]:
+    rel = [t.offset - h.data_offset for t in h.tensors]
+    bad = [(t, r) for t, r in zip(h.tensors, rel) if r % h.alignment]
+    out = [Problem(t.name, f"data offset {r:,} is not a multiple of the alignment {h.alignment}")
+           for t, r in bad]
+    if bad:
+        g = math.gcd(*rel)
+        fits = g & -g  # the largest power of two dividing every offset
+        source = "general.alignment" if h.alignment_key else "the default alignment"
+        out.insert(0, Problem(None, f"{source} is {h.alignment}, but the tensor offsets are laid out for "
+                                    f"{fits}: llama.cpp will refuse the file"))
+    return out
+
+
+def _overlaps(tensors: list[TensorInfo]) -> list[Problem]:
+    """Pairs of tensors whose byte ranges share bytes (one sweep over ranges sorted by start)."""
+    out: list[Problem] = []
+    spans = sorted((t.offset, t.offset + t.n_bytes, t.name) for t in tensors if t.n_bytes)
+    reach = (-1, -1, "")  # the span reaching furthest so far
+    for start, end, name in spans:
+        if start < reach[1]:
+            out.append(Problem(name, f"data (bytes {start:,}..{end:,}) overlaps the data of tensor "
+                                     f"{reach[2]!r} (bytes {reach[0]:,}..{reach[1]:,})"))
+            if len(out) > MAX_PROBLEMS:
+                break
+        if end > reach[1]:
+            reach = (start, end, name)
+    return out
+
+
+def _order_problems(h: GGUFHeader) -> list[Problem]:
+    """llama.cpp wants each tensor right after the previous one (in header order), padded to
+    the alignment; it stops at the first that is not (gguf.cpp: "tensor has offset X, expected Y")."""
+    expected = 0
+    for t in h.tensors:
+        rel = t.offset - h.data_offset
+        if rel != expected:
+            return [Problem(t.name, f"data offset {rel:,}, but llama.cpp expects {expected:,} (tensors must be "
+                                    "stored back to back in header order, each padded to the alignment)")]
+        expected += _padded(t.n_bytes, h.alignment)
+    return []

@@ -10,6 +10,23 @@ entries), safetensors through `read_header`. Every broken file is one FormatErro
 
 Shapes are reported in each format's own order: GGUF lists ne0..ne3 (ne0 is the row, the
 contiguous dimension), the reverse of the PyTorch/numpy order safetensors uses.
+
+Errors and problems. A file whose header cannot be read, or one of whose tensors cannot be
+located in it (truncated, garbled counts, unknown value or tensor types, dimensions whose
+product overflows 64 bits, data past the end of the file, an invalid `general.alignment`),
+is an error: one FormatError naming the file and the tensor, exit 2 in the CLI. A file that
+reads but whose layout is wrong (overlapping tensor data, offsets off the alignment or
+a `general.alignment` that disagrees with them, tensors not back to back, a tensor count one
+too high, empty or over-long names, a zero dimension) is reported whole, with the faults in
+`Report.problems` ({"tensor": name or None, "problem": text}): `--json` lists them under a
+top-level "problems" key (always present, empty when none) and the table shows a
+"Problems" section; the exit code stays 0, since inspect's job is to show what is there.
+See gguf_header's module doc for the exact rules.
+
+JSON. `Report.to_dict()` is valid JSON for every file inspect accepts (`allow_nan=False`):
+non-finite floats in metadata are the strings "nan", "inf" and "-inf" (their "type" still
+says FLOAT32/FLOAT64, or "float" for safetensors metadata), and metadata values nested deeper
+than JSON_DEPTH levels are replaced by a string saying so.
 """
 
 from __future__ import annotations
@@ -29,6 +46,21 @@ from .source.safetensors_file import DTYPES, read_header
 GGUF_SHAPE_ORDER = "ne0..ne3 (GGUF order: ne0 is the contiguous row; reverse of PyTorch/numpy order)"
 ST_SHAPE_ORDER = "row-major (PyTorch/numpy order: last dimension is contiguous)"
 DEFAULT_ARRAY_ITEMS = 8
+JSON_DEPTH = 32  # far deeper than any real metadata; json's encoder recurses per level
+
+
+def json_safe(v: Any, depth: int = 0) -> Any:
+    """`v` with non-finite floats as "nan"/"inf"/"-inf" and nesting cut at JSON_DEPTH, so
+    `json.dumps(..., allow_nan=False)` accepts it (see the module doc)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, (list, tuple, dict)) and depth >= JSON_DEPTH:
+        return f"<{type(v).__name__} nested deeper than {JSON_DEPTH} levels, not shown>"
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x, depth + 1) for x in v]
+    if isinstance(v, dict):
+        return {str(k): json_safe(x, depth + 1) for k, x in v.items()}
+    return v
 
 
 @dataclass
@@ -43,7 +75,7 @@ class MetaValue:
     truncated: bool = False
 
     def to_dict(self) -> dict:
-        d: dict[str, Any] = {"type": self.type, "value": self.value}
+        d: dict[str, Any] = {"type": self.type, "value": json_safe(self.value)}
         if self.type == "ARRAY":
             d.update(item_type=self.item_type, length=self.length, truncated=self.truncated)
         return d
@@ -77,6 +109,7 @@ class Report:
     metadata: dict[str, MetaValue] = field(default_factory=dict)
     tensors: list[TensorInfo] = field(default_factory=list)
     header: dict = field(default_factory=dict)  # format facts: GGUF version, alignment...
+    problems: list[dict] = field(default_factory=list)  # [{"tensor": str | None, "problem": str}]
 
     @property
     def file_size(self) -> int:
@@ -115,6 +148,7 @@ class Report:
             "tensor_bytes": self.tensor_bytes,
             "bits_per_weight": self.bits_per_weight,
             "shape_order": self.shape_order,
+            "problems": self.problems,
             "metadata": {k: v.to_dict() for k, v in self.metadata.items()},
             "totals": [asdict(t) for t in self.totals()],
             "tensors": [asdict(t) for t in self.tensors],
@@ -175,6 +209,7 @@ def _inspect_gguf(path: Path, max_items: int | None) -> Report:
         else:
             rep.metadata[kv.key] = MetaValue(kv.type.name, kv.value)
     rep.tensors = [TensorInfo(t.name, t.type.name, list(t.ne), t.n_elements, t.n_bytes, t.offset) for t in h.tensors]
+    rep.problems = [{"tensor": p.tensor, "problem": p.problem} for p in h.problems]
     return rep
 
 

@@ -352,3 +352,222 @@ def test_directory_choice(tmp_path, gguf_file):
         inspect(one)
     save_file({"a": np.zeros(2, np.float32)}, str(one / "model.safetensors"))
     assert inspect(one).format == "safetensors"  # model.safetensors wins over loose .gguf files
+
+
+# ---------------------------------------------------------------- GGUF layout problems and limits
+# A raw GGUF v3 writer (layout from the GGUF spec) for headers gguf-py's writer refuses to make.
+
+F32, U32, F32_VT, ARRAY, STRING_VT = int(GGMLQuantizationType.F32), 4, 6, 9, 8
+
+
+def _s(text: str | bytes) -> bytes:
+    b = text.encode() if isinstance(text, str) else text
+    return struct.pack("<Q", len(b)) + b
+
+
+def raw_gguf(path: Path, tensors, kv=(), alignment: int = 32, data_size: int | None = None,
+             n_tensors: int | None = None) -> Path:
+    """tensors: (name, ne (ne0 first), ggml type, offset relative to the data start);
+    kv: (key, value type, encoded value). The data section is zeros."""
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(tensors) if n_tensors is None else n_tensors, len(kv))
+    for key, vt, payload in kv:
+        out += _s(key) + struct.pack("<I", vt) + payload
+    for name, ne, gt, rel in tensors:
+        out += _s(name) + struct.pack(f"<I{len(ne)}QIQ", len(ne), *ne, gt, rel)
+    out += bytes(-len(out) % alignment)
+    if data_size is None:
+        data_size = max((rel + 4 * int(np.prod(ne)) for _, ne, _, rel in tensors), default=0)
+    path.write_bytes(out + bytes(data_size))
+    return path
+
+
+def _problems(path: Path, monkeypatch, capsys) -> list[dict]:
+    """inspect --json's problems list; also checks the table shows the same problems."""
+    code, out, err = run_cli(["inspect", path, "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    problems = json.loads(out)["problems"]
+    code, out, err = run_cli(["inspect", path], monkeypatch, capsys)
+    assert code == 0, err
+    if problems:
+        assert "Problems" in out and f"{len(problems)} (see Problems below)" in out
+        for p in problems:
+            assert p["problem"][:40] in out.replace("\n", "")
+    else:
+        assert "none found" in out
+    return problems
+
+
+def test_good_files_have_no_problems(gguf_file, monkeypatch, capsys):
+    assert _problems(gguf_file[0], monkeypatch, capsys) == []
+    ok = raw_gguf(gguf_file[0].parent / "ok.gguf", [("a", [32], F32, 0), ("b", [32], F32, 128)])
+    assert _problems(ok, monkeypatch, capsys) == []
+
+
+def test_overlapping_tensors_are_problems(tmp_path, monkeypatch, capsys):
+    path = raw_gguf(tmp_path / "overlap.gguf", [("a", [64], F32, 0), ("b", [32], F32, 128), ("c", [32], F32, 384)])
+    problems = _problems(path, monkeypatch, capsys)
+    assert [p["tensor"] for p in problems] == ["b"]
+    assert "overlaps the data of tensor 'a'" in problems[0]["problem"]
+
+
+def test_misaligned_offsets_and_alignment_key(tmp_path, monkeypatch, capsys):
+    path = raw_gguf(tmp_path / "misaligned.gguf", [("a", [32], F32, 0), ("b", [32], F32, 144)])
+    problems = _problems(path, monkeypatch, capsys)
+    assert {"tensor": "b", "problem": "data offset 144 is not a multiple of the alignment 32"} in problems
+    assert any(p["tensor"] is None and "laid out for 16" in p["problem"] for p in problems)
+    # general.alignment 64 on a file laid out for 32
+    path = raw_gguf(tmp_path / "key64.gguf", [("a", [32], F32, 0), ("b", [32], F32, 160)],
+                    kv=[("general.alignment", U32, struct.pack("<I", 64))], alignment=64)
+    problems = _problems(path, monkeypatch, capsys)
+    assert any("general.alignment is 64, but the tensor offsets are laid out for 32" in p["problem"]
+               for p in problems)
+    assert [p["tensor"] for p in problems if p["tensor"]] == ["b"]
+
+
+@pytest.mark.parametrize("vt,payload", [(U32, struct.pack("<I", 0)), (U32, struct.pack("<I", 48)),
+                                        (F32_VT, struct.pack("<f", 32.0)), (STRING_VT, _s("32"))])
+def test_invalid_alignment_key_is_an_error(tmp_path, monkeypatch, capsys, vt, payload):
+    path = raw_gguf(tmp_path / "align.gguf", [("a", [32], F32, 0)], kv=[("general.alignment", vt, payload)])
+    with pytest.raises(FormatError, match="general.alignment must be a power-of-two UINT32"):
+        inspect(path)
+    code, out, err = run_cli(["inspect", path, "--json"], monkeypatch, capsys)
+    assert code == 2 and out == "" and str(path) in err and len(err.strip().splitlines()) == 1
+
+
+def test_tensor_count_off_by_one(gguf_file, tmp_path, monkeypatch, capsys):
+    # one too high, with 24+ zero bytes of padding before the data: they read as a tensor '' at 0
+    tensors = [("a", [32], F32, 0), ("b", [32], F32, 128)]
+    align = [("general.alignment", U32, struct.pack("<I", 256))]
+    high = raw_gguf(tmp_path / "high.gguf", tensors, kv=align, alignment=256, n_tensors=3)
+    assert high.read_bytes()[-256 - 24:-256] == bytes(24)
+    problems = _problems(high, monkeypatch, capsys)
+    assert any(p["tensor"] == "" and "empty name" in p["problem"] for p in problems)
+    assert any(p["tensor"] == "a" and "overlaps the data of tensor ''" in p["problem"] for p in problems)
+    # one too high where the padding is short (gguf-py's file): the extra tensor reads into the data
+    raw = bytearray(gguf_file[0].read_bytes())
+    n = struct.unpack_from("<Q", raw, 8)[0]
+    struct.pack_into("<Q", raw, 8, n + 1)
+    (tmp_path / "high2.gguf").write_bytes(bytes(raw))
+    with pytest.raises(FormatError, match="high2.gguf: truncated or garbled"):
+        inspect(tmp_path / "high2.gguf")
+    # one too low: the last tensor's info is taken for padding, its data belongs to nobody
+    struct.pack_into("<Q", raw, 8, n - 1)
+    low = tmp_path / "low.gguf"
+    low.write_bytes(bytes(raw))
+    problems = _problems(low, monkeypatch, capsys)
+    assert any(p["tensor"] is None and "after the last tensor's data belong to no tensor" in p["problem"]
+               for p in problems)
+
+
+def test_out_of_order_tensors_are_a_problem(tmp_path, monkeypatch, capsys):
+    path = raw_gguf(tmp_path / "order.gguf", [("a", [32], F32, 128), ("b", [32], F32, 0)])
+    problems = _problems(path, monkeypatch, capsys)
+    assert problems == [{"tensor": "a", "problem": "data offset 128, but llama.cpp expects 0 (tensors must be "
+                                                   "stored back to back in header order, each padded to the alignment)"}]
+
+
+def test_odd_names_and_shapes_are_problems(tmp_path, monkeypatch, capsys):
+    long = "x" * 64
+    path = raw_gguf(tmp_path / "odd.gguf", [("", [32], F32, 0), (long, [32], F32, 128),
+                                            ("empty", [32, 0], F32, 256), ("five", [32, 1, 1, 1, 1], F32, 256)])
+    problems = {(p["tensor"], p["problem"].split()[0]) for p in _problems(path, monkeypatch, capsys)}
+    assert problems == {("", "tensor"), (long, "name"), ("empty", "has"), ("five", "has")}
+
+
+@pytest.mark.parametrize("ne,gt,match", [
+    ([32], 99, "unknown ggml type 99"),
+    ([2**63], F32, "does not fit in 64 bits"),
+    ([0, 2**64 - 1], F32, "does not fit in 64 bits"),
+    ([32, 2**31, 2**31], F32, "does not fit in 64 bits"),
+    ([32, 2**20], F32, "past the end"),
+    ([30], int(GGMLQuantizationType.Q8_0), "not a multiple of Q8_0's block of 32"),
+])
+def test_bad_tensor_infos_are_errors_naming_the_tensor(tmp_path, monkeypatch, capsys, ne, gt, match):
+    path = raw_gguf(tmp_path / "bad.gguf", [("ok", [32], F32, 0), ("bad.weight", ne, gt, 128)], data_size=256)
+    with pytest.raises(FormatError, match=match):
+        inspect(path)
+    code, out, err = run_cli(["inspect", path], monkeypatch, capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert str(path) in err and "bad.weight" in err
+
+
+def test_offset_past_end_is_an_error(tmp_path):
+    path = raw_gguf(tmp_path / "far.gguf", [("far", [32], F32, 2**64 - 32)], data_size=128)
+    with pytest.raises(FormatError, match="'far' ends at byte"):
+        inspect(path)
+
+
+def test_nonfinite_metadata_is_valid_json(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "nan.gguf"
+    w = GGUFWriter(path, "llama")
+    w.add_float32("test.nan", float("nan"))
+    w.add_float64("test.inf", float("inf"))
+    w.add_float32("test.ninf", float("-inf"))
+    w.add_array("test.scores", [0.5, float("nan"), float("-inf")])
+    w.add_tensor("w", np.zeros(32, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    code, out, err = run_cli(["inspect", path, "--json"], monkeypatch, capsys)
+    assert code == 0, err
+
+    def no_constants(name):
+        raise AssertionError(f"{name} is not JSON")
+
+    m = json.loads(out, parse_constant=no_constants)["metadata"]
+    assert m["test.nan"] == {"type": "FLOAT32", "value": "nan"}
+    assert m["test.inf"] == {"type": "FLOAT64", "value": "inf"}
+    assert m["test.ninf"]["value"] == "-inf"
+    assert m["test.scores"]["value"] == [0.5, "nan", "-inf"]
+    code, out, _ = run_cli(["inspect", path], monkeypatch, capsys)
+    assert code == 0 and "nan" in out and "-inf" in out
+
+
+def test_json_safe_bounds_other_metadata():
+    """Safetensors JSON metadata may carry NaN (Python's json reads it) or deep nesting."""
+    from qconvert.inspection import JSON_DEPTH, MetaValue, Report, json_safe
+
+    deep: list = []
+    cur = deep
+    for _ in range(500):
+        cur.append([])
+        cur = cur[0]
+    rep = Report("x", "safetensors", [], "")
+    rep.metadata = {"nan": MetaValue("float", float("nan")), "deep": MetaValue("list", deep),
+                    "mix": MetaValue("object", {"a": [1.5, float("inf")]})}
+    d = json.loads(json.dumps(rep.to_dict(), allow_nan=False))
+    assert d["metadata"]["nan"]["value"] == "nan"
+    assert d["metadata"]["mix"]["value"] == {"a": [1.5, "inf"]}
+    v, depth = d["metadata"]["deep"]["value"], 0
+    while isinstance(v, list):
+        v, depth = v[0], depth + 1
+    assert depth == JSON_DEPTH and "nested deeper" in v
+    assert json_safe(3) == 3 and json_safe("nan") == "nan"
+
+
+def _nested_array(depth: int) -> bytes:
+    """An array of arrays `depth` deep, innermost one holding a single UINT8."""
+    inner = struct.pack("<IQB", 0, 1, 7)
+    for _ in range(depth - 1):
+        inner = struct.pack("<IQ", ARRAY, 1) + inner
+    return inner
+
+
+def test_nested_and_huge_arrays_are_bounded(tmp_path, monkeypatch, capsys):
+    ok = raw_gguf(tmp_path / "nest3.gguf", [("a", [32], F32, 0)], kv=[("test.nested", ARRAY, _nested_array(3))])
+    code, out, err = run_cli(["inspect", ok, "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(out)["metadata"]["test.nested"] == {"type": "ARRAY", "value": None, "item_type": "ARRAY",
+                                                          "length": 1, "truncated": True}
+    deep = raw_gguf(tmp_path / "deep.gguf", [], kv=[("test.nested", ARRAY, _nested_array(100_000))])
+    t0 = time.perf_counter()
+    with pytest.raises(FormatError, match="nests arrays more than 4 deep"):
+        inspect(deep)
+    # counts no remaining bytes could hold: strings (8 bytes each), arrays (12), scalars
+    for item in (STRING_VT, ARRAY, U32):
+        huge = raw_gguf(tmp_path / f"huge{item}.gguf", [],
+                        kv=[("test.huge", ARRAY, struct.pack("<IQ", item, 2**64 - 1) + bytes(64))])
+        with pytest.raises(FormatError, match="array items"):
+            inspect(huge)
+    assert time.perf_counter() - t0 < 5

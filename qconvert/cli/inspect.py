@@ -9,7 +9,7 @@ import typer
 from rich.table import Column
 from rich.text import Text
 
-from ..inspection import DEFAULT_ARRAY_ITEMS, Report, inspect
+from ..inspection import DEFAULT_ARRAY_ITEMS, Report, inspect, json_safe
 from ._render import console, human_bytes, human_count, print_json, printable, table, text
 
 TENSOR_ROWS = 200  # beyond this the table shows the first rows and a note (unless --all)
@@ -24,7 +24,7 @@ def _value_text(v: Any, cut: bool) -> str:
         if cut and len(v) > STRING_CHARS:
             return printable(v[:STRING_CHARS]) + f"… ({len(v):,} characters; --all shows them)"
         return printable(repr(v) if v == "" else v)
-    return printable(v)
+    return printable(json_safe(v))
 
 
 def _meta_rows(rep: Report, cut: bool):
@@ -51,8 +51,13 @@ def _render(rep: Report, show_tensors: bool, show_all: bool) -> None:
         ("parameters", f"{human_count(rep.n_params)} ({rep.n_params:,})"),
         ("tensors", f"{len(rep.tensors):,} holding {human_bytes(rep.tensor_bytes)}"),
         ("bits per weight", bpw),
+        ("problems", f"{len(rep.problems)} (see Problems below)" if rep.problems else "none found"),
     ], title="Summary")
     out.print(summary)
+    if rep.problems:
+        out.print(table(["tensor", "problem"], [("-" if p["tensor"] is None else p["tensor"], p["problem"])
+                                                for p in rep.problems],
+                        title="Problems (llama.cpp would refuse or misread this file)"))
 
     if rep.metadata:
         cols = [Column("key", overflow="fold", ratio=2), Column("type", no_wrap=True),
