@@ -16,7 +16,8 @@ from .plan.type_plan import make_quant_plan  # noqa: F401  (re-exported)
 from .progress import reporter
 from .schemes.importance import importance_for, load_importance, mark_plan
 from .qtypes import QTYPES
-from .sink.atomic import atomic_path, check_output
+from .sink.atomic import atomic_path
+from .sink.output_check import check_output, check_parent
 from .sink.gguf import GGUFSink, encode
 from .source.model_source import Source, open_source
 
@@ -160,6 +161,8 @@ def quantize(
         return _quantize_gptq(src, plan, output, type_name, force=force, dry_run=dry_run, calibration=calibration,
                               n_samples=calibration_samples, seqlen=calibration_seqlen, device=device, damp=damp,
                               imatrix=imatrix, progress=progress, t0=t0)
+    # the output is checked before calibration, so a bad -o fails in a second, not after it
+    out = None if dry_run else _output_path(src, output, type_name, force, reads=(imatrix, calibration))
     imx = _importance(src, imatrix, calibration if not dry_run else None, calibration_samples,
                       calibration_seqlen, device, save_imatrix, progress)
     if imx is not None:
@@ -169,17 +172,16 @@ def quantize(
     if dry_run:
         return QuantizeResult(None, plan, time.perf_counter() - t0, notes=notes)
 
-    out = _output_path(src, output, type_name, force)
     return _write(src, plan, out, type_name, lambda tp, s: encode(tp, s.load(), importance_for(imx, tp.name)),
                   progress, t0, notes)
 
 
-def _output_path(src: Source, output, type_name: str, force: bool) -> Path:
+def _output_path(src: Source, output, type_name: str, force: bool, reads=()) -> Path:
+    """The checked output file (sink/output_check.py): a regular file or nothing, in a
+    directory that takes files, and none of the files this run reads (the model's, by
+    identity: hard links too); a symbolic link's target is written."""
     out = Path(output) if output is not None else default_output(src, type_name)
-    if src.is_gguf and out.resolve() == src.path.resolve():
-        raise InputError(f"{out}: output would overwrite the input; choose another -o")
-    check_output(out, force)
-    return out
+    return check_output(out, force, reads=(src.path, *reads))
 
 
 def _write(src: Source, plan: Plan, out: Path, type_name: str, encoder, progress, t0: float,
@@ -231,6 +233,7 @@ def _quantize_sized(model, output, *, force: bool, dry_run: bool, vocab_pre, no_
                     allow_requantize: bool, imatrix, calibration, n_samples: int, seqlen: int, device: str,
                     save_imatrix, progress, t0: float, target_vram, target_size, target_bpw, context, kv_type,
                     sensitivity_cache, conflicts: dict) -> QuantizeResult:
+    from .plan.sensitivity import check_cache_path
     from .plan.sized import sized_plan
 
     given = [o for o, v in (("--target-vram", target_vram), ("--target-size", target_size),
@@ -247,18 +250,29 @@ def _quantize_sized(model, output, *, force: bool, dry_run: bool, vocab_pre, no_
     src = open_source(model, vocab_pre=vocab_pre, allow_requantize=allow_requantize)
     base = make_quant_plan(src, DEFAULT_TYPE, no_fallback=no_fallback)
     notes: list[str] = []
+    # outputs and the cache are checked before calibration and measuring; the default
+    # name depends on the plan, so then only its directory can be checked up front
+    check_cache_path(sensitivity_cache)
+    out = None
+    if not dry_run and output is not None:
+        out = _output_path(src, output, "", force, reads=(imatrix, calibration))
+    elif not dry_run:
+        check_parent(default_output(src, "sized"))
+    if dry_run and save_imatrix is not None:
+        save_imatrix = None
+        notes.append("dry run: --save-imatrix not written")
     # the plan depends on the statistics, so a dry run collects them too
     imx = _importance(src, imatrix, calibration, n_samples, seqlen, device, save_imatrix, progress)
     header, alignment = header_layout(src, base, DEFAULT_TYPE)
     plan, budget = sized_plan(src, base, header_bytes=header, alignment=alignment, target_size=target_size,
                               target_bpw=target_bpw, target_vram=target_vram, context=context, kv_type=kv_type,
-                              imatrix=imx, sensitivity_cache=sensitivity_cache)
+                              imatrix=imx, sensitivity_cache=sensitivity_cache, write_cache=not dry_run)
     if imx is not None:
         notes += mark_plan(plan, imx)
     type_name = plan.ftype
     if dry_run:
         return QuantizeResult(None, plan, time.perf_counter() - t0, notes=notes, budget=budget)
-    out = _output_path(src, output, f"{budget['bits_per_weight']:.2f}bpw", force)
+    out = out or _output_path(src, output, f"{budget['bits_per_weight']:.2f}bpw", force, reads=(imatrix, calibration))
     res = _write(src, plan, out, type_name, lambda tp, s: encode(tp, s.load(), importance_for(imx, tp.name)),
                  progress, t0, notes)
     res.budget = budget
@@ -267,11 +281,10 @@ def _quantize_sized(model, output, *, force: bool, dry_run: bool, vocab_pre, no_
 
 def _quantize_gptq(src: Source, plan: Plan, output, type_name: str, *, force: bool, dry_run: bool, calibration,
                    n_samples: int, seqlen: int, device: str, damp: float, imatrix, progress, t0: float) -> QuantizeResult:
-    import tempfile
-
     import numpy as np
 
     from .schemes.gptq_driver import plan_gptq, run_gptq
+    from .sink.atomic_dir import staging_dir
 
     if src.is_gguf:
         raise InputError(f"{src.path}: GPTQ runs the Hugging Face model; give the model directory")
@@ -281,10 +294,10 @@ def _quantize_gptq(src: Source, plan: Plan, output, type_name: str, *, force: bo
     if dry_run:
         return QuantizeResult(None, plan, time.perf_counter() - t0,
                               notes=["dry run: calibration not run; the plan's types do not depend on it"])
-    out = _output_path(src, output, type_name, force)
+    out = _output_path(src, output, type_name, force, reads=(calibration,))
     text = None if calibration in (None, True) else calibration
-    with tempfile.TemporaryDirectory(prefix="qconvert-gptq-", dir=out.parent) as td:
-        store = Path(td)
+    # named .qconvert-gptq.PID.partial: a killed run's is removed by the next run there
+    with staging_dir(out.parent, "qconvert-gptq") as store:
         stats = run_gptq(src, plan, store, text_file=text, n_samples=n_samples, seqlen=seqlen, device=device,
                          damp=damp, progress=progress)
 
@@ -308,8 +321,8 @@ def _quantize_gptq(src: Source, plan: Plan, output, type_name: str, *, force: bo
 def _quantize_safetensors(model, output, *, bits: int, type_name, force: bool, dry_run: bool, scheme: str,
                           group_size: int, sym: bool, act_order: bool, damp: float, calibration, n_samples: int,
                           seqlen: int, device: str, progress, t0: float) -> QuantizeResult:
-    import tempfile
-
+    from .sink.atomic_dir import staging_dir
+    from .sink.output_check import check_output_dir
     from .sink.safetensors_out import plan_safetensors, write_quantized_safetensors
     from .source.checkpoint import Checkpoint
 
@@ -335,8 +348,9 @@ def _quantize_safetensors(model, output, *, bits: int, type_name, force: bool, d
         res.seconds = time.perf_counter() - t0
         return res
     out = Path(output) if output is not None else Path.cwd() / f"{model.resolve().name}-{label}"
+    out = check_output_dir(out, force, input_dir=model)  # before GPTQ's calibration, not after it
     quantized = None
-    with tempfile.TemporaryDirectory(prefix="qconvert-gptq-") as td:
+    with staging_dir(out.parent, "qconvert-gptq") as td:
         if scheme == "gptq":
             from .schemes.gptq_safetensors import run_gptq_int, staged_results
 
@@ -373,6 +387,8 @@ def _importance(src: Source, imatrix, calibration, n_samples: int, seqlen: int, 
                          "or an importance matrix with --imatrix")
     from .calib.collect import collect_importance
 
+    if save_imatrix is not None:  # checked before the calibration pass; an existing file is replaced
+        save_imatrix = check_output(Path(save_imatrix), True, reads=(src.path, calibration))
     imx = collect_importance(src.path, text_file=None if calibration is True else calibration,
                              n_samples=n_samples, seqlen=seqlen, device=device, show_progress=progress)
     if save_imatrix is not None:

@@ -95,12 +95,16 @@ def test_second_plan_reuses_the_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sensitivity, "tensor_loss", counting)
     path = tmp_path / "c.json"
+    # a dry run measures but writes no cache; a real run measures again and writes it
     first = dry(path, target_size="2.2MB")
+    assert not path.exists()
     n_first = len(calls)
     # 4 layers x 7 matrices with six candidates, output (Q5_K, Q6_K, Q8_0), token_embd (Q3_K..Q8_0)
     assert n_first == 28 * 6 + 3 + 5 == first.budget["measured"]
+    quantize(EXAMPLE, tmp_path / "a.gguf", target_size="2.2MB", sensitivity_cache=path)
+    assert len(calls) == 2 * n_first
     second = dry(path, target_size="3.0MB")
-    assert len(calls) == n_first and second.budget["measured"] == 0
+    assert len(calls) == 2 * n_first and second.budget["measured"] == 0
     assert second.budget["loss"] < first.budget["loss"]
     entries = json.loads(path.read_text())["models"]
     assert sum(len(v) for v in entries.values()) == n_first

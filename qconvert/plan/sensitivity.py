@@ -16,7 +16,9 @@ values would otherwise cost minutes per candidate type.
 
 Measurements are cached in a JSON file keyed by the model (path + weight files' sizes and
 mtimes), the tensor's name and shape, the type and a hash of the importance statistics,
-so a second plan at another budget reads the file and measures nothing.
+so a second plan at another budget reads the file and measures nothing. The file carries
+a marker; a path holding anything else is refused, never overwritten, and a dry run
+reads the cache but writes nothing (not even the cache directory).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import stat
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -32,11 +34,15 @@ import numpy as np
 
 from .. import kernels
 from ..kernels import IMPORTANCE_TYPES
+from ..errors import InputError
 from ..qtypes import qtype
+from ..sink.atomic import atomic_path
+from ..sink.output_check import kind_of
 
 CANDIDATES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 MAX_SAMPLE_VALUES = 1 << 20
 CACHE_VERSION = 1
+CACHE_FORMAT = "qconvert sensitivity cache"  # the marker a cache file carries
 
 
 def candidates_for(row: int, types: Iterable[str] = CANDIDATES) -> list[str]:
@@ -108,18 +114,60 @@ def default_cache_path() -> Path:
     return Path(base) / "qconvert" / "sensitivity.json"
 
 
+def _not_a_cache(path: Path, why: str) -> InputError:
+    return InputError(f"{path}: {why}, not a qconvert sensitivity cache, and would be overwritten; "
+                      "give another --sensitivity-cache path or remove that file")
+
+
+def _is_cache(d) -> bool:
+    """Our marker, or the shape of a cache written before the marker existed."""
+    return (isinstance(d, dict) and isinstance(d.get("models"), dict) and isinstance(d.get("version"), int)
+            and (d.get("format") == CACHE_FORMAT or set(d) == {"version", "models"}))
+
+
+def read_cache_file(path: Path) -> dict:
+    """The cached models of the file at `path`: {} when there is none (or an empty file),
+    an InputError for anything that is not a qconvert cache, which is then never
+    overwritten (a mistyped path must not turn a user's file into JSON)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise InputError(f"{path}: cannot use as --sensitivity-cache ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_a_cache(path, kind_of(st.st_mode))
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if not head.strip():
+                return {}
+            if not head.lstrip().startswith(b"{"):  # reject without reading a big foreign file
+                raise _not_a_cache(path, "not a JSON object")
+            d = json.loads(head + f.read())
+    except OSError as e:
+        raise InputError(f"{path}: cannot read --sensitivity-cache ({e.strerror})") from None
+    except (ValueError, RecursionError):
+        raise _not_a_cache(path, "not valid JSON") from None
+    if not _is_cache(d):
+        raise _not_a_cache(path, "JSON of another kind")
+    if d["version"] != CACHE_VERSION:
+        return {}  # an older layout: measured again and rewritten
+    return {m: v for m, v in d["models"].items()
+            if isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values())}
+
+
+def check_cache_path(path: Path | str | None) -> None:
+    """Refuse an unusable cache path up front, before calibration or measuring."""
+    read_cache_file(Path(path) if path is not None else default_cache_path())
+
+
 class SensitivityCache:
     """{model key: {"name|shape|type|importance hash": loss}} in one JSON file."""
 
     def __init__(self, path: Path | str | None):
         self.path = Path(path) if path is not None else default_cache_path()
-        self.data: dict = {}
-        try:
-            d = json.loads(self.path.read_text())
-            if isinstance(d, dict) and d.get("version") == CACHE_VERSION and isinstance(d.get("models"), dict):
-                self.data = d["models"]
-        except (OSError, ValueError):
-            pass  # no cache yet, or an unreadable one: measure again
+        self.data: dict = read_cache_file(self.path)
         self.dirty = False
 
     @staticmethod
@@ -134,19 +182,24 @@ class SensitivityCache:
         self.dirty = True
 
     def save(self) -> None:
+        """Atomically (temp file, fsync, rename): a concurrent reader or a killed run sees
+        the old file or the new one. The file is checked again first: it may have been
+        replaced by something else since it was read."""
         if not self.dirty:
             return
+        read_cache_file(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".sens-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"version": CACHE_VERSION, "models": self.data}, f)
-        os.replace(tmp, self.path)  # atomic: a concurrent reader sees the old or the new file
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps({"format": CACHE_FORMAT, "version": CACHE_VERSION, "models": self.data}))
         self.dirty = False
 
 
-def measure(src, targets: dict[str, list[str]], *, imatrix=None, cache_path=None) -> tuple[dict, int]:
+def measure(src, targets: dict[str, list[str]], *, imatrix=None, cache_path=None,
+            save: bool = True) -> tuple[dict, int]:
     """Losses {(name, type): loss} for every tensor in `targets` (name -> candidate types)
-    of `src` (a Source), from the cache where present. Returns (losses, measured count)."""
+    of `src` (a Source), from the cache where present; new measurements are added to the
+    cache file unless `save` is false (a dry run writes nothing). Returns (losses,
+    measured count)."""
     cache = SensitivityCache(cache_path)
     mkey = model_key(src.path)
     ikey = importance_hash(imatrix, targets)
@@ -172,5 +225,6 @@ def measure(src, targets: dict[str, list[str]], *, imatrix=None, cache_path=None
                 measured += 1
             out[(name, t)] = float(loss)
         del w
-    cache.save()
+    if save:
+        cache.save()
     return out, measured

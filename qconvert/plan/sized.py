@@ -87,8 +87,9 @@ def weight_budget_for_vram(vram: int, shape: ModelShape, context: int, kv_type: 
 
 def sized_plan(src, base: Plan, *, header_bytes: int, alignment: int, target_size=None, target_bpw=None,
                target_vram=None, context: Optional[int] = None, kv_type: str = "F16", imatrix=None,
-               sensitivity_cache=None) -> tuple[Plan, dict]:
-    """(plan, budget report). Exactly one target must be given."""
+               sensitivity_cache=None, write_cache: bool = True) -> tuple[Plan, dict]:
+    """(plan, budget report). Exactly one target must be given. write_cache False (a dry
+    run): the sensitivity cache is read but not written."""
     given = [k for k, v in (("size", target_size), ("bpw", target_bpw), ("vram", target_vram)) if v is not None]
     if len(given) != 1:
         raise InputError("give one of --target-size, --target-bpw, --target-vram")
@@ -125,7 +126,7 @@ def sized_plan(src, base: Plan, *, header_bytes: int, alignment: int, target_siz
         weight_budget = weight_budget_for_vram(vram, shape, context, kv_type)
         report.update(target_vram=vram, context=context, kv_type=kv_type, kv_bytes=kv, shape=shape)
 
-    losses, measured = measure(src, variable, imatrix=imatrix, cache_path=sensitivity_cache)
+    losses, measured = measure(src, variable, imatrix=imatrix, cache_path=sensitivity_cache, save=write_cache)
     options = {n: [Option(t, pad(qtype(t).nbytes(_shape(base, n)), alignment), losses[(n, t)]) for t in c]
                for n, c in variable.items()}
     try:

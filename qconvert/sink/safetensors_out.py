@@ -30,7 +30,8 @@ from ..schemes.absmax import check_grid, dequantize, rtn_grid
 from ..source.checkpoint import Checkpoint, _shard_files
 from ..source.safetensors_file import SafetensorsFile
 from . import compressed_tensors as ct
-from .atomic_dir import atomic_dir, check_output_dir
+from .atomic_dir import atomic_dir
+from .output_check import check_output_dir
 from .safetensors_writer import Entry, ShardedWriter
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
@@ -211,7 +212,7 @@ def write_quantized_safetensors(model, out_dir: Union[str, Path], *, bits: int =
                                "groups, g_idx = column // group_size) or none")
     plan = plan_safetensors(ckpt, bits=bits, group_size=group_size, sym=sym, scale_dtype=scale_dtype)
     supply = _supplier(scheme, quantized, plan)
-    check_output_dir(out, force, input_dir=ckpt.dir)
+    out = check_output_dir(out, force, input_dir=ckpt.dir)  # a link's target; never the model or what holds it
     config = dict(ckpt.config)
     config["quantization_config"] = ct.quantization_config(bits=bits, group_size=group_size, sym=sym,
                                                            targets=plan.targets, ignore=plan.ignore,

@@ -1,0 +1,154 @@
+"""What an output path may be, checked before any long work (calibration, GPTQ, writing).
+
+qconvert runs as root in containers and CI, where permission bits protect nothing, so
+these checks look at file types and identities (st_dev, st_ino), never at modes or
+spellings of paths:
+
+- Only a regular file (or nothing) is ever replaced. A device (/dev/null, /dev/full), a
+  FIFO, a socket or a directory is refused: renaming over /dev/null would replace the
+  device node with a file, and writing through to a device would pretend a model was
+  saved. `--dry-run` is the way to write nothing.
+- A symbolic link is followed: its target is the output, replaced in the target's own
+  directory (what `cp` and llama.cpp's quantize do), and checked like any other path.
+- No output is, or is a hard link to, a file the run reads: the GGUF input, every file
+  of a Hugging Face model directory, an imatrix or calibration text.
+- The directory must take a new file: one is created there and removed. A read-only
+  mount, /proc or a parent that is a file only show on trying.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Iterable, Optional
+
+from ..errors import InputError, OutputExistsError
+from .stale import temp_name
+
+KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+         (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
+
+
+def kind_of(mode: int) -> str:
+    return next((name for test, name in KINDS if test(mode)), "not a regular file")
+
+
+def target_of(path: Path) -> Path:
+    """The path a write lands on: a symbolic link's target (even a dangling one's),
+    otherwise the path itself."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def stat_or_none(path: Path, shown: Path) -> Optional[os.stat_result]:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:  # a link loop, a parent that is a file, a name too long
+        raise InputError(f"{shown}: cannot use as output ({e.strerror})") from None
+
+
+def read_identities(reads: Iterable) -> dict[tuple[int, int], Path]:
+    """(st_dev, st_ino) -> path of every file a run reads: files as given, and every file
+    directly inside a given directory (a Hugging Face model: config, shards, index,
+    tokenizer files), links followed (a hub cache's snapshot links point at blobs)."""
+    ids: dict[tuple[int, int], Path] = {}
+    for r in reads:
+        if not isinstance(r, (str, os.PathLike)):
+            continue  # an in-memory importance matrix, or calibration=True
+        p = Path(r)
+        files = [p]
+        if p.is_dir():
+            try:
+                files = [p / e.name for e in os.scandir(p)]
+            except OSError:
+                files = []
+        for f in files:
+            try:
+                st = os.stat(f)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                ids[(st.st_dev, st.st_ino)] = f
+    return ids
+
+
+def check_not_read(shown: Path, st: os.stat_result, reads: Iterable) -> None:
+    hit = read_identities(reads).get((st.st_dev, st.st_ino))
+    if hit is None:
+        return
+    if os.path.abspath(hit) == os.path.abspath(shown):
+        raise InputError(f"{shown}: output path is a file this run reads (the input); choose another output path")
+    raise InputError(f"{shown}: output path is the same file as {hit} (a link to it), which this run reads; "
+                     "choose another output path")
+
+
+def check_parent(path: Path, shown: Optional[Path] = None) -> None:
+    """The output's directory exists and takes a new file (tried for real)."""
+    shown = shown or path
+    parent = path.parent
+    st = stat_or_none(parent, shown)
+    if st is None:
+        raise InputError(f"{shown}: output directory {parent} does not exist")
+    if not stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{shown}: {parent} is {kind_of(st.st_mode)}, not a directory")
+    probe = parent / temp_name(path.name + ".probe")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # our own probe name, left by this process: the directory takes files
+    except OSError as e:
+        raise InputError(f"{shown}: cannot write in {parent} ({e.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_output(path: Path | str, force: bool, *, reads: Iterable = ()) -> Path:
+    """Check an output file path; returns the path to write (a link's target)."""
+    shown = Path(path)
+    target = target_of(shown)
+    st = stat_or_none(target, shown)
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(f"{shown}: output path is a directory; give a file name")
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{shown}: output path is {kind_of(st.st_mode)}; qconvert only writes regular files "
+                             "(give a file path, or use --dry-run to write nothing)")
+        check_not_read(shown, st, reads)
+        if not force:
+            raise OutputExistsError(f"{shown} already exists; pass --force to overwrite it")
+    check_parent(target, shown)
+    return target
+
+
+def check_output_dir(path: Path | str, force: bool, *, input_dir: Path | str | None = None) -> Path:
+    """Check an output directory path (safetensors); returns the path to write."""
+    shown = Path(path)
+    target = target_of(shown)
+    st = stat_or_none(target, shown)
+    if st is not None:
+        if input_dir is not None:
+            check_not_over_model(shown, target, Path(input_dir))
+        if stat.S_ISREG(st.st_mode):
+            raise InputError(f"{shown}: output path is a file; give a directory name")
+        if not stat.S_ISDIR(st.st_mode):
+            raise InputError(f"{shown}: output path is {kind_of(st.st_mode)}; give a directory name")
+        if not force:
+            raise OutputExistsError(f"{shown} already exists; pass --force to overwrite it")
+    check_parent(target, shown)
+    return target
+
+
+def check_not_over_model(shown: Path, target: Path, model_dir: Path) -> None:
+    """Replacing `target` must not remove the model: it may not be the model directory or
+    one that holds it (compared by identity, so links and `..` do not hide it)."""
+    d = Path(os.path.realpath(model_dir))
+    for holder in (d, *d.parents):
+        try:
+            if os.path.samefile(holder, target):
+                raise InputError(f"{shown}: output directory is or holds the input model {model_dir}; "
+                                 "choose another")
+        except OSError:
+            continue
