@@ -7,6 +7,7 @@ kernel instead (importance = mean x², the Hessian's diagonal over 2)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -20,27 +21,36 @@ from .gptq_grid import gptq_gguf
 GRID_TYPES = frozenset({"Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q3_K", "Q2_K"})
 
 
-def plan_gptq(plan: Plan, src: Source) -> dict[str, str]:
-    """Mark decoder linears for GPTQ; return hf module name -> GGUF tensor name."""
+def gptq_plan(plan: Plan, src: Source) -> tuple[Plan, dict[str, str]]:
+    """A new plan with the decoder linears marked for GPTQ (or importance weighting where
+    their type has no GPTQ grid), and hf module name -> GGUF tensor name of those linears."""
     by_name = {tp.name: tp for tp in plan.tensors}
     linears: dict[str, str] = {}
+    schemes: dict[str, str] = {}
     for s in src.tensors:
         tp = by_name[s.name]
         if not s.hf_name.endswith(".weight") or len(s.shape) != 2 or ".layers." not in s.hf_name:
             continue
         if not tp.qtype.quantized:
             continue
-        tp.scheme = "gptq" if tp.qtype.name in GRID_TYPES else "importance"
+        schemes[s.name] = "gptq" if tp.qtype.name in GRID_TYPES else "importance"
         linears[s.hf_name[: -len(".weight")]] = s.name
     if not linears:
         raise InputError(f"{src.path}: no quantized decoder linear weights to run GPTQ on")
+    tensors = [replace(tp, scheme=schemes[tp.name]) if tp.name in schemes else tp for tp in plan.tensors]
+    return replace(plan, tensors=tensors), linears
+
+
+def plan_gptq(plan: Plan, src: Source) -> dict[str, str]:  # TRANSITIONAL: removed at the switch
+    new, linears = gptq_plan(plan, src)
+    plan.tensors[:] = new.tensors
     return linears
 
 
 def run_gptq(src: Source, plan: Plan, store: Path, *, text_file: Optional[str | Path] = None,
              n_samples: int = 128, seqlen: int = 512, device: str = "auto", damp: float = 0.01,
              batch_size: int = 8, progress: Optional[bool] = None) -> dict[str, dict]:
-    """Quantize every marked linear; write `<store>/<gguf name>.npy` (GGUF bytes) and, for
+    """Quantize every linear `plan` (from gptq_plan) marks; write `<store>/<gguf name>.npy` (GGUF bytes) and, for
     importance-scheme tensors, `<name>.imp.npy`. Returns per-tensor GPTQ statistics."""
     import torch
     from transformers import AutoTokenizer
@@ -49,7 +59,7 @@ def run_gptq(src: Source, plan: Plan, store: Path, *, text_file: Optional[str | 
     from ..calib.text import calibration_samples
     from .hessian import accumulate_hessian, hessian_init
 
-    linears = plan_gptq(plan, src)
+    _, linears = gptq_plan(plan, src)  # the linears; `plan` already carries their schemes
     by_name = {tp.name: tp for tp in plan.tensors}
     transforms = {s.name: s.transforms for s in src.tensors}
     tokenizer = AutoTokenizer.from_pretrained(str(src.path))

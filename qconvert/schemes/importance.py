@@ -1,10 +1,11 @@
 """The importance-weighted scheme for GGUF: K-quant scale searches weighted by the mean
-squared activation of each input channel (llama.cpp's importance matrix). The plan marks
-which tensors use it; tensors without statistics, or of types whose llama.cpp encoder
+squared activation of each input channel (llama.cpp's importance matrix). A new plan
+marks which tensors use it; tensors without statistics, or of types whose llama.cpp encoder
 ignores them, stay round-to-nearest and the plan says so."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -22,11 +23,12 @@ def load_importance(path: str | Path):
     return ImportanceMatrix.load(p)
 
 
-def mark_plan(plan: Plan, imatrix, source: str = "--imatrix") -> list[str]:
-    """Set scheme="importance" on every tensor the statistics can serve; return notes on
-    what stays plain. Shapes are checked here, before any weight is read."""
-    notes, missing, plain_types = [], 0, set()
+def importance_plan(plan: Plan, imatrix, source: str = "--imatrix") -> tuple[Plan, list[str]]:
+    """A new plan with scheme="importance" on every tensor the statistics can serve, and
+    notes on what stays plain. Shapes are checked here, before any weight is read."""
+    notes, missing, plain_types, tensors = [], 0, set(), []
     for tp in plan.tensors:
+        tensors.append(tp)
         if not tp.qtype.quantized:
             continue
         imp = imatrix.get(tp.name)
@@ -37,7 +39,7 @@ def mark_plan(plan: Plan, imatrix, source: str = "--imatrix") -> list[str]:
             raise ShapeError(f"{source}: statistics for {tp.name} have {imp.shape[-1]} channels; "
                              f"the tensor's rows are {tp.shape[-1]} wide (imatrix of another model?)")
         if tp.qtype.name in IMPORTANCE_TYPES:
-            tp.scheme = "importance"
+            tensors[-1] = replace(tp, scheme="importance")
         else:
             plain_types.add(tp.qtype.name)
     if missing:
@@ -46,6 +48,12 @@ def mark_plan(plan: Plan, imatrix, source: str = "--imatrix") -> list[str]:
     if plain_types:
         notes.append(f"importance is not used for {', '.join(sorted(plain_types))} "
                      "(qconvert's encoders for these types have no importance path)")
+    return replace(plan, tensors=tensors), notes
+
+
+def mark_plan(plan: Plan, imatrix, source: str = "--imatrix") -> list[str]:  # TRANSITIONAL: removed at the switch
+    new, notes = importance_plan(plan, imatrix, source)
+    plan.tensors[:] = new.tensors
     return notes
 
 

@@ -1,0 +1,171 @@
+"""The quantize request as one frozen value, built and checked once, whether it comes from
+the CLI or from `qconvert.quantize(...)`.
+
+`Job.given` records which options the caller set (a None default, or False for an on/off
+flag, means "not given"): a route consumes a set of them, and any given option no stage of
+the chosen route uses is an error naming it (routes/base.py), never silently dropped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .errors import InputError
+
+FORMATS = ("gguf", "safetensors")
+SCHEMES = ("rtn", "gptq")
+
+# option (the keyword of qconvert.quantize) -> how the CLI spells it, for messages
+FLAGS = {
+    "output": "--output", "type": "--type", "bits": "--bits", "tensor_types": "--tensor-type",
+    "output_tensor_type": "--output-tensor-type", "token_embedding_type": "--token-embedding-type",
+    "pure": "--pure", "allow_requantize": "--allow-requantize", "force": "--force", "dry_run": "--dry-run",
+    "no_fallback": "--no-fallback", "vocab_pre": "--vocab-pre", "imatrix": "--imatrix",
+    "calibration": "--calibration", "calibration_samples": "--calibration-samples",
+    "calibration_seqlen": "--calibration-seqlen", "device": "--device", "save_imatrix": "--save-imatrix",
+    "format": "--format", "scheme": "--scheme", "group_size": "--group-size", "sym": "--sym/--asym",
+    "act_order": "--act-order", "damp": "--damp", "progress": "--progress", "target_vram": "--target-vram",
+    "target_size": "--target-size", "target_bpw": "--target-bpw", "context": "--context", "kv_type": "--kv-type",
+    "sensitivity_cache": "--sensitivity-cache", "allow_nonfinite": "--allow-nonfinite",
+}
+
+
+def flag(option: str, value: object = None) -> str:
+    if option == "sym" and value is not None:
+        return "--sym" if value else "--asym"
+    return FLAGS.get(option, "--" + option.replace("_", "-"))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A sized target: exactly one of size (file bytes), bpw, vram (weights + KV cache at
+    `context` tokens of `kv_type` + runtime overhead)."""
+    size: Optional[str | int] = None
+    bpw: Optional[float] = None
+    vram: Optional[str | int] = None
+    context: Optional[int] = None
+    kv_type: str = "F16"
+    sensitivity_cache: Optional[Path] = None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Importance statistics: a file (or an ImportanceMatrix) given as `imatrix`, or
+    collected from `text` (True: the bundled text; a path: that file)."""
+    imatrix: Optional[object] = None
+    text: Optional[Path | bool] = None
+    samples: int = 128
+    seqlen: int = 512
+    device: str = "auto"
+    save_imatrix: Optional[Path] = None
+
+    @property
+    def text_file(self) -> Optional[Path]:
+        return None if self.text in (None, True) else self.text
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Per-tensor type choices layered over a GGUF preset."""
+    tensor_types: tuple[str, ...] = ()
+    output_tensor_type: Optional[str] = None
+    token_embedding_type: Optional[str] = None
+    pure: bool = False
+    no_fallback: bool = False
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """How weights are rounded, and the grid of safetensors output."""
+    name: str = "rtn"
+    damp: float = 0.01
+    group_size: int = 128
+    sym: bool = True
+    act_order: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Path
+    output: Optional[Path]
+    format: str = "gguf"
+    type_name: Optional[str] = None  # as given: a GGUF preset or plain type
+    bits: Optional[int] = None
+    budget: Optional[Budget] = None
+    scheme: Scheme = Scheme()
+    calibration: Calibration = Calibration()
+    overrides: Overrides = Overrides()
+    vocab_pre: Optional[str] = None
+    allow_requantize: bool = False
+    allow_nonfinite: bool = False
+    force: bool = False
+    dry_run: bool = False
+    progress: Optional[bool] = False
+    given: frozenset[str] = field(default_factory=frozenset)
+
+    def flags(self, options) -> str:
+        """The CLI spelling of `options` as this job set them, comma-separated."""
+        return ", ".join(flag(o, self.scheme.sym if o == "sym" else None) for o in options)
+
+
+def _given(options: dict) -> frozenset[str]:
+    """None is "not given"; so is False for an on/off flag (its off state), but not for
+    --sym/--asym, where False is a choice."""
+    return frozenset(k for k, v in options.items()
+                     if v is not None and v != () and (v is not False or k == "sym"))
+
+
+def build_job(model: str | Path, output: str | Path | None = None, **options) -> Job:
+    """A Job from qconvert.quantize's keywords (None: not given, the default applies).
+    Checks what needs no route: known option names, format and scheme names, one target,
+    one source of importance statistics, numbers in range."""
+    unknown = sorted(set(options) - set(FLAGS))
+    if unknown:
+        raise TypeError(f"quantize() got unexpected keyword arguments: {', '.join(unknown)}")
+    given = _given(dict(options, output=output))
+    o = {k: options.get(k) for k in FLAGS}
+    fmt = str(o["format"] or "gguf").lower()
+    if fmt not in FORMATS:
+        raise InputError(f"--format {o['format']}: choose {' or '.join(FORMATS)}")
+    scheme = str(o["scheme"] or "rtn").lower()
+    if scheme not in SCHEMES and not (fmt == "safetensors" and scheme == "absmax"):
+        raise InputError(f"--scheme {o['scheme']}: choose rtn or gptq "
+                         "(importance weighting comes with --imatrix/--calibration)")
+    targets = [t for t in ("target_size", "target_bpw", "target_vram") if t in given]
+    if len(targets) > 1:
+        raise InputError(f"give one of {', '.join(flag(t) for t in targets)}, not several")
+    if o["imatrix"] is not None and o["calibration"] not in (None, False):
+        raise InputError("give --imatrix or --calibration, not both")
+    for name in ("calibration_samples", "calibration_seqlen"):
+        if o[name] is not None and int(o[name]) < 1:
+            raise InputError(f"{flag(name)} {o[name]}: must be at least 1")
+    budget = None
+    if targets:
+        budget = Budget(o["target_size"], o["target_bpw"], o["target_vram"], o["context"],
+                        str(o["kv_type"] or "F16").upper(), _path(o["sensitivity_cache"]))
+    calib_text = o["calibration"]
+    calib_text = None if calib_text in (None, False) else (True if calib_text is True else Path(calib_text))
+    imatrix = o["imatrix"]
+    if isinstance(imatrix, str):
+        imatrix = Path(imatrix)
+    return Job(
+        source=Path(model), output=_path(output), format=fmt, type_name=o["type"], bits=o["bits"], budget=budget,
+        scheme=Scheme("rtn" if scheme == "absmax" else scheme, _default(o["damp"], 0.01),
+                      _default(o["group_size"], 128), _default(o["sym"], True), bool(o["act_order"])),
+        calibration=Calibration(imatrix, calib_text, _default(o["calibration_samples"], 128),
+                                _default(o["calibration_seqlen"], 512), _default(o["device"], "auto"),
+                                _path(o["save_imatrix"])),
+        overrides=Overrides(tuple(o["tensor_types"] or ()), o["output_tensor_type"], o["token_embedding_type"],
+                            bool(o["pure"]), bool(o["no_fallback"])),
+        vocab_pre=o["vocab_pre"], allow_requantize=bool(o["allow_requantize"]),
+        allow_nonfinite=bool(o["allow_nonfinite"]), force=bool(o["force"]), dry_run=bool(o["dry_run"]),
+        progress=o["progress"] if "progress" in options else False, given=given)
+
+
+def _default(value, default):
+    return default if value is None else value
+
+
+def _path(value) -> Optional[Path]:
+    return None if value is None else Path(value)

@@ -1,0 +1,42 @@
+"""Routes: one per kind of output, registered by name. `route_for` picks the route a job
+asks for; the runner (runner.py) drives every route through the same stages.
+
+    gguf         a preset or plain type; round-to-nearest or importance-weighted
+    gguf-sized   --target-size / --target-bpw / --target-vram
+    gguf-gptq    --scheme gptq
+    safetensors  --format safetensors (rtn or gptq)
+
+A new output (split GGUF, another format) is a new Route subclass registered here, not a
+branch in a driver."""
+
+from __future__ import annotations
+
+from ..job import Job
+from ..registry import Registry
+from .base import Route, check_consumed
+from .gguf import PresetRoute
+from .gptq import GPTQRoute
+from .safetensors import SafetensorsRoute
+from .sized import SizedRoute
+
+ROUTES: Registry[Route] = Registry("route")
+for _route in (PresetRoute(), SizedRoute(), GPTQRoute(), SafetensorsRoute()):
+    ROUTES.add(_route.name, _route)
+
+
+def route_name(job: Job) -> str:
+    if job.format == "safetensors":
+        return "safetensors"
+    if job.budget is not None:
+        return "gguf-sized"
+    return "gguf-gptq" if job.scheme.name == "gptq" else "gguf"
+
+
+def route_for(job: Job) -> Route:
+    """The job's route, after refusing every option it would not use."""
+    route = ROUTES.get(route_name(job))
+    check_consumed(job, route)
+    return route
+
+
+__all__ = ["ROUTES", "Route", "route_for", "route_name"]

@@ -1,0 +1,111 @@
+"""GGUF output from a llama-quantize preset or a plain type, rounded to nearest or, with
+--imatrix / --calibration, importance-weighted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..job import Job
+from ..plan.tensor_plan import Plan
+from ..plan.type_plan import make_quant_plan, resolve_type
+from ..results import GGUFResult
+from ..schemes.importance import importance_for, importance_plan
+from ..sink.gguf import encode
+from ..source.model_source import Source, open_source
+from .base import CALIBRATION_RUN, Route
+from .gguf_file import output_path, write_gguf
+from .statistics import (check_calibration_source, checked_save_path, collected_importance, loaded_importance,
+                         statistics_reads)
+
+# a preset plan's own options, shared with the GPTQ route
+PRESET_OPTIONS = frozenset({"type", "bits", "tensor_types", "output_tensor_type", "token_embedding_type", "pure",
+                            "no_fallback", "vocab_pre", "scheme"})
+
+
+@dataclass(frozen=True)
+class GGUFPlanned:
+    src: Source
+    plan: Plan
+    label: str  # names the default output: the type, or NNbpw
+    notes: tuple[str, ...] = ()
+    imatrix: Optional[object] = None  # statistics already in hand (--imatrix)
+    budget: Optional[object] = None  # sized plans: their figures
+    extra: dict = field(default_factory=dict)  # route-specific values (GPTQ: its linears)
+
+
+def requantize_notes(src: Source) -> tuple[str, ...]:
+    if not src.requantized:
+        return ()
+    return (f"{src.requantized} tensors were already quantized: they are decoded and quantized again, "
+            "so both roundings' errors add up (expect lower quality than from the original weights)",)
+
+
+def importance_options(job: Job) -> frozenset[str]:
+    """--imatrix, or --calibration with the options of its pass."""
+    if job.calibration.imatrix is not None:
+        return frozenset({"imatrix"})
+    if job.calibration.text is not None:
+        return frozenset({"calibration", "save_imatrix"}) | CALIBRATION_RUN
+    return frozenset()
+
+
+def preset_plan_of(job: Job, src: Source) -> tuple[str, Plan]:
+    type_name = resolve_type(job.type_name, job.bits)
+    o = job.overrides
+    return type_name, make_quant_plan(src, type_name, tensor_types=o.tensor_types,
+                                      output_tensor_type=o.output_tensor_type,
+                                      token_embedding_type=o.token_embedding_type, pure=o.pure,
+                                      no_fallback=o.no_fallback)
+
+
+def write_with_importance(job: Job, planned: GGUFPlanned, plan: Plan, imx, out: Path, notes) -> GGUFResult:
+    def encoder(tp, s):
+        return encode(tp, s.load(), importance_for(imx, tp.name))
+
+    tok = write_gguf(planned.src, plan, out, encoder, job.progress)
+    return GGUFResult(out, plan, file_size=out.stat().st_size, tokenizer=tok, notes=list(notes),
+                      budget=planned.budget)
+
+
+class PresetRoute(Route[GGUFPlanned, GGUFResult]):
+    name = "gguf"
+    title = "GGUF output with a preset or plain type"
+
+    def consumes(self, job: Job) -> frozenset[str]:
+        return PRESET_OPTIONS | {"allow_requantize"} | importance_options(job)
+
+    def plan(self, job: Job) -> GGUFPlanned:
+        src = open_source(job.source, vocab_pre=job.vocab_pre, allow_requantize=job.allow_requantize)
+        type_name, plan = preset_plan_of(job, src)
+        notes = requantize_notes(src)
+        imx = loaded_importance(job.calibration)
+        if imx is not None:
+            plan, more = importance_plan(plan, imx)
+            notes += tuple(more)
+        elif job.calibration.text is not None:
+            check_calibration_source(src)
+            if job.dry_run:
+                notes += ("dry run: calibration not run; the plan's types do not depend on it",)
+        return GGUFPlanned(src, plan, type_name, notes, imx)
+
+    def output_path(self, job: Job, planned: GGUFPlanned) -> Path:
+        return output_path(planned.src, job.output, planned.label, job.force, statistics_reads(job.calibration))
+
+    def prepare(self, job: Job, planned: GGUFPlanned, scratch: Optional[Path]):
+        """The calibration pass, when asked: statistics and the plan they mark."""
+        if job.calibration.text is None:
+            return planned.plan, planned.imatrix, planned.notes
+        imx = collected_importance(planned.src, job.calibration, job.progress,
+                                   checked_save_path(planned.src, job.calibration))
+        plan, notes = importance_plan(planned.plan, imx, "--calibration")
+        return plan, imx, planned.notes + tuple(notes)
+
+    def write(self, job: Job, planned: GGUFPlanned, prepared, out: Path) -> GGUFResult:
+        plan, imx, notes = prepared
+        return write_with_importance(job, planned, plan, imx, out, notes)
+
+    def dry_result(self, job: Job, planned: GGUFPlanned) -> GGUFResult:
+        return GGUFResult(None, planned.plan, notes=list(planned.notes), budget=planned.budget)
+

@@ -1,0 +1,99 @@
+"""Writing a GGUF file from a source and its plan: metadata, tensor infos from the plan,
+then one tensor at a time, paired with its plan entry by name. Shared by the GGUF routes."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import gguf
+import numpy as np
+
+from ..errors import InputError
+from ..plan.tensor_plan import Plan, TensorPlan
+from ..progress import reporter
+from ..sink.atomic import atomic_path
+from ..sink.gguf import GGUFSink
+from ..sink.output_check import check_output
+from ..source.model_source import Source
+from ..source.source_tensor import SourceTensor
+
+Encoder = Callable[[TensorPlan, SourceTensor], np.ndarray]
+
+
+def file_type(type_name: str) -> gguf.LlamaFileType:
+    if type_name == "F32":
+        return gguf.LlamaFileType.ALL_F32
+    try:
+        return gguf.LlamaFileType[f"MOSTLY_{type_name}"]
+    except KeyError:  # a plain K type written everywhere: name the file as its _M mix
+        return gguf.LlamaFileType[f"MOSTLY_{type_name}_M"]
+
+
+def default_output(src: Source, label: str) -> Path:
+    return Path.cwd() / f"{src.name}-{label}.gguf"
+
+
+def output_path(src: Source, output: Optional[Path], label: str, force: bool, reads=()) -> Path:
+    """The checked output file (sink/output_check.py), never one of the files the run reads."""
+    out = output if output is not None else default_output(src, label)
+    return check_output(out, force, reads=(src.path, *reads))
+
+
+def paired(src: Source, plan: Plan) -> list[tuple[SourceTensor, TensorPlan]]:
+    """Each source tensor with its plan entry, matched by name, in the plan's order. The
+    names must be the same set: a plan made for another source is an error, not a
+    silently shifted pairing."""
+    by_name = {s.name: s for s in src.tensors}
+    planned = [tp.name for tp in plan.tensors]
+    missing = sorted(set(planned) - by_name.keys())
+    extra = sorted(by_name.keys() - set(planned))
+    if missing or extra or len(set(planned)) != len(planned):
+        raise InputError(f"{src.path}: the plan does not match the model's tensors (planned but absent: "
+                         f"{', '.join(missing[:5]) or '-'}; present but unplanned: {', '.join(extra[:5]) or '-'})")
+    return [(by_name[tp.name], tp) for tp in plan.tensors]
+
+
+def add_metadata(src: Source, w: gguf.GGUFWriter, plan: Plan, type_name: str):
+    tok = src.write_metadata(w)
+    if not src.is_gguf:
+        w.add_name(src.name)
+    w.add_file_type(file_type(type_name))
+    if any(t.qtype.quantized for t in plan.tensors):
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    return tok
+
+
+def write_gguf(src: Source, plan: Plan, out: Path, encoder: Encoder, progress) -> Optional[object]:
+    """Write the file atomically; returns the tokenizer facts the metadata step found."""
+    pairs = paired(src, plan)
+    with atomic_path(out) as tmp:
+        sink = GGUFSink(tmp, src.arch_name)
+        tok = add_metadata(src, sink.writer, plan, plan.ftype)
+        sink.add_plan(plan)
+        sink.begin()
+        with reporter(progress) as rep:
+            rep.start(plan.ftype, len(pairs))
+            for s, tp in pairs:
+                data = encoder(tp, s)
+                sink.write(tp, data)
+                del data
+                rep.advance(1, tp.name)
+        sink.close()
+    return tok
+
+
+def header_layout(src: Source, plan: Plan) -> tuple[int, int]:
+    """(bytes before the first tensor's padding, data alignment) of the file write_gguf
+    would make: the header written for real to a scratch file, tensor data left out. Its
+    size depends on names, shapes and metadata, not on the tensors' types."""
+    with tempfile.TemporaryDirectory(prefix="qconvert-header-") as td:
+        path = Path(td) / "header.gguf"
+        sink = GGUFSink(path, src.arch_name)
+        add_metadata(src, sink.writer, plan, plan.ftype)
+        sink.add_plan(plan)
+        sink.begin()
+        alignment = sink.writer.data_alignment
+        sink.close()
+        return path.stat().st_size, alignment

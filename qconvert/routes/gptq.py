@@ -1,0 +1,82 @@
+"""GGUF output with --scheme gptq: the preset's plan, decoder linears solved with GPTQ on
+their block grids during one calibration pass, the encoded blocks staged on disk (in the
+output's directory) until the writer reaches them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import InputError
+from ..job import Job
+from ..results import GGUFResult
+from ..schemes.gptq_driver import gptq_plan
+from ..sink.gguf import encode
+from ..source.model_source import open_source
+from .base import CALIBRATION_RUN, Route
+from .gguf import PRESET_OPTIONS, GGUFPlanned, preset_plan_of
+from .gguf_file import output_path, write_gguf
+from .statistics import statistics_reads
+
+DRY_NOTE = "dry run: calibration not run; the plan's types do not depend on it"
+
+
+class GPTQRoute(Route[GGUFPlanned, GGUFResult]):
+    name = "gguf-gptq"
+    title = "GGUF output with --scheme gptq (it collects its own statistics)"
+
+    def needs_scratch(self, job: Job) -> bool:
+        return True
+
+    def consumes(self, job: Job) -> frozenset[str]:
+        return PRESET_OPTIONS | {"damp", "calibration"} | CALIBRATION_RUN
+
+    def plan(self, job: Job) -> GGUFPlanned:
+        src = open_source(job.source, vocab_pre=job.vocab_pre)
+        if src.is_gguf:
+            raise InputError(f"{src.path}: GPTQ runs the Hugging Face model; give the model directory")
+        type_name, plan = preset_plan_of(job, src)
+        plan, linears = gptq_plan(plan, src)
+        notes = (DRY_NOTE,) if job.dry_run else ()
+        return GGUFPlanned(src, plan, type_name, notes, extra={"linears": linears})
+
+    def output_path(self, job: Job, planned: GGUFPlanned) -> Path:
+        return output_path(planned.src, job.output, planned.label, job.force, statistics_reads(job.calibration))
+
+    def prepare(self, job: Job, planned: GGUFPlanned, scratch: Optional[Path]) -> tuple[dict[str, dict], Path]:
+        """GPTQ over the calibration pass; blocks land in `scratch`. Returns its statistics
+        and where the blocks are."""
+        from ..schemes.gptq_driver import run_gptq
+
+        c = job.calibration
+        stats = run_gptq(planned.src, planned.plan, scratch, text_file=c.text_file, n_samples=c.samples,
+                         seqlen=c.seqlen, device=c.device, damp=job.scheme.damp, progress=job.progress)
+        return stats, scratch
+
+    def write(self, job: Job, planned: GGUFPlanned, prepared: tuple[dict[str, dict], Path], out: Path) -> GGUFResult:
+        stats, scratch = prepared
+
+        def encoder(tp, s):
+            if tp.scheme == "gptq":
+                return np.load(scratch / f"{tp.name}.npy")
+            if tp.scheme == "importance":
+                return encode(tp, s.load(), np.load(scratch / f"{tp.name}.imp.npy"))
+            return encode(tp, s.load())
+
+        tok = write_gguf(planned.src, planned.plan, out, encoder, job.progress)
+        return GGUFResult(out, planned.plan, file_size=out.stat().st_size, tokenizer=tok,
+                          notes=list(planned.notes) + gptq_notes(stats), stats=stats)
+
+    def dry_result(self, job: Job, planned: GGUFPlanned) -> GGUFResult:
+        return GGUFResult(None, planned.plan, notes=list(planned.notes))
+
+
+def gptq_notes(stats: dict[str, dict]) -> list[str]:
+    ratios = [v["err"] / v["rtn_err"] for v in stats.values() if v.get("rtn_err")]
+    if not ratios:
+        return []
+    return [f"GPTQ on {len(stats)} tensors: output error {np.mean(ratios):.3f}x that of round-to-nearest "
+            f"on average (min {min(ratios):.3f}, max {max(ratios):.3f})"]
+
