@@ -41,7 +41,8 @@ from gguf import GGUFValueType
 
 from .errors import FormatError, InputError
 from .gguf_header import read_gguf_header
-from .source.safetensors_file import DTYPES, read_header
+from .source.safetensors_file import overlaps, read_header, validate_header
+from .source.shard_index import read_index
 
 GGUF_SHAPE_ORDER = "ne0..ne3 (GGUF order: ne0 is the contiguous row; reverse of PyTorch/numpy order)"
 ST_SHAPE_ORDER = "row-major (PyTorch/numpy order: last dimension is contiguous)"
@@ -220,59 +221,42 @@ def _json_type(v: Any) -> str:
         type(v), "null")
 
 
-def _st_tensors(path: Path, label: str | None) -> tuple[list[TensorInfo], dict, int]:
-    """Tensor rows, __metadata__ and file size of one safetensors file; checks every entry."""
+def _st_tensors(path: Path, label: str | None) -> tuple[list[TensorInfo], dict, int, list[dict]]:
+    """Tensor rows, __metadata__, file size and layout problems of one safetensors file,
+    every entry checked by the validator quantize uses (safetensors_file.validate_header)."""
     header, data_start = read_header(path)
-    meta = header.pop("__metadata__", None) or {}
     size = path.stat().st_size
-    rows = []
-    for name, e in header.items():
-        try:
-            dtype, shape = e["dtype"], [int(d) for d in e["shape"]]
-            begin, end = (int(x) for x in e["data_offsets"])
-            if not isinstance(dtype, str) or min(shape, default=0) < 0:
-                raise ValueError
-        except (KeyError, TypeError, ValueError):
-            raise FormatError(f"{path}: entry for tensor {name!r} is malformed") from None
-        n = math.prod(shape)
-        if begin > end or data_start + end > size:
-            raise FormatError(f"{path}: tensor {name!r} lies past the end of the file (truncated download?)")
-        if dtype in DTYPES and end - begin != n * DTYPES[dtype].itemsize:
-            raise FormatError(f"{path}: tensor {name!r} has {end - begin} bytes, but {dtype} {shape} needs "
-                              f"{n * DTYPES[dtype].itemsize}")
-        rows.append(TensorInfo(name, dtype, shape, n, end - begin, data_start + begin, label))
-    if not isinstance(meta, dict):
-        raise FormatError(f"{path}: __metadata__ is not a JSON object")
-    return rows, meta, size
+    entries, meta = validate_header(path, header, data_start, size)
+    rows = [TensorInfo(e.name, e.dtype, list(e.shape), e.n_elements, e.n_bytes, data_start + e.begin, label)
+            for e in entries.values()]
+    problems = [{"tensor": b.name, "problem": f"{label + ': ' if label else ''}{why}"}
+                for _, b, why in overlaps(entries)]
+    return rows, meta, size, problems
 
 
 def _inspect_safetensors(path: Path) -> Report:
-    rows, meta, size = _st_tensors(path, None)
+    rows, meta, size, problems = _st_tensors(path, None)
     rep = Report(str(path), "safetensors", [{"path": str(path), "size": size}], ST_SHAPE_ORDER)
     rep.metadata = {k: MetaValue(_json_type(v), v) for k, v in meta.items()}
     rep.tensors = rows
+    rep.problems = problems
     return rep
 
 
 def _inspect_index(path: Path) -> Report:
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-        weight_map = index["weight_map"]
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise TypeError
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-        raise FormatError(f"{path}: not a safetensors index (expected JSON with a \"weight_map\" object)") from None
+    weight_map, index_meta = read_index(path)  # shard names are plain file names beside the index
     rep = Report(str(path), "safetensors", [], ST_SHAPE_ORDER)
-    for k, v in (index.get("metadata") or {}).items():
+    for k, v in index_meta.items():
         rep.metadata[f"index.metadata.{k}"] = MetaValue(_json_type(v), v)
     shard_meta: dict[str, dict] = {}
     for shard in sorted(set(weight_map.values())):
         sp = path.parent / shard
         if not sp.is_file():
             raise InputError(f"{path}: lists shard {shard!r}, which is missing from {path.parent}")
-        rows, meta, size = _st_tensors(sp, shard)
+        rows, meta, size, problems = _st_tensors(sp, shard)
         rep.files.append({"path": str(sp), "size": size})
         rep.tensors.extend(rows)
+        rep.problems.extend(problems)
         shard_meta[shard] = meta
         present = {r.name for r in rows}
         for name in (n for n, s in weight_map.items() if s == shard and n not in present):

@@ -19,6 +19,7 @@ from .qtypes import QTYPES
 from .sink.atomic import atomic_path
 from .sink.output_check import check_output, check_parent
 from .sink.gguf import GGUFSink, encode
+from .source.finite import nonfinite_policy
 from .source.model_source import Source, open_source
 
 DEFAULT_TYPE = "Q4_K_M"
@@ -67,6 +68,7 @@ def file_type(type_name: str) -> gguf.LlamaFileType:
         return gguf.LlamaFileType[f"MOSTLY_{type_name}_M"]
 
 
+@nonfinite_policy  # allow_nonfinite holds for every weight the call reads
 def quantize(
     model: str | Path,
     output: str | Path | None = None,
@@ -82,6 +84,7 @@ def quantize(
     token_embedding_type: Optional[str] = None,
     pure: bool = False,
     allow_requantize: bool = False,
+    allow_nonfinite: bool = False,
     imatrix: Optional[str | Path | object] = None,
     calibration: Optional[str | Path | bool] = None,
     calibration_samples: int = 128,
@@ -126,7 +129,10 @@ def quantize(
     runtime overhead, memory.runtime_overhead_bytes): instead of a preset, each tensor gets
     the GGUF type that minimises the total measured loss within that budget (plan/sized.py);
     the measurements are cached in `sensitivity_cache` (default ~/.cache/qconvert/
-    sensitivity.json) and weighted by the importance statistics when given."""
+    sensitivity.json) and weighted by the importance statistics when given.
+
+    A weight holding NaN or Inf is an error naming the tensor (source/finite.py), before
+    anything is written; allow_nonfinite=True converts such weights anyway."""
     t0 = time.perf_counter()
     if any(v is not None for v in (target_vram, target_size, target_bpw)):
         return _quantize_sized(model, output, force=force, dry_run=dry_run, vocab_pre=vocab_pre,

@@ -2,32 +2,29 @@
 shards listed in model.safetensors.index.json), as lazy tensor handles.
 
 Everything that can be checked without reading weights is checked here, before any long
-loop: the config parses, every shard exists, every tensor the index lists is in its
-shard, every weight has a float dtype."""
+loop: the config parses, every shard is a plain file name in the directory and exists,
+every header entry is consistent (safetensors_file.validate_header), every tensor the
+index lists is in the shard it names and in no other, every weight has a float dtype."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import FormatError, InputError, UnsupportedError
-from .safetensors_file import FLOAT_DTYPES, SafetensorsFile, TensorHandle
+from .safetensors_file import FLOAT_DTYPES, SafetensorsFile, TensorHandle, parse_json
+from .shard_index import INDEX, read_index, shard_paths
 
-INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 
 
 def read_json(path: Path, what: str) -> dict:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{path}: {what} not found") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read {what} ({e.strerror})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise FormatError(f"{path}: {what} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    data = parse_json(text, f"{path}: {what}")
     if not isinstance(data, dict):
         raise FormatError(f"{path}: {what} should hold a JSON object")
     return data
@@ -46,20 +43,11 @@ def read_config(model_dir: Path) -> dict:
 def _shard_files(model_dir: Path) -> tuple[list[Path], dict[str, str] | None]:
     index = model_dir / INDEX
     if index.exists():
-        data = read_json(index, "safetensors index")
-        weight_map = data.get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise FormatError(f"{index}: has no 'weight_map' of tensor names to shard files")
-        shards: list[Path] = []
-        for shard in dict.fromkeys(weight_map.values()):
-            p = model_dir / shard
-            if not p.exists():
-                raise InputError(f"{p}: shard listed in {INDEX} is missing (incomplete download?)")
-            shards.append(p)
-        return shards, weight_map
-    if (model_dir / SINGLE).exists():
+        weight_map = read_index(index)[0]
+        return shard_paths(index, weight_map), weight_map
+    if (model_dir / SINGLE).is_file():
         return [model_dir / SINGLE], None
-    found = sorted(model_dir.glob("*.safetensors"))
+    found = sorted(p for p in model_dir.glob("*.safetensors") if p.is_file())
     if found:
         return found, None
     if any(model_dir.glob("*.bin")) or any(model_dir.glob("*.pt")):
@@ -80,15 +68,19 @@ class Checkpoint:
         if not self.dir.is_dir():
             raise InputError(f"{self.dir}: expected a model directory, got a file")
         self.config = read_config(self.dir)
-        shard_paths, weight_map = _shard_files(self.dir)
-        self.files = [SafetensorsFile(p) for p in shard_paths]
+        paths, weight_map = _shard_files(self.dir)
+        self.files = [SafetensorsFile(p) for p in paths]
         self.handles: dict[str, TensorHandle] = {}
         for f in self.files:
             for name in f.names():
+                if name in self.handles:
+                    raise FormatError(f"{f.path}: tensor {name!r} is also in {self.handles[name].source}; "
+                                      "which copy is meant?")
                 self.handles[name] = f.handle(name)
         if weight_map is not None:
             for name, shard in weight_map.items():
-                if name not in self.handles:
+                h = self.handles.get(name)
+                if h is None or Path(h.source).name != shard:
                     raise FormatError(
                         f"{self.dir / shard}: tensor {name!r} is listed in {INDEX} but absent from the shard"
                     )

@@ -10,17 +10,19 @@ start), plus an optional "__metadata__" dict of strings.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import FormatError, UnsupportedError
+from .finite import check_finite
 
-# safetensors dtype name -> (numpy dtype of the stored bytes, bytes per element)
+# safetensors dtype name -> numpy dtype of the stored bytes (the ones qconvert can read)
 DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
     "BF16": np.dtype("<u2"),  # raw bits; widened to f32 on load
@@ -28,8 +30,76 @@ DTYPES: dict[str, np.dtype] = {
     "U8": np.dtype("u1"), "U16": np.dtype("<u2"), "U32": np.dtype("<u4"), "U64": np.dtype("<u8"),
     "BOOL": np.dtype("?"),
 }
+# bits per element of every dtype the format defines (safetensors 0.6), readable or not:
+# a valid FP8/FP4 checkpoint is still inspected, and its sizes still checked
+DTYPE_BITS: dict[str, int] = {**{k: v.itemsize * 8 for k, v in DTYPES.items()},
+                              "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "F6_E2M3": 6, "F6_E3M2": 6,
+                              "F4": 4, "C64": 64}
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
-MAX_HEADER = 100 * 1024 * 1024
+MAX_HEADER = 100 * 1024 * 1024  # the limit the safetensors library itself enforces
+MAX_RANK = 16  # numpy allows 64; no model tensor comes close
+
+
+def parse_json(text: str | bytes, where: str) -> Any:
+    """json.loads that turns every way hostile text can fail into one FormatError naming
+    `where`: deep nesting (RecursionError), integers too long to convert, bytes that are not
+    UTF-8, NaN/Infinity constants, keys given twice. No input bytes are echoed."""
+    try:
+        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise FormatError(f"{where}: JSON nested too deeply") from None
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{where}: not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise FormatError(f"{where}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except _Duplicate as e:
+        raise FormatError(f"{where}: key {e.args[0]!r} appears twice in one JSON object") from None
+    except _Constant as e:
+        raise FormatError(f"{where}: holds {e.args[0]}, which is not a JSON value") from None
+    except ValueError:  # a number json cannot convert (thousands of digits)
+        raise FormatError(f"{where}: holds a number too long to read") from None
+
+
+class _Duplicate(Exception):
+    pass
+
+
+class _Constant(Exception):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    raise _Constant(name)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _Duplicate(k)
+            seen.add(k)
+    return out
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One validated header entry; offsets are relative to the start of the data section."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def n_bytes(self) -> int:
+        return self.end - self.begin
 
 
 @dataclass
@@ -55,27 +125,87 @@ class TensorHandle:
 
 
 def read_header(path: Path) -> tuple[dict, int]:
-    """Parse the JSON header; return (header, byte offset of the data section)."""
+    """Parse the JSON header; return (header, byte offset of the data section). The
+    entries are not checked yet: `validate_header` does that."""
     try:
         with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(0)
             raw = f.read(8)
             if len(raw) != 8:
                 raise FormatError(f"{path}: not a safetensors file (shorter than 8 bytes)")
             (n,) = struct.unpack("<Q", raw)
-            if n > MAX_HEADER:
-                raise FormatError(f"{path}: not a safetensors file (header length {n} is implausible)")
+            # the length is never echoed: for a file that is not safetensors it is its first bytes
+            if n > MAX_HEADER or n > size - 8:
+                raise FormatError(f"{path}: not a safetensors file (its header length is larger than "
+                                  f"{'the file' if n <= MAX_HEADER else '100 MB'})")
             blob = f.read(n)
     except OSError as e:
         raise FormatError(f"{path}: cannot read ({e.strerror})") from None
     if len(blob) != n:
         raise FormatError(f"{path}: truncated safetensors header")
-    try:
-        header = json.loads(blob)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FormatError(f"{path}: garbled safetensors header ({e})") from None
+    header = parse_json(blob, f"{path}: safetensors header")
     if not isinstance(header, dict):
         raise FormatError(f"{path}: safetensors header is not a JSON object")
     return header, 8 + n
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _entry(path: Path, name: str, e: Any, data_len: int) -> Entry:
+    def bad(why: str) -> FormatError:
+        return FormatError(f"{path}: tensor {name!r}: {why}")
+
+    if not isinstance(e, dict):
+        raise bad("entry is not a JSON object")
+    dtype, shape, offsets = e.get("dtype"), e.get("shape"), e.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+        raise bad(f"unknown dtype {dtype!r}" if isinstance(dtype, str) else "dtype is missing or not a string")
+    if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(_int(d) and d >= 0 for d in shape):
+        raise bad(f"shape should be a list of at most {MAX_RANK} non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_int(x) for x in offsets):
+        raise bad("data_offsets should be two integers [begin, end]")
+    begin, end = offsets
+    if not 0 <= begin <= end:
+        raise bad(f"data_offsets [{begin}, {end}] are not an ordered byte range")
+    if end > data_len:
+        raise bad(f"data ends at byte {end} of a {data_len}-byte data section (truncated download?)")
+    n = math.prod(shape)
+    if (end - begin) * 8 != n * DTYPE_BITS[dtype]:
+        raise bad(f"holds {end - begin} bytes, but {dtype} {shape} needs {n * DTYPE_BITS[dtype] / 8:g}")
+    return Entry(name, dtype, tuple(shape), begin, end)
+
+
+def validate_header(path: Path, header: dict, data_start: int, size: int) -> tuple[dict[str, Entry], dict]:
+    """Every entry checked (dtype known, shape, offsets inside the data section, byte count
+    = elements x dtype size) -> ({name: Entry} in header order, __metadata__). Shared by
+    quantize (SafetensorsFile) and inspect, so both accept and refuse the same files;
+    `overlaps` is the one layout check they treat differently."""
+    header = dict(header)
+    meta = header.pop("__metadata__", None)
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise FormatError(f"{path}: __metadata__ is not a JSON object")
+    data_len = size - data_start
+    return {name: _entry(path, name, e, data_len) for name, e in header.items()}, meta
+
+
+def overlaps(entries: dict[str, Entry]) -> list[tuple[Entry, Entry, str]]:
+    """Pairs of tensors whose bytes overlap, each with a sentence saying where. quantize
+    refuses such a file (a write to one would be a write to the other: it was not made by a
+    safetensors writer); inspect lists them as problems."""
+    out = []
+    prev: Entry | None = None
+    for e in sorted((e for e in entries.values() if e.n_bytes), key=lambda e: (e.begin, e.end)):
+        if prev is not None and e.begin < prev.end:
+            out.append((prev, e, f"tensors {prev.name!r} and {e.name!r} overlap "
+                                 f"(bytes {e.begin}..{min(prev.end, e.end)} of the data section)"))
+        if prev is None or e.end > prev.end:
+            prev = e
+    return out
 
 
 def _widen(arr: np.ndarray, dtype: str) -> np.ndarray:
@@ -89,45 +219,45 @@ def _widen(arr: np.ndarray, dtype: str) -> np.ndarray:
 
 
 class SafetensorsFile:
-    """One safetensors file: its tensor entries as lazy handles over one mmap."""
+    """One safetensors file: its tensor entries, every one validated up front (see
+    `validate_header`), as lazy handles over one mmap."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.header, self.data_start = read_header(self.path)
-        self.metadata = self.header.pop("__metadata__", None) or {}
+        header, self.data_start = read_header(self.path)
+        try:
+            self.size = self.path.stat().st_size
+        except OSError as e:
+            raise FormatError(f"{self.path}: cannot read ({e.strerror})") from None
+        self.entries, self.metadata = validate_header(self.path, header, self.data_start, self.size)
+        for _, _, why in overlaps(self.entries)[:1]:
+            raise FormatError(f"{self.path}: {why}")
+        # the raw entries, now known to be well-typed (callers read "dtype" from them)
+        self.header = {name: header[name] for name in self.entries}
         self._mm: mmap.mmap | None = None
-        self.size = self.path.stat().st_size
-        for name, e in self.header.items():
-            try:
-                begin, end = e["data_offsets"]
-                e["shape"] = [int(d) for d in e["shape"]]
-                e["dtype"]
-            except (KeyError, TypeError, ValueError):
-                raise FormatError(f"{self.path}: entry for tensor {name!r} is malformed") from None
-            if self.data_start + end > self.size or begin > end:
-                raise FormatError(
-                    f"{self.path}: tensor {name!r} lies past the end of the file (truncated download?)"
-                )
 
     def names(self) -> list[str]:
-        return list(self.header)
+        return list(self.entries)
 
     def _map(self) -> mmap.mmap:
         if self._mm is None:
             with open(self.path, "rb") as f:
                 self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            if len(self._mm) != self.size:  # the file changed under us since the header was checked
+                raise FormatError(f"{self.path}: file changed size while being read")
         return self._mm
 
     def raw(self, name: str) -> np.ndarray:
-        """The stored array (no copy, read-only, stored dtype; bf16 as uint16 bits)."""
-        e = self.header[name]
-        dt = DTYPES.get(e["dtype"])
+        """The stored array (no copy, read-only, stored dtype; bf16 as uint16 bits). Float
+        data is checked for NaN/Inf here, the one place every reader passes through."""
+        e = self.entries[name]
+        dt = DTYPES.get(e.dtype)
         if dt is None:
-            raise UnsupportedError(f"{self.path}: tensor {name!r} has unsupported dtype {e['dtype']}")
-        begin, end = e["data_offsets"]
-        count = (end - begin) // dt.itemsize
-        arr = np.frombuffer(self._map(), dtype=dt, count=count, offset=self.data_start + begin)
-        return arr.reshape(e["shape"])
+            raise UnsupportedError(f"{self.path}: tensor {name!r} has unsupported dtype {e.dtype}")
+        arr = np.frombuffer(self._map(), dtype=dt, count=e.n_elements, offset=self.data_start + e.begin)
+        arr = arr.reshape(e.shape)
+        check_finite(arr, e.dtype, f"{self.path}: tensor {name!r}")
+        return arr
 
     def release(self, name: str) -> None:
         """Drop a tensor's mapped pages from this process's resident set. They are clean
@@ -135,25 +265,24 @@ class SafetensorsFile:
         ever touched: converting a 100 GB model would look like using 100 GB."""
         if self._mm is None or not hasattr(mmap, "MADV_DONTNEED"):
             return
-        begin, end = self.header[name]["data_offsets"]
-        start = (self.data_start + begin) // mmap.PAGESIZE * mmap.PAGESIZE
-        stop = self.data_start + end
+        e = self.entries[name]
+        start = (self.data_start + e.begin) // mmap.PAGESIZE * mmap.PAGESIZE
+        stop = self.data_start + e.end
         try:
             self._mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
         except (OSError, ValueError):
             pass
 
     def handle(self, name: str) -> TensorHandle:
-        e = self.header[name]
-        dtype = e["dtype"]
+        e = self.entries[name]
 
         def load() -> np.ndarray:
-            if dtype not in FLOAT_DTYPES:
+            if e.dtype not in FLOAT_DTYPES:
                 raise UnsupportedError(
-                    f"{self.path}: tensor {name!r} has dtype {dtype}; only F32, F16 and BF16 weights are supported"
+                    f"{self.path}: tensor {name!r} has dtype {e.dtype}; only F32, F16 and BF16 weights are supported"
                 )
-            arr = _widen(self.raw(name), dtype)  # a copy: the mapped pages can go
+            arr = _widen(self.raw(name), e.dtype)  # a copy: the mapped pages can go
             self.release(name)
             return arr
 
-        return TensorHandle(name, dtype, tuple(e["shape"]), load, str(self.path))
+        return TensorHandle(name, e.dtype, e.shape, load, str(self.path))

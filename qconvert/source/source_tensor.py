@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from .finite import NonFiniteError
 from .safetensors_file import TensorHandle
 
 Transform = Callable[[np.ndarray], np.ndarray]
@@ -25,7 +26,12 @@ class SourceTensor:
     transforms: list[Transform] = field(default_factory=list)
 
     def load(self) -> np.ndarray:
-        arr = self.handle.load()
+        try:
+            arr = self.handle.load()
+        except NonFiniteError as e:  # name the tensor as the user will meet it in the GGUF too
+            where = f"{self.handle.source}: " if self.handle.source else ""
+            label = self.name if self.hf_name == self.name else f"{self.name} ({self.hf_name})"
+            raise e.relabel(f"{where}{label}") from None
         for t in self.transforms:
             arr = t(arr)
         return arr
