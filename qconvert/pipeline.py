@@ -329,6 +329,7 @@ def _quantize_safetensors(model, output, *, bits: int, type_name, force: bool, d
                           seqlen: int, device: str, progress, t0: float) -> QuantizeResult:
     from .sink.atomic_dir import staging_dir
     from .sink.output_check import check_output_dir
+    from .arch import check_config
     from .sink.safetensors_out import plan_safetensors, write_quantized_safetensors
     from .source.checkpoint import Checkpoint
 
@@ -344,6 +345,7 @@ def _quantize_safetensors(model, output, *, bits: int, type_name, force: bool, d
     if model.is_file():
         raise InputError(f"{model}: safetensors output is made from a Hugging Face model directory")
     ckpt = Checkpoint(model)
+    check_config(ckpt)  # bounds and tensor shapes, before calibration builds a model from it
     splan = plan_safetensors(ckpt, bits=bits, group_size=group_size, sym=sym)
     label = f"W{bits}A16-{'G' + str(group_size) if group_size > 0 else 'CH'}{'' if sym else '-ASYM'}"
     res = QuantizeResult(None, None, notes=[f"{sum(it.quantize for it in splan.items)} projections quantized "

@@ -43,3 +43,18 @@ def adapter_for(ckpt: "Checkpoint") -> "ArchAdapter":
 def supported() -> list[str]:
     _load_all()
     return ARCHS.names()
+
+
+def check_config(ckpt: "Checkpoint") -> None:
+    """Check config.json against its bounds and the checkpoint's tensors before a route
+    that does not write GGUF (safetensors output) relies on it: in full through the
+    architecture's adapter when there is one, else the family-independent facts."""
+    _load_all()
+    archs = ckpt.config.get("architectures")
+    name = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+    if name is not None and name in ARCHS:
+        ARCHS.get(name)(ckpt, name).tensors()
+        return
+    from .hparams import HParams
+
+    HParams(ckpt.config, str(ckpt.dir / "config.json")).check()

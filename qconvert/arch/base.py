@@ -19,6 +19,7 @@ from ..source.checkpoint import Checkpoint
 from ..source.safetensors_file import TensorHandle
 from ..source.source_tensor import SourceTensor, Transform  # noqa: F401  (re-exported)
 from .hparams import HParams
+from .shape_check import check_layer_count, check_shapes
 
 
 def unpermute_rope(n_head: int) -> Transform:
@@ -47,11 +48,18 @@ class ArchAdapter:
     # HF tensor name suffixes that carry no weights llama.cpp needs
     skip_suffixes: tuple[str, ...] = ("rotary_emb.inv_freq",)
 
+    # values a family's config class assumes when config.json leaves them out
+    config_defaults: dict = {}
+
     def __init__(self, ckpt: Checkpoint, hf_arch: str) -> None:
         self.ckpt = ckpt
         self.hf_arch = hf_arch
-        self.hp = HParams(ckpt.config, str(ckpt.dir / "config.json"))
+        self.hp = HParams(ckpt.config, str(ckpt.dir / "config.json"), self.config_defaults)
         self.arch_name = gguf.MODEL_ARCH_NAMES[self.gguf_arch]
+        # every value checked, and the layer count against the checkpoint, before gguf-py
+        # builds its name table: that table has entries for every layer the config claims
+        self.hp.check()
+        check_layer_count(self.hp, (n for n in ckpt.handles if not self.skip(n)))
         self.name_map = gguf.get_tensor_name_map(self.gguf_arch, self.hp.n_layers)
 
     # -- metadata -----------------------------------------------------------------------
@@ -64,13 +72,13 @@ class ArchAdapter:
         w.add_feed_forward_length(hp.n_ff)
         w.add_head_count(hp.n_head)
         w.add_head_count_kv(hp.n_head_kv)
-        eps = hp.get("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
+        eps = hp.norm_eps
         if eps is not None:
-            w.add_layer_norm_rms_eps(float(eps))
+            w.add_layer_norm_rms_eps(eps)
         w.add_key_length(hp.head_dim)
         w.add_value_length(hp.head_dim)
-        w.add_rope_dimension_count(int(hp.head_dim * float(hp.get("partial_rotary_factor", default=1.0))))
-        w.add_vocab_size(int(hp.require("vocab_size")))
+        w.add_rope_dimension_count(int(hp.head_dim * hp.rotary_fraction))
+        w.add_vocab_size(hp.vocab_size)
         self.write_rope(w)
 
     def write_rope(self, w: gguf.GGUFWriter) -> None:
@@ -140,6 +148,7 @@ class ArchAdapter:
                 raise FormatError(f"{h.source}: tensors {seen[name]!r} and {hf_name!r} both map to {name}")
             seen[name] = hf_name
             out.append(SourceTensor(name, hf_name, h.shape, h.dtype, h, self.transforms(name, hf_name)))
+        check_shapes(self.hp, out)
         return sorted(out, key=lambda s: _order(s.name))
 
 

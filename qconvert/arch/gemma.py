@@ -42,10 +42,10 @@ _VISION = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "mo
 @ARCHS.register("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration")
 class Gemma3Adapter(ArchAdapter):
     gguf_arch = gguf.MODEL_ARCH.GEMMA3
+    config_defaults = TEXT_DEFAULTS
 
     def __init__(self, ckpt, hf_arch: str) -> None:
         super().__init__(ckpt, hf_arch)
-        self.hp.c = {**TEXT_DEFAULTS, **self.hp.c}
         self._check_graph_fits()
         # decided here, before anything is written, so a bad config fails a dry run too
         self.sliding = self.layer_is_sliding()
@@ -66,9 +66,9 @@ class Gemma3Adapter(ArchAdapter):
         # llama.cpp hard-codes the query scale: 1/sqrt(head_dim), or 1/sqrt(n_embd/n_head) for
         # the 62-layer 27B model; HF uses query_pre_attn_scalar**-0.5. A config where the two
         # disagree would convert into a model that computes something else.
-        scalar = hp.get("query_pre_attn_scalar")
         expected = hp.n_embd // hp.n_head if hp.n_layers == 62 else hp.head_dim
-        if scalar is not None and float(scalar) != float(expected):
+        scalar = hp.number("query_pre_attn_scalar")
+        if scalar is not None and scalar != float(expected):
             raise UnsupportedError(f"{src}: query_pre_attn_scalar {scalar} != {expected}; llama.cpp's gemma3 "
                                    "graph fixes the attention scale to 1/sqrt(head_dim)")
 
@@ -80,20 +80,19 @@ class Gemma3Adapter(ArchAdapter):
         if types is not None:
             if not isinstance(types, list) or len(types) != n:
                 raise FormatError(f"{self.hp.source}: layer_types should list {n} entries")
-            bad = sorted({t for t in types if t not in ("sliding_attention", "full_attention")})
+            bad = sorted({repr(t)[:40] for t in types if t not in ("sliding_attention", "full_attention")})
             if bad:
                 raise UnsupportedError(f"{self.hp.source}: layer type(s) {', '.join(bad)} not supported for gemma3")
             return [t == "sliding_attention" for t in types]
-        period = int(self.hp.get("sliding_window_pattern", "_sliding_window_pattern", default=DEFAULT_PATTERN))
-        if period < 1:
-            raise FormatError(f"{self.hp.source}: sliding_window_pattern {period} should be at least 1")
+        period = self.hp.integer("sliding_window_pattern", "_sliding_window_pattern", lo=1, hi=1 << 16,
+                                 default=DEFAULT_PATTERN)
         return [bool((i + 1) % period) for i in range(n)]
 
     def _window(self) -> int:
-        window = self.hp.get("sliding_window")
+        window = self.hp.integer("sliding_window", lo=1, hi=2**32 - 1, default=None)
         if window is None:
             raise FormatError(f"{self.hp.source}: layers use sliding attention but sliding_window is not set")
-        return int(window)
+        return window
 
     def _local_rope(self) -> dict:
         local = self.hp.rope("sliding_attention")
@@ -106,7 +105,7 @@ class Gemma3Adapter(ArchAdapter):
     def write_metadata(self, w: gguf.GGUFWriter) -> None:
         super().write_metadata(w)
         hp = self.hp
-        cap = hp.get("final_logit_softcapping")
+        cap = hp.number("final_logit_softcapping")
         if cap:
             w.add_final_logit_softcapping(float(cap))
         if not any(self.sliding):

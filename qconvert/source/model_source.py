@@ -37,7 +37,7 @@ def open_hf(model_dir: Path, vocab_pre: Optional[str]) -> Source:
     ckpt = Checkpoint(model_dir)
     adapter = adapter_for(ckpt)
     hp = adapter.hp
-    vocab_size = int(hp.require("vocab_size"))
+    vocab_size = hp.vocab_size
 
     def write_metadata(w: gguf.GGUFWriter):
         adapter.write_metadata(w)
@@ -46,7 +46,7 @@ def open_hf(model_dir: Path, vocab_pre: Optional[str]) -> Source:
 
     return Source(model_dir, model_dir.resolve().name, adapter.arch_name, adapter.tensors(),
                   hp.n_layers, hp.n_head, hp.n_head_kv,
-                  int(hp.get("num_local_experts", "num_experts", "n_routed_experts", default=0) or 0),
+                  hp.integer("num_local_experts", "num_experts", "n_routed_experts", lo=0, hi=1 << 16, default=0),
                   write_metadata)
 
 
