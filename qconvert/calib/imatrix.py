@@ -155,28 +155,41 @@ class ImportanceMatrix:
 
     @classmethod
     def _load_gguf(cls, path: Path) -> "ImportanceMatrix":
-        try:
-            r = gguf.GGUFReader(path)
-        except Exception as e:  # gguf-py raises ValueError/struct.error/... on damaged files
-            raise FormatError(f"{path}: not a readable GGUF file ({e})") from None
+        # the bounded header parser: a damaged file is one FormatError, never a wild read
+        from ..gguf_header import read_gguf_header
+        from ..source.gguf_input import GGUFData
 
-        def field(key, default):
-            f = r.fields.get(key)
-            return f.contents() if f is not None else default
+        h = read_gguf_header(path)
+        kvs = {kv.key: kv for kv in h.kv}
 
-        kind = field(gguf.Keys.General.TYPE, gguf.GGUFType.IMATRIX)
+        def field(key, default, types):
+            kv = kvs.get(key)
+            if kv is None:
+                return default
+            if kv.type not in types:
+                raise FormatError(f"{path}: metadata {key} is {kv.type.name}, expected {types[0].name}")
+            return kv.value
+
+        vt = gguf.GGUFValueType
+        ints = (vt.UINT32, vt.INT32, vt.UINT64, vt.INT64, vt.UINT16, vt.INT16, vt.UINT8, vt.INT8)
+        kind = field(gguf.Keys.General.TYPE, gguf.GGUFType.IMATRIX, (vt.STRING,))
         if kind != gguf.GGUFType.IMATRIX:
             raise FormatError(f"{path}: a GGUF of type {kind!r}, not an importance matrix")
         keys = gguf.Keys.IMatrix
-        m = cls(datasets=field(keys.DATASETS, []), chunk_count=int(field(keys.CHUNK_COUNT, 0)),
-                chunk_size=int(field(keys.CHUNK_SIZE, 0)), arch=field(gguf.Keys.General.ARCHITECTURE, None))
+        datasets = field(keys.DATASETS, [], (vt.ARRAY,))
+        if not all(isinstance(d, str) for d in datasets or ()):
+            raise FormatError(f"{path}: metadata {keys.DATASETS} should be an array of strings")
+        m = cls(datasets=datasets or [], chunk_count=field(keys.CHUNK_COUNT, 0, ints),
+                chunk_size=field(keys.CHUNK_SIZE, 0, ints),
+                arch=field(gguf.Keys.General.ARCHITECTURE, None, (vt.STRING,)))
+        data = GGUFData(h)
         sums, counts = {}, {}
-        for t in r.tensors:
+        for t in h.tensors:
             for suffix, into in ((SUM_SUFFIX, sums), (COUNT_SUFFIX, counts)):
                 if t.name.endswith(suffix):
-                    if t.tensor_type != gguf.GGMLQuantizationType.F32:
-                        raise FormatError(f"{path}: tensor {t.name} is {t.tensor_type.name}; imatrix tensors are F32")
-                    into[t.name[: -len(suffix)]] = np.array(t.data, dtype=np.float64).reshape(-1)
+                    if t.type != gguf.GGMLQuantizationType.F32:
+                        raise FormatError(f"{path}: tensor {t.name} is {t.type.name}; imatrix tensors are F32")
+                    into[t.name[: -len(suffix)]] = _statistics(data.float32(t), f"{path}: tensor {t.name}")
         if not sums:
             raise FormatError(f"{path}: no importance entries (no *{SUM_SUFFIX} tensors); is this an imatrix file?")
         for name in sorted(set(sums) | set(counts)):
@@ -184,7 +197,7 @@ class ImportanceMatrix:
                 raise FormatError(f"{path}: {name} has {'no' if name not in sums else 'a'} {SUM_SUFFIX} tensor "
                                   f"but {'no' if name not in counts else 'a'} {COUNT_SUFFIX} tensor")
             n_mat = counts[name].size
-            if sums[name].size % n_mat:
+            if not n_mat or not sums[name].size or sums[name].size % n_mat:
                 raise FormatError(f"{path}: {name}: {sums[name].size} sums do not split into {n_mat} matrices")
             m.add(name, sums[name].reshape(n_mat, -1), np.round(counts[name]))
         return m
@@ -215,7 +228,7 @@ class ImportanceMatrix:
             ncall, nval = take("<ii")
             if nval < 1:
                 raise FormatError(f"{path}: entry {name} has {nval} values")
-            values = np.array(take(f"<{nval}f"), dtype=np.float64)
+            values = _statistics(np.array(take(f"<{nval}f")), f"{path}: entry {name}")
             entries.append((name, ncall, values))
         m = cls()
         if pos < len(data):  # optional trailer: chunk count, then the dataset's name
@@ -228,3 +241,14 @@ class ImportanceMatrix:
             # llama.cpp's quantize divides by ncall, or takes the values as they are when it is 0
             m.add(name, values, ncall if ncall > 0 else 1)
         return m
+
+
+def _statistics(values: np.ndarray, what: str) -> np.ndarray:
+    """Sums of squares or token counts as float64: finite and not negative, or the file is
+    damaged (NaN importance would make every scale search pick garbage)."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not np.isfinite(v).all():
+        raise FormatError(f"{what} holds NaN or Inf values; the importance matrix is damaged")
+    if (v < 0).any():
+        raise FormatError(f"{what} holds negative values; sums of squares and counts cannot be negative")
+    return v

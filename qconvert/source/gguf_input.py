@@ -1,64 +1,167 @@
 """A GGUF file as input: requantize an F32/F16/BF16 GGUF (or, when the user accepts the
-quality cost, an already-quantized one). Metadata is carried over key by key; tensors
-are read lazily from GGUFReader's memmap, one at a time."""
+quality cost, an already-quantized one).
+
+The header goes through the bounded parser (gguf_header.read_gguf_header: every length
+checked against the file, every tensor's byte range against the file size and its type's
+block size). Tensor data is read lazily, one tensor at a time, from a read-only mmap at
+those checked offsets. A header whose layout llama.cpp would refuse (overlapping data,
+misaligned offsets, over-long names...) is refused here too: `qconvert inspect` lists the
+problems.
+
+Metadata is carried over key by key, except what describes the file rather than the
+model: the keys the writer sets anew (_OWN_KEYS), the data alignment (the writer lays out
+the new file with its own), and a split file's `split.*` keys (the output is one file;
+copied, they would make llama.cpp look for shards that do not exist)."""
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
+from typing import Any, Callable
 
 import gguf
 import numpy as np
 
-from ..errors import FormatError, InputError
+from ..errors import FormatError, InputError, UnsupportedError
+from ..gguf_header import GGUFHeader, KV, TensorInfo, read_gguf_header
+from .finite import check_finite
 from .safetensors_file import TensorHandle
 from .source_tensor import SourceTensor
 
 FLOAT_TYPES = {"F32", "F16", "BF16"}
 # keys that describe the file being written, not the model: the writer sets them anew
 _OWN_KEYS = ("general.architecture", "general.file_type", "general.quantization_version")
+# keys about this file's layout: never copied (see the module doc)
+_LAYOUT_KEYS = ("general.alignment",)
+_LAYOUT_PREFIXES = ("split.", "GGUF.")
+_VT = gguf.GGUFValueType
 
 
-def _loader(t) -> callable:
-    def load() -> np.ndarray:
-        name = t.tensor_type.name
+class GGUFData:
+    """Tensor bytes of one GGUF file through a read-only mmap, at offsets the header reader
+    has checked against the file's size; shared by model input and imatrix loading."""
+
+    def __init__(self, header: GGUFHeader) -> None:
+        self.h = header
+        self._mm: mmap.mmap | None = None
+
+    def _map(self) -> mmap.mmap:
+        if self._mm is None:
+            with open(self.h.path, "rb") as f:
+                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            if len(self._mm) != self.h.file_size:  # changed since its header was read
+                raise FormatError(f"{self.h.path}: file changed size while being read")
+        return self._mm
+
+    def raw(self, t: TensorInfo) -> np.ndarray:
+        """The stored bytes, shaped (rows..., bytes per row); a read-only view of the mmap."""
+        if t.offset + t.n_bytes > self.h.file_size:  # the header reader refuses these; be sure
+            raise FormatError(f"{self.h.path}: tensor {t.name!r} lies past the end of the file")
+        data = np.frombuffer(self._map(), dtype=np.uint8, count=t.n_bytes, offset=t.offset)
+        rows = [int(d) for d in reversed(t.ne[1:])]
+        return data.reshape(*rows, -1) if t.n_bytes else data.reshape(*rows, 0)
+
+    def float32(self, t: TensorInfo) -> np.ndarray:
+        """The tensor decoded to float32 in numpy order (a new array)."""
+        name = t.type.name
+        if self.h.big_endian and name not in ("F32", "F16"):
+            raise UnsupportedError(f"{self.h.path}: tensor {t.name!r} is {name} in a big-endian GGUF; only "
+                                   "F32/F16 tensors of big-endian files can be read")
+        raw = self.raw(t)
+        order = ">" if self.h.big_endian else "<"
         if name == "F32":
-            return np.array(t.data, dtype=np.float32)
-        if name == "F16":
-            return np.asarray(t.data).astype(np.float32)
-        if name == "BF16":
-            return (np.asarray(t.data).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-        return gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32)
+            out = raw.view(order + "f4").astype(np.float32)
+        elif name == "F16":
+            out = raw.view(order + "f2").astype(np.float32)
+        elif name == "BF16":
+            out = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            try:
+                out = gguf.quants.dequantize(raw, t.type).astype(np.float32, copy=False)
+            except NotImplementedError:
+                raise UnsupportedError(f"{self.h.path}: tensor {t.name!r} is {name}, which qconvert cannot "
+                                       "decode") from None
+        return out.reshape(tuple(int(d) for d in reversed(t.ne)))
 
-    return load
+    def loader(self, t: TensorInfo) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            arr = self.float32(t)
+            check_finite(arr, "F32", f"{self.h.path}: tensor {t.name!r}")
+            return arr
+
+        return load
+
+
+def _plain(kv: KV, path: Path) -> Any:
+    """A metadata value as GGUFWriter takes it. The header reader keeps non-finite floats
+    as the text "nan"/"inf" (for JSON); they are numbers again here."""
+    if kv.type in (_VT.FLOAT32, _VT.FLOAT64):
+        return float(kv.value)
+    if kv.type == _VT.ARRAY:
+        if kv.value is None:
+            raise UnsupportedError(f"{path}: metadata {kv.key!r} is an array of arrays, which qconvert "
+                                   "cannot carry over")
+        if kv.item_type in (_VT.FLOAT32, _VT.FLOAT64):
+            return [float(v) for v in kv.value]
+    return kv.value
 
 
 class GGUFInput:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         try:
-            self.reader = gguf.GGUFReader(self.path)
-        except (ValueError, OSError, IndexError, KeyError) as e:
-            raise FormatError(f"{self.path}: not a readable GGUF file ({e})") from None
-        f = self.reader.fields.get("general.architecture")
-        if f is None:
+            self.header = read_gguf_header(self.path)  # every array in full: the metadata is copied
+        except OSError as e:
+            raise InputError(f"{self.path}: cannot read ({e.strerror})") from None
+        if self.header.problems:
+            p = self.header.problems[0]
+            more = f" (and {len(self.header.problems) - 1} more; `qconvert inspect` lists them)" \
+                if len(self.header.problems) > 1 else ""
+            raise FormatError(f"{self.path}: {'tensor ' + repr(p.tensor) + ': ' if p.tensor is not None else ''}"
+                              f"{p.problem}{more}")
+        self.kv = {kv.key: kv for kv in self.header.kv}
+        self.data = GGUFData(self.header)
+        arch = self.kv.get("general.architecture")
+        if arch is None:
             raise FormatError(f"{self.path}: GGUF has no general.architecture key")
-        self.arch_name = str(f.contents())
+        if arch.type != _VT.STRING or not arch.value:
+            raise FormatError(f"{self.path}: general.architecture should be a non-empty string")
+        self.arch_name = arch.value
+        self._check_split()
+
+    def _check_split(self) -> None:
+        count = self.value("split.count", 1)
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise FormatError(f"{self.path}: split.count should be an integer")
+        if count > 1:
+            raise UnsupportedError(f"{self.path}: part of a GGUF split into {count} files; merge it first "
+                                   "(llama-gguf-split --merge) and convert the merged file")
 
     def value(self, key: str, default=None):
-        f = self.reader.fields.get(key)
-        return default if f is None else f.contents()
+        kv = self.kv.get(key)
+        return default if kv is None else _plain(kv, self.path)
 
     def arch_value(self, suffix: str, default=None):
         return self.value(f"{self.arch_name}.{suffix}", default)
 
+    def arch_int(self, suffix: str, default: int = 0, *, first_of_array: bool = False) -> int:
+        """An integer model fact; per-layer arrays (head counts in some files) give their
+        first item when `first_of_array`."""
+        key = f"{self.arch_name}.{suffix}"
+        v = self.value(key, default)
+        if first_of_array and isinstance(v, list):
+            v = v[0] if v else default
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise FormatError(f"{self.path}: metadata {key} should be a non-negative integer")
+        return v
+
     def quantized_tensors(self) -> list[str]:
-        return [t.name for t in self.reader.tensors if t.tensor_type.name not in FLOAT_TYPES
-                and len(t.shape) > 1]
+        return [t.name for t in self.header.tensors if t.type.name not in FLOAT_TYPES and len(t.ne) > 1]
 
     def check_requantize(self, allow: bool) -> None:
-        q = self.quantized_tensors()
+        q = set(self.quantized_tensors())
         if q and not allow:
-            kinds = sorted({t.tensor_type.name for t in self.reader.tensors if t.name in set(q)})
+            kinds = sorted({t.type.name for t in self.header.tensors if t.name in q})
             raise InputError(
                 f"{self.path}: {len(q)} tensors are already quantized ({', '.join(kinds)}); requantizing "
                 "compounds rounding error (quality below quantizing the original weights). "
@@ -67,16 +170,15 @@ class GGUFInput:
 
     def tensors(self) -> list[SourceTensor]:
         out = []
-        for t in self.reader.tensors:
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            h = TensorHandle(t.name, t.tensor_type.name, shape, _loader(t), str(self.path))
-            out.append(SourceTensor(t.name, t.name, shape, t.tensor_type.name, h))
+        for t in self.header.tensors:
+            shape = tuple(int(d) for d in reversed(t.ne))
+            h = TensorHandle(t.name, t.type.name, shape, self.data.loader(t), str(self.path))
+            out.append(SourceTensor(t.name, t.name, shape, t.type.name, h))
         return out
 
     def copy_metadata(self, w: gguf.GGUFWriter) -> None:
-        for key, field in self.reader.fields.items():
-            if key.startswith("GGUF.") or key in _OWN_KEYS:
+        for kv in self.header.kv:
+            if kv.key in _OWN_KEYS or kv.key in _LAYOUT_KEYS or kv.key.startswith(_LAYOUT_PREFIXES):
                 continue
-            vtype = field.types[0]
-            sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY and len(field.types) > 1 else None
-            w.add_key_value(key, field.contents(), vtype, sub_type=sub)
+            sub = kv.item_type if kv.type == _VT.ARRAY else None
+            w.add_key_value(kv.key, _plain(kv, self.path), kv.type, sub_type=sub)

@@ -60,14 +60,11 @@ def open_gguf(path: Path, allow_requantize: bool) -> Source:
         g.copy_metadata(w)
         return None
 
-    head = g.arch_value("attention.head_count", 0)
-    head_kv = g.arch_value("attention.head_count_kv", head)
-    # per-layer head counts are arrays in some files; mixes look at the first layer's
-    head = int(head[0] if isinstance(head, list) else head)
-    head_kv = int(head_kv[0] if isinstance(head_kv, list) else head_kv)
+    head = g.arch_int("attention.head_count", 0, first_of_array=True)
+    head_kv = g.arch_int("attention.head_count_kv", head, first_of_array=True)
     stem = re.sub(r"[-_.](F32|F16|BF16|f32|f16|bf16)$", "", path.stem)
-    return Source(path, stem, g.arch_name, g.tensors(), int(g.arch_value("block_count", 0)), head, head_kv,
-                  int(g.arch_value("expert_count", 0) or 0), write_metadata, is_gguf=True,
+    return Source(path, stem, g.arch_name, g.tensors(), g.arch_int("block_count", 0), head, head_kv,
+                  g.arch_int("expert_count", 0), write_metadata, is_gguf=True,
                   requantized=len(g.quantized_tensors()))
 
 
