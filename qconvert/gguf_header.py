@@ -120,6 +120,11 @@ def _float(x: float, t: GGUFValueType) -> float | str:
     return v if math.isfinite(v) else str(v)
 
 
+def _q(s: str) -> str:
+    """A name or key for a message: quoted, and cut (a garbled length can make it megabytes)."""
+    return repr(s if len(s) <= 80 else s[:80] + "…")
+
+
 class _Cursor:
     def __init__(self, buf: mmap.mmap, path: Path) -> None:
         self.buf, self.path, self.e, self.pos = buf, path, "<", 0
@@ -217,9 +222,9 @@ def _read(buf: mmap.mmap, path: Path, size: int, keep: int | None) -> GGUFHeader
     seen: set[str] = set()
     for i in range(n_kv):
         key = c.string(f"metadata key #{i}")
-        kv = c.value(c.vtype(f"metadata {key!r} type"), f"metadata {key!r}", keep)
+        kv = c.value(c.vtype(f"metadata {_q(key)} type"), f"metadata {_q(key)}", keep)
         if key in seen:
-            raise FormatError(f"{path}: metadata key {key!r} appears twice")
+            raise FormatError(f"{path}: metadata key {_q(key)} appears twice")
         seen.add(key)
         kv.key = key
         h.kv.append(kv)
@@ -227,24 +232,24 @@ def _read(buf: mmap.mmap, path: Path, size: int, keep: int | None) -> GGUFHeader
             a = kv.value
             if kv.type != _VT.UINT32 or a == 0 or a & (a - 1):
                 raise FormatError(f"{path}: general.alignment must be a power-of-two UINT32 (where the tensor "
-                                  f"data starts depends on it), not {kv.type.name} {a!r}")
+                                  f"data starts depends on it), not {kv.type.name} {repr(a)[:80]}")
             h.alignment, h.alignment_key = a, True
     raw_tensors = []
     for i in range(n_tensors):
         name = c.string(f"tensor #{i} name")
-        n_dims = c.num("I", f"tensor {name!r} dims")
+        n_dims = c.num("I", f"tensor {_q(name)} dims")
         if n_dims > MAX_DIMS:
-            raise FormatError(f"{path}: garbled GGUF header (tensor {name!r} claims {n_dims} dimensions)")
-        ne = [c.num("Q", f"tensor {name!r} shape") for _ in range(n_dims)]
-        gtype = c.num("I", f"tensor {name!r} type")
+            raise FormatError(f"{path}: garbled GGUF header (tensor {_q(name)} claims {n_dims} dimensions)")
+        ne = [c.num("Q", f"tensor {_q(name)} shape") for _ in range(n_dims)]
+        gtype = c.num("I", f"tensor {_q(name)} type")
         if gtype not in _GGML_TYPES or _GGML_TYPES[gtype] not in GGML_QUANT_SIZES:
-            raise FormatError(f"{path}: tensor {name!r} has unknown ggml type {gtype}")
-        raw_tensors.append((name, _GGML_TYPES[gtype], ne, c.num("Q", f"tensor {name!r} offset")))
+            raise FormatError(f"{path}: tensor {_q(name)} has unknown ggml type {gtype}")
+        raw_tensors.append((name, _GGML_TYPES[gtype], ne, c.num("Q", f"tensor {_q(name)} offset")))
     h.data_offset = -(-c.pos // h.alignment) * h.alignment
     names: set[str] = set()
     for name, gt, ne, rel in raw_tensors:
         if name in names:
-            raise FormatError(f"{path}: tensor {name!r} appears twice")
+            raise FormatError(f"{path}: tensor {_q(name)} appears twice")
         names.add(name)
         h.tensors.append(_tensor(path, size, h.data_offset, name, gt, ne, rel))
     h.problems = layout_problems(h)
@@ -257,15 +262,15 @@ def _tensor(path: Path, size: int, data_offset: int, name: str, gt: GGMLQuantiza
     block, type_size = GGML_QUANT_SIZES[gt]
     # llama.cpp reads ne as int64 and refuses negative ones and element counts past INT64_MAX
     if any(d >= _INT64_LIMIT for d in ne) or math.prod(max(d, 1) for d in ne) >= _INT64_LIMIT:
-        raise FormatError(f"{path}: tensor {name!r} has shape {ne}, whose element count does not fit "
+        raise FormatError(f"{path}: tensor {_q(name)} has shape {ne}, whose element count does not fit "
                           f"in 64 bits (garbled header?)")
     n = math.prod(ne)
     if ne and ne[0] % block:
-        raise FormatError(f"{path}: tensor {name!r} has rows of {ne[0]}, not a multiple of "
+        raise FormatError(f"{path}: tensor {_q(name)} has rows of {ne[0]}, not a multiple of "
                           f"{gt.name}'s block of {block}")
     t = TensorInfo(name, gt, ne, data_offset + rel, n, n // block * type_size)
     if t.offset + t.n_bytes > size:
-        raise FormatError(f"{path}: tensor {name!r} ends at byte {t.offset + t.n_bytes}, past the end "
+        raise FormatError(f"{path}: tensor {_q(name)} ends at byte {t.offset + t.n_bytes}, past the end "
                           f"of the {size}-byte file (truncated download?)")
     return t
 
@@ -325,7 +330,7 @@ def _overlaps(tensors: list[TensorInfo]) -> list[Problem]:
     for start, end, name in spans:
         if start < reach[1]:
             out.append(Problem(name, f"data (bytes {start:,}..{end:,}) overlaps the data of tensor "
-                                     f"{reach[2]!r} (bytes {reach[0]:,}..{reach[1]:,})"))
+                                     f"{_q(reach[2])} (bytes {reach[0]:,}..{reach[1]:,})"))
             if len(out) > MAX_PROBLEMS:
                 break
         if end > reach[1]:

@@ -571,3 +571,10 @@ def test_nested_and_huge_arrays_are_bounded(tmp_path, monkeypatch, capsys):
         with pytest.raises(FormatError, match="array items"):
             inspect(huge)
     assert time.perf_counter() - t0 < 5
+
+
+def test_long_names_are_cut_in_messages(tmp_path):
+    path = raw_gguf(tmp_path / "long.gguf", [("n" * 100_000, [32], 99, 0)], data_size=128)
+    with pytest.raises(FormatError, match="unknown ggml type 99") as e:
+        inspect(path)
+    assert len(str(e.value)) < len(str(path)) + 200 and "nnnn…" in str(e.value)
