@@ -48,11 +48,14 @@ def resolve_type(type_name: Optional[str], bits: Optional[int]) -> str:
         return BITS_TO_PRESET[bits]
     if not type_name:
         return DEFAULT_TYPE
-    name = type_name.upper()
-    if name not in PRESETS and name not in QTYPES:
-        raise InputError(f"--type {type_name}: unknown type; presets: {', '.join(PRESETS.names())}; "
-                         f"plain types: {', '.join(n for n in QTYPES.names() if n not in PRESETS)}")
-    return name
+    # the registries normalise spellings (" q4-k-m" is Q4_K_M); return the registered name,
+    # which file names, ftype and the plan's table use
+    if type_name in PRESETS:
+        return PRESETS.get(type_name).name
+    if type_name in QTYPES:
+        return QTYPES.get(type_name).name
+    raise InputError(f"--type {type_name!r}: unknown type; presets: {', '.join(PRESETS.names())}; "
+                     f"plain types: {', '.join(n for n in QTYPES.names() if n not in PRESETS)}")
 
 
 def default_output(src: Source, type_name: str) -> Path:

@@ -33,14 +33,14 @@ class Reporter:
 @contextmanager
 def reporter(enabled: Optional[bool] = None) -> Iterator[Reporter]:
     """enabled=None: show a bar when stderr is a terminal."""
-    console = Console(stderr=True)
+    console = Console(stderr=True, markup=False, highlight=False, emoji=False)  # tensor names are text
     if enabled is None:
         enabled = sys.stderr.isatty()
     if not enabled:
         yield Reporter(None)
         return
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-               TextColumn("{task.fields[item]}", style="dim")]
+               TextColumn("{task.fields[item]}", style="dim", markup=False)]
     with Progress(*columns, console=console, transient=False) as p:
         yield Reporter(p)

@@ -357,7 +357,7 @@ def test_override_parsing_and_errors():
         parse_override("attn_v")
     with pytest.raises(InputError, match="regular expression"):
         _plan("Q4_K_M", overrides=[("attn_v(", "Q8_0")])
-    with pytest.raises(UnsupportedError, match="Q4_X"):
+    with pytest.raises(InputError, match="Q4_X"):  # the user's option: exit 2, listing the types
         _plan("Q4_K_M", overrides=[("attn_v", "Q4_X")])
 
 

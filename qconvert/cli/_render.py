@@ -89,10 +89,16 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich's default exits 1 on its own; the CLI's one error contract (cli/app.py) decides
+        raise BrokenPipeError(32, "stdout was closed")
+
+
 def console() -> Console:
     """A stdout console made at call time (so COLUMNS and redirection are honoured).
     Piped output is not squeezed into rich's 80-column default: tables stay one row per line."""
-    c = Console(highlight=False, emoji=False, markup=False, soft_wrap=False)
+    c = _Console(highlight=False, emoji=False, markup=False, soft_wrap=False)
     if not c.is_terminal and "COLUMNS" not in os.environ:
         c.width = 160
     return c
@@ -106,7 +112,9 @@ def table(columns: Sequence[str | tuple[str, str] | Column], rows: Iterable[Sequ
     cols = [c if isinstance(c, Column) else
             Column(c, overflow="fold") if isinstance(c, str) else Column(c[0], justify=c[1], overflow="fold")
             for c in columns]
-    t = Table(*cols, title=title, caption=caption, header_style="bold", caption_justify="left")
+    t = Table(*cols, title=None if title is None else Text(printable(title), style="table.title"),
+              caption=None if caption is None else Text(printable(caption), style="table.caption"),
+              header_style="bold", caption_justify="left")
     for row in rows:
         t.add_row(*(cell if isinstance(cell, Text) else text("" if cell is None else cell) for cell in row))
     return t

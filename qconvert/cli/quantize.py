@@ -12,10 +12,11 @@ from rich.table import Table
 
 from ..pipeline import QuantizeResult, quantize
 from ..plan.tensor_plan import Plan
-from ._render import console, human_bytes
+from ._render import console, human_bytes, text
 
 out_console = console()
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup off: a path or tensor name holding "[/x]" is text, not a rich tag
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 def plan_table(plan: Plan, budget: Optional[dict] = None) -> Table:
@@ -28,7 +29,8 @@ def plan_table(plan: Plan, budget: Optional[dict] = None) -> Table:
         rule = tp.reason + (f" [fallback: {tp.fallback}]" if tp.fallback else "") + \
             (f" [{tp.scheme}]" if tp.scheme != "rtn" else "")
         loss = (f"{per[tp.name]['loss']:.4g}" if tp.name in per else "-",) if budget else ()
-        t.add_row(tp.name, "x".join(map(str, tp.shape)), tp.qtype.name, human_bytes(tp.nbytes), *loss, rule)
+        t.add_row(*(text(c) for c in (tp.name, "x".join(map(str, tp.shape)), tp.qtype.name, human_bytes(tp.nbytes),
+                                       *loss, rule)))
     return t
 
 

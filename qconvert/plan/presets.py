@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import InputError
-from ..qtypes import qtype
+from ..qtypes import QTYPES, qtype
 from ..registry import Registry
 from . import llama_rules as L
 from .llama_rules import ATTN_K, ATTN_OUTPUT, ATTN_V_LIKE, FFN_DOWN, OUTPUT, TOKEN_EMBD, on
@@ -159,7 +159,16 @@ def parse_override(text: str) -> tuple[str, str]:
     pat, sep, typ = text.rpartition("=")
     if not sep or not pat or not typ:
         raise InputError(f"--tensor-type {text!r}: expected PATTERN=TYPE, e.g. attn_v=Q8_0")
-    return pat, typ.strip().upper()
+    return pat, option_type(f"--tensor-type {pat}=", typ)
+
+
+def option_type(option: str, name: str) -> str:
+    """A tensor type given on the command line, by its registered name ("q8-0 " is Q8_0);
+    an unknown one is the user's input error, listing what exists."""
+    if name in QTYPES:
+        return QTYPES.get(name).name
+    sep = "" if option.endswith("=") else " "
+    raise InputError(f"{option}{sep}{name!r}: unknown tensor type; use one of {', '.join(QTYPES.names())}")
 
 
 def _option_rules(p: Preset, overrides: Sequence[tuple[str, str]], output_type: str | None,
@@ -175,13 +184,13 @@ def _option_rules(p: Preset, overrides: Sequence[tuple[str, str]], output_type: 
              lambda t: kept_2d if not L.quantizable(t.name, t.shape) else None),
     ]
     if embd_type:
-        qtype(embd_type)
-        rules.append(on(TOKEN_EMBD, embd_type.upper(), f"--token-embedding-type {embd_type.upper()}"))
+        embd_type = option_type("--token-embedding-type", embd_type)
+        rules.append(on(TOKEN_EMBD, embd_type, f"--token-embedding-type {embd_type}"))
     if output_type:
-        qtype(output_type)
-        rules.append(on(OUTPUT, output_type.upper(), f"--output-tensor-type {output_type.upper()}"))
+        output_type = option_type("--output-tensor-type", output_type)
+        rules.append(on(OUTPUT, output_type, f"--output-tensor-type {output_type}"))
     for pat, typ in overrides:
-        qtype(typ)
+        typ = option_type(f"--tensor-type {pat}=", typ)
         try:
             # llama-quantize lower-cases patterns; GGUF names are lower case
             rx = re.compile(pat, re.IGNORECASE)
@@ -216,6 +225,8 @@ def preset_plan(
     count, head counts, expert count, arch name). Overrides are (regex, type) pairs,
     first match wins; unlike llama-quantize they also apply to F16/BF16/F32 presets."""
     p = PRESETS.get(preset)
+    if output_tensor_type:
+        output_tensor_type = option_type("--output-tensor-type", output_tensor_type)
     names = [n for n, _, _ in tensors]
     cats = {n: L.category(n) for n in names}
     model = ModelFacts(arch=arch_name, n_layers=int(n_layers), n_head=int(n_head), n_head_kv=int(n_head_kv),
