@@ -19,6 +19,7 @@ The library's `estimate_memory` leaves the runtime allowance out unless asked
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
@@ -30,7 +31,10 @@ from ..qtypes import QTYPES, qtype
 # the memory model
 from .model_shape import (DEFAULT_SWA_PERIOD, GGUFModel, ModelShape, is_gguf, kv_cache_bytes,  # noqa: F401
                           model_shape_from_config, model_shape_from_dir, params_from_dir, read_gguf_model)
-from .units import parse_bytes, parse_params  # noqa: F401
+from .units import (MAX_CONTEXT, MAX_HEAD_DIM, MAX_KV_HEADS, MAX_LAYERS, check_count,  # noqa: F401
+                    parse_bytes, parse_params)
+
+_BOUND = {"--layers": MAX_LAYERS, "--kv-heads": MAX_KV_HEADS, "--head-dim": MAX_HEAD_DIM}
 
 # --- the precision table ------------------------------------------------------------------
 
@@ -106,11 +110,26 @@ def kv_cache_bytes_for(shape: ModelShape, context: int, kv_type: str = "F16", *,
     min(context, window) tokens when `sliding` (False gives the full-context upper bound).
     llama.cpp keeps one micro-batch (512 tokens) more than the window in its SWA cache,
     padded to 256 cells; that extra (a few MB) is left out."""
-    elems = 0
-    for heads, k, v, swa in shape.layers():
-        tokens = min(context, shape.sliding_window) if (sliding and swa and shape.sliding_window) else context
-        elems += tokens * heads * (k + v)
+    full, windowed = _kv_elements_per_token(shape)
+    if sliding and shape.sliding_window:
+        elems = context * full + min(context, shape.sliding_window) * windowed
+    else:
+        elems = context * (full + windowed)
     return math.ceil(elems * kv_bytes_per_element(kv_type))
+
+
+@functools.lru_cache(maxsize=32)
+def _kv_elements_per_token(shape: ModelShape) -> tuple[int, int]:
+    """KV elements one token adds on full-attention layers and on sliding-window layers.
+    Summed once per shape: longest_context() asks for the KV cache dozens of times per
+    precision row, and a walk over every layer each time took seconds at 100,000 layers."""
+    full = windowed = 0
+    for heads, k, v, swa in shape.layers():
+        if swa:
+            windowed += heads * (k + v)
+        else:
+            full += heads * (k + v)
+    return full, windowed
 
 
 RUNTIME_FIXED_BYTES = 512 * 2**20
@@ -315,12 +334,12 @@ def estimate_memory(params: int | str | None = None, *, context: int | None = No
 
     explicit = {"--layers": layers, "--kv-heads": kv_heads, "--head-dim": head_dim}
     for opt, v in explicit.items():
-        if v is not None and v < 1:
-            raise InputError(f"{opt} {v}: must be a positive whole number")
+        if v is not None:
+            check_count(opt, v, _BOUND[opt])
     if kv_type not in QTYPES:
         raise InputError(f"--kv-type {kv_type!r}: not a known tensor type; use one of {', '.join(QTYPES.names())}")
-    if context is not None and context < 1:
-        raise InputError(f"--context {context}: must be a positive number of tokens")
+    if context is not None:
+        check_count("--context", context, MAX_CONTEXT, "a positive number of tokens")
     if context is None and path is None and any(v is not None for v in explicit.values()):
         raise InputError("--layers/--kv-heads/--head-dim size the KV cache; pass --context too")
 
@@ -334,6 +353,7 @@ def estimate_memory(params: int | str | None = None, *, context: int | None = No
         except (InputError, FormatError) as e:
             problem = str(e)
     shape = _apply_overrides(base, layers, kv_heads, head_dim)
+    _check_shape(shape, path)
     if context is not None and shape is None:
         if path is not None and not any(v is not None for v in explicit.values()) and problem:
             raise InputError(problem)
@@ -341,7 +361,7 @@ def estimate_memory(params: int | str | None = None, *, context: int | None = No
                          "or all of --layers, --kv-heads and --head-dim")
 
     kv = kv_cache_bytes_for(shape, context, kv_type) if context is not None else None
-    limit = parse_bytes(vram) if vram is not None else None
+    limit = parse_bytes(vram, "--vram", minimum=1) if vram is not None else None
     extra = parse_bytes(overhead, "--overhead")
     over = {_row_name(k): float(v) for k, v in (bits_per_weight_override or {}).items()}
     planned = _planned_bits(path, over) if (path is not None and gg is None) else {}
@@ -373,6 +393,23 @@ def estimate_memory(params: int | str | None = None, *, context: int | None = No
                 f"from the {p.name} plan for this model" if p.name in planned else p.note)
         add(p.name, bits, wb, note)
     return est
+
+
+def _check_shape(shape: ModelShape | None, path: Path | None) -> None:
+    """The KV shape a model file gave keeps the same bounds as the options (a config's
+    `num_hidden_layers: 1e9` would otherwise build a billion-entry per-layer list)."""
+    if shape is None:
+        return
+    where = f"{path}: " if path is not None else ""
+    for what, v, top in (("layers", shape.n_layers, MAX_LAYERS), ("KV heads", shape.n_kv_heads, MAX_KV_HEADS),
+                         ("head dim", shape.head_dim, MAX_HEAD_DIM),
+                         ("key length", shape.key_length, MAX_HEAD_DIM),
+                         ("value length", shape.value_length, MAX_HEAD_DIM),
+                         ("trained context", shape.max_context, MAX_CONTEXT),
+                         ("sliding window", shape.sliding_window, MAX_CONTEXT)):
+        if v is not None and not (isinstance(v, int) and 0 <= v <= top):
+            raise InputError(f"{where}the model's {what} ({v!r}) is outside 0..{top:,}: check its config, or "
+                             "give --layers, --kv-heads and --head-dim")
 
 
 def _apply_overrides(base: ModelShape | None, layers, kv_heads, head_dim) -> ModelShape | None:
