@@ -1,0 +1,138 @@
+"""Judging one fuzz case (scripts/fuzz.py): its outcome, a signature that groups failures
+with the same cause, and the area of the work a failure belongs to."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from fuzz_cases import BUDGET_OPTIONS, Case
+
+CLEAN_CODES = (2, 3, 4)
+FAILS = ("internal", "hang", "memory", "wrong-exit", "messy-error", "bad-json", "unsafe-text", "accepted",
+         "input-changed", "leftover", "bad-output")
+# what must never reach a terminal raw: C0/C1 controls (escape sequences), bidi overrides
+UNSAFE = re.compile("[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f\\u202a-\\u202e\\u2066-\\u2069]")
+
+
+_NORMALIZE = [(re.compile(r"\s*\(set QCONVERT_DEBUG=1 for a traceback\)"), ""),
+              (re.compile(r"/[^\s'\"():,]*"), "/PATH"),
+              # quoted names stay when they look like a key or type ('int', 'hidden_size'), else blanked
+              (re.compile(r"'(?![A-Za-z_][\w.]{0,30}')[^']*'"), "'…'"),
+              (re.compile(r"\"(?![A-Za-z_][\w.]{0,30}\")[^\"]*\""), "\"…\""), (re.compile(r"\d+"), "N")]
+
+
+def _norm(s: str) -> str:
+    for rx, rep in _NORMALIZE:
+        s = rx.sub(rep, s)
+    return s.strip()[:100]
+
+
+def _error_lines(err: str) -> list[str]:
+    return [ln for ln in err.splitlines() if ln.strip() and not re.match(r"\s*(note|warning|WARNING)\b", ln)]
+
+
+def _last_exception(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit|Warning)\b", ln)
+             or ln.startswith(("internal error:", "error:"))]
+    return lines[-1] if lines else (text.strip().splitlines() or ["?"])[-1]
+
+
+def judge(case: Case, info: dict, root: Path, snap: dict, max_rss_mb: float) -> tuple[str, str, str]:
+    """(outcome, signature, detail) for one executed case."""
+    code, out, err = info["code"], info["out"], info["err"]
+    cmd = case.argv[0]
+    if info.get("hang"):
+        where = re.findall(r'File "[^"]*/(qconvert/[^"]+)", line \d+, in (\w+)', info["hang"])
+        loc = f"{where[-1][0]}:{where[-1][1]}" if where else info["hang"].strip().splitlines()[-1][:60]
+        return "hang", f"hang: {cmd} in {loc}", f"over the timeout in {loc}"
+    if info["rss_delta"] > max_rss_mb * 2**20:
+        return "memory", f"memory: {cmd} {case.kind}", f"peak RSS +{info['rss_delta'] / 2**20:.0f} MB"
+    changed = _changed(root, snap)
+    if changed:
+        return "input-changed", f"input-changed: {cmd} {changed[1]}", f"{changed[0]} {changed[1]}"
+    leftovers = [str(p.relative_to(root)) for p in root.rglob("*.partial")]
+    if leftovers:
+        return "leftover", f"leftover: {cmd} exit {code}", f"left {leftovers[:3]}"
+    if "Traceback (most recent call last)" in err or "internal error" in err or code in (70, "escaped"):
+        head = _last_exception(err)
+        return "internal", f"internal: {cmd}: {_norm(head)}", head[:300]
+    if not isinstance(code, int):
+        return "wrong-exit", f"wrong-exit: {cmd} {code}", str(code)
+    bad = UNSAFE.search(out + err)
+    if bad:
+        where = (out + err)[max(0, bad.start() - 60):bad.start() + 20]
+        return "unsafe-text", f"unsafe-text: {cmd} writes {bad.group()!r}", repr(where)
+    if code == 0:
+        return _judge_ok(case, info, root)
+    budget = any(a in BUDGET_OPTIONS for a in case.argv)
+    if code not in CLEAN_CODES or (code == 4 and not budget):
+        return "wrong-exit", f"wrong-exit: {cmd} exit {code}: {_norm(_last_exception(err))}", err.strip()[-300:]
+    lines = _error_lines(err)
+    usage = code == 2 and ("Usage:" in err or "Try '" in err or (lines and lines[0].startswith("Error:")))
+    if not usage and (len(lines) != 1 or not lines[0].startswith("error:")):
+        return "messy-error", f"messy-error: {cmd} exit {code}: {_norm(lines[0] if lines else '(no message)')}", \
+            err.strip()[:300]
+    return "error", "", lines[0][:200] if lines else ""
+
+
+def _judge_ok(case: Case, info: dict, root: Path) -> tuple[str, str, str]:
+    argv = info["argv"]
+    if case.expect_refusal:
+        return "accepted", f"accepted: {case.argv[0]} {case.expect_refusal}", case.note[:300]
+    if "--json" in argv:
+        def no_constants(name):
+            raise ValueError(f"{name} is not JSON")
+        try:
+            json.loads(info["out"], parse_constant=no_constants)
+        except ValueError as e:
+            return "bad-json", f"bad-json: {case.argv[0]}: {_norm(str(e))}", str(e)[:300]
+    if argv[0] == "quantize" and "--dry-run" not in argv and "-o" in argv:
+        out = Path(argv[argv.index("-o") + 1])
+        if out.suffix == ".gguf" and out.is_file():
+            from qconvert.errors import QConvertError
+            from qconvert.gguf_header import read_gguf_header
+            try:
+                h = read_gguf_header(out)
+            except QConvertError as e:
+                return "bad-output", f"bad-output: {_norm(str(e))}", str(e)[:300]
+            if h.problems:
+                return "bad-output", f"bad-output: {_norm(h.problems[0].problem)}", h.problems[0].problem
+    return "ok", "", ""
+
+
+def _changed(root: Path, snap: dict) -> tuple[str, str] | None:
+    for rel, (ino, size, mtime, mode, small) in snap.items():
+        p = root / rel
+        try:
+            st = os.lstat(p)
+        except OSError:
+            return rel, "removed"
+        if st.st_ino != ino or st.st_mode != mode:
+            return rel, "replaced"
+        if st.st_size != size or st.st_mtime_ns != mtime or (small is not None and p.read_bytes() != small):
+            return rel, "modified"
+    return None
+
+
+def area_of(case: Case, outcome: str, head: str, trace: str) -> str:
+    """Which part of the work a failure belongs to, for routing: a guess from the exception
+    (`head`) and the deepest qconvert frame of its traceback."""
+    if outcome in ("input-changed", "leftover"):
+        return "output safety"
+    if outcome == "accepted":
+        return "input validation"
+    frames = re.findall(r'File "[^"]*/(qconvert/[^"]+)", line \d+', trace)
+    where = frames[-1] if frames else ""
+    if re.search(r"MarkupError|NoSuchOption|BadParameter|UsageError|MissingParameter|BadOptionUsage|"
+                 r"NoArgsIsHelp|Abort|KeyboardInterrupt|Exit\b", head) or where.endswith("cli/app.py"):
+        return "CLI error contract"
+    if re.search(r"sink/|sensitivity|output_check", where) or "_output_path" in trace:
+        return "output safety"
+    if case.argv[0] == "estimate-memory" or re.search(r"plan/(units|memory|model_shape)\.py|cli/estimate", where):
+        return "estimate-memory"
+    if re.search(r"gguf_header|inspection\.py|cli/inspect", where) or (case.argv[0] == "inspect" and not where):
+        return "inspect"
+    return "input validation"
