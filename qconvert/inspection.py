@@ -42,7 +42,7 @@ from gguf import GGUFValueType
 from .errors import FormatError, InputError
 from .gguf_header import read_gguf_header
 from .source.safetensors_file import overlaps, read_header, validate_header
-from .source.shard_index import read_index
+from .source.shard_index import read_index, shard_paths
 
 GGUF_SHAPE_ORDER = "ne0..ne3 (GGUF order: ne0 is the contiguous row; reverse of PyTorch/numpy order)"
 ST_SHAPE_ORDER = "row-major (PyTorch/numpy order: last dimension is contiguous)"
@@ -249,10 +249,9 @@ def _inspect_index(path: Path) -> Report:
     for k, v in index_meta.items():
         rep.metadata[f"index.metadata.{k}"] = MetaValue(_json_type(v), v)
     shard_meta: dict[str, dict] = {}
-    for shard in sorted(set(weight_map.values())):
-        sp = path.parent / shard
-        if not sp.is_file():
-            raise InputError(f"{path}: lists shard {shard!r}, which is missing from {path.parent}")
+    found = {p.name: p for p in shard_paths(path, weight_map)}  # each exists and is a regular file
+    for shard in sorted(found):
+        sp = found[shard]
         rows, meta, size, problems = _st_tensors(sp, shard)
         rep.files.append({"path": str(sp), "size": size})
         rep.tensors.extend(rows)

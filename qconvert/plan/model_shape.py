@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FormatError, InputError
-from ..source.safetensors_file import read_header
+from ..source.safetensors_file import read_header, validate_header
+from ..source.shard_index import read_index, shard_paths
 
 # --- model shape and KV cache ---------------------------------------------------------------
 
@@ -125,7 +126,7 @@ def model_shape_from_dir(model_dir: str | Path) -> ModelShape:
     except FileNotFoundError:
         raise InputError(f"{path}: not found; --model must be a Hugging Face directory (config.json) "
                          "or a .gguf file") from None
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         raise FormatError(f"{path}: not a readable JSON object") from None
     return model_shape_from_config(cfg, str(path))
 
@@ -136,11 +137,8 @@ def params_from_dir(model_dir: str | Path) -> int:
     d = Path(model_dir)
     index = d / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
-            raise FormatError(f"{index}: not a safetensors index (expected a \"weight_map\" object)") from None
-        files = [d / s for s in shards]
+        # shard names checked as plain files beside the index: nothing outside the directory is read
+        files = shard_paths(index, read_index(index)[0])
     elif (d / "model.safetensors").is_file():
         files = [d / "model.safetensors"]
     else:
@@ -148,16 +146,9 @@ def params_from_dir(model_dir: str | Path) -> int:
                          "from; pass --params")
     total = 0
     for f in files:
-        if not f.is_file():
-            raise InputError(f"{index}: lists shard {f.name!r}, which is missing")
-        header, _ = read_header(f)
-        for name, e in header.items():
-            if name == "__metadata__":
-                continue
-            try:
-                total += math.prod(int(x) for x in e["shape"])
-            except (KeyError, TypeError, ValueError):
-                raise FormatError(f"{f}: entry for tensor {name!r} is malformed") from None
+        header, data_start = read_header(f)
+        entries, _ = validate_header(f, header, data_start, f.stat().st_size)  # the validator quantize uses
+        total += sum(e.n_elements for e in entries.values())
     return total
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import FormatError, InputError, UnsupportedError
-from .safetensors_file import FLOAT_DTYPES, SafetensorsFile, TensorHandle, parse_json
+from .json_text import parse_json
+from .safetensors_file import FLOAT_DTYPES, SafetensorsFile, TensorHandle
 from .shard_index import INDEX, read_index, shard_paths
 
 SINGLE = "model.safetensors"

@@ -9,7 +9,6 @@ start), plus an optional "__metadata__" dict of strings.
 
 from __future__ import annotations
 
-import json
 import math
 import mmap
 import struct
@@ -21,6 +20,7 @@ import numpy as np
 
 from ..errors import FormatError, UnsupportedError
 from .finite import check_finite
+from .json_text import parse_json
 
 # safetensors dtype name -> numpy dtype of the stored bytes (the ones qconvert can read)
 DTYPES: dict[str, np.dtype] = {
@@ -38,49 +38,6 @@ DTYPE_BITS: dict[str, int] = {**{k: v.itemsize * 8 for k, v in DTYPES.items()},
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 MAX_HEADER = 100 * 1024 * 1024  # the limit the safetensors library itself enforces
 MAX_RANK = 16  # numpy allows 64; no model tensor comes close
-
-
-def parse_json(text: str | bytes, where: str) -> Any:
-    """json.loads that turns every way hostile text can fail into one FormatError naming
-    `where`: deep nesting (RecursionError), integers too long to convert, bytes that are not
-    UTF-8, NaN/Infinity constants, keys given twice. No input bytes are echoed."""
-    try:
-        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
-    except RecursionError:
-        raise FormatError(f"{where}: JSON nested too deeply") from None
-    except UnicodeDecodeError as e:
-        raise FormatError(f"{where}: not UTF-8 text (byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise FormatError(f"{where}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    except _Duplicate as e:
-        raise FormatError(f"{where}: key {e.args[0]!r} appears twice in one JSON object") from None
-    except _Constant as e:
-        raise FormatError(f"{where}: holds {e.args[0]}, which is not a JSON value") from None
-    except ValueError:  # a number json cannot convert (thousands of digits)
-        raise FormatError(f"{where}: holds a number too long to read") from None
-
-
-class _Duplicate(Exception):
-    pass
-
-
-class _Constant(Exception):
-    pass
-
-
-def _no_constant(name: str) -> Any:
-    raise _Constant(name)
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        for k, _ in pairs:
-            if k in seen:
-                raise _Duplicate(k)
-            seen.add(k)
-    return out
 
 
 @dataclass(frozen=True)

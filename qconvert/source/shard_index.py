@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import FormatError, InputError
-from .safetensors_file import parse_json
+from .json_text import parse_json
 
 INDEX = "model.safetensors.index.json"
 
@@ -28,6 +28,8 @@ def plain_name_problem(name: object) -> str | None:
         return "holds a NUL byte"
     if "/" in name or "\\" in name:
         return "is a path, not a plain file name in the model directory"
+    if len(name.encode("utf-8", "surrogatepass")) > 255:  # NAME_MAX on every common file system
+        return "is longer than a file name can be"
     return None
 
 
@@ -59,8 +61,12 @@ def shard_paths(index: Path, weight_map: dict[str, str]) -> list[Path]:
     out = []
     for shard in dict.fromkeys(weight_map.values()):
         p = index.parent / shard
-        if not p.exists():
-            raise InputError(f"{p}: shard listed in {index.name} is missing (incomplete download?)")
+        try:
+            p.stat()
+        except FileNotFoundError:
+            raise InputError(f"{p}: shard listed in {index.name} is missing (incomplete download?)") from None
+        except OSError as e:
+            raise InputError(f"{p}: shard listed in {index.name} cannot be read ({e.strerror})") from None
         if not p.is_file():  # a FIFO or device would block or never end
             raise InputError(f"{p}: shard listed in {index.name} is not a regular file")
         out.append(p)

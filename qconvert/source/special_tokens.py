@@ -15,25 +15,29 @@ filled in here, each only where SpecialVocab found nothing:
 from __future__ import annotations
 
 import logging
-
-import json
 from pathlib import Path
 
 import gguf
 
 from ..errors import FormatError
+from .json_text import parse_json
 
 
 ID_TYPES = ("bos", "eos", "unk", "sep", "pad")
 
 
 def read_json(path: Path) -> dict:
+    """A JSON object file, {} when absent; anything else is one FormatError naming it."""
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{path}: not valid JSON ({exc})") from exc
+        text = path.read_bytes()
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read ({e.strerror})") from None
+    data = parse_json(text, str(path))
+    if not isinstance(data, dict):
+        raise FormatError(f"{path}: should hold a JSON object")
+    return data
 
 
 def chat_template(model_dir: Path, from_special_vocab):
@@ -42,9 +46,16 @@ def chat_template(model_dir: Path, from_special_vocab):
     if jinja.is_file():
         if isinstance(from_special_vocab, list):
             return from_special_vocab  # SpecialVocab already paired it with additional templates
-        return jinja.read_text(encoding="utf-8")
+        try:
+            return jinja.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise FormatError(f"{jinja}: not UTF-8 text (byte {e.start})") from None
     if from_special_vocab is None:
-        return read_json(model_dir / "chat_template.json").get("chat_template")
+        path = model_dir / "chat_template.json"
+        template = read_json(path).get("chat_template")
+        if template is not None and not isinstance(template, str):
+            raise FormatError(f"{path}: chat_template should be a string")
+        return template
     return from_special_vocab
 
 
@@ -66,6 +77,11 @@ def special_vocab(model_dir: Path, tokens: list, *, merges: bool, tokenizer_conf
     vocab_log.setLevel(logging.ERROR)
     try:
         sv = gguf.SpecialVocab(model_dir, load_merges=merges, n_vocab=len(tokens))
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError) as e:
+        # gguf-py reads tokenizer.json / tokenizer_config.json itself, without our checks
+        # (a UTF-8 BOM, a mistyped field); transformers would refuse those files too
+        raise FormatError(f"{model_dir}: the tokenizer files' special tokens cannot be read "
+                          f"({type(e).__name__}: {str(e)[:80]})") from None
     finally:
         vocab_log.setLevel(level)
     sv.chat_template = chat_template(model_dir, sv.chat_template)

@@ -8,7 +8,6 @@ config has none) written over their ids, and "[PAD{id}]" rows (type UNUSED) for 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from sentencepiece import SentencePieceProcessor
 
 from ..errors import FormatError, UnsupportedError
 from .bpe_vocab import check_unique, looks_special
+from .special_tokens import read_json
 from .spm_proto import read_spm_proto
 
 log = logging.getLogger(__name__)
@@ -55,12 +55,18 @@ def _piece_type(sp: SentencePieceProcessor, i: int) -> int:
 def _added_tokens(model_dir: Path, tokenizer_config: dict, tokenizer_json: dict | None):
     """(id, text, special) for every added token, in the order they override."""
     added_file = model_dir / "added_tokens.json"
-    if added_file.is_file():
-        for text, i in json.loads(added_file.read_text(encoding="utf-8")).items():
-            yield int(i), text, False
+    for text, i in read_json(added_file).items():
+        if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < 2**31:
+            raise FormatError(f"{added_file}: token {text[:40]!r} has id {str(i)[:40]!r}; expected an integer from 0")
+        yield i, text, False
     decoder = tokenizer_config.get("added_tokens_decoder")
     if decoder:
+        if not isinstance(decoder, dict):
+            raise FormatError(f"{model_dir / 'tokenizer_config.json'}: added_tokens_decoder should be an object")
         for i, entry in decoder.items():
+            if not (i.isdigit() and len(i) < 10 and isinstance(entry, dict) and isinstance(entry.get("content"), str)):
+                raise FormatError(f"{model_dir / 'tokenizer_config.json'}: added_tokens_decoder entry {i[:40]!r} "
+                                  "should map a token id to an object with a string content")
             yield int(i), entry["content"], bool(entry.get("special"))
     elif tokenizer_json:
         for entry in tokenizer_json.get("added_tokens") or []:

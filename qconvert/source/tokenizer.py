@@ -26,6 +26,7 @@ from .pretokenizer import choose_pre
 from .special_tokens import read_json, special_vocab
 from .spm_json_vocab import is_spm_style, read_spm_json_vocab
 from .spm_vocab import read_spm_vocab
+from .tokenizer_schema import check_tokenizer_json
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, *, config: dict,
     if vocab_size is None:
         vocab_size = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
     json_path = model_dir / "tokenizer.json"
-    tokenizer_json = read_json(json_path) if json_path.is_file() else None
+    tokenizer_json = check_tokenizer_json(read_json(json_path), str(json_path)) if json_path.is_file() else None
     tokenizer_config = read_json(model_dir / "tokenizer_config.json")
     kind = _choose_kind(model_dir, arch, tokenizer_json)
 
