@@ -139,7 +139,7 @@ def save_case(case: Case, dest: Path, root: Path, result: Result, info: dict, tr
 def load_case(path: Path) -> Case:
     d = json.loads(path.read_text())
     files = {k: (v if v is not None else (path.parent / "files" / k).read_bytes()) for k, v in d["files"].items()}
-    return Case(d["kind"], d["argv"], files, d["note"], d["protected"], d["expect_refusal"])
+    return Case(d["kind"], d["argv"], files, d["note"], d["protected"], d["expect_refusal"], d.get("expect_problem", ""))
 
 
 _preloaded: list[Path] = []

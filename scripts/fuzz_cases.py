@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,10 +37,11 @@ class Case:
     note: str
     protected: list[str] = field(default_factory=list)
     expect_refusal: str = ""
+    expect_problem: str = ""  # inspect must list a problem (if it does not refuse the file)
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "argv": self.argv, "note": self.note, "protected": self.protected,
-                "expect_refusal": self.expect_refusal,
+                "expect_refusal": self.expect_refusal, "expect_problem": self.expect_problem,
                 "files": {k: v if isinstance(v, str) else None for k, v in self.files.items()}}
 
 
@@ -94,7 +96,20 @@ def gen_gguf(rng: random.Random, s: Seeds) -> Case:
             "dry": ["quantize", f, "--dry-run", "-t", "Q8_0"] + requant,
             "real": ["quantize", f, "-t", "Q8_0", "-o", f"{CASE}/out.gguf"] + requant}[cmd]
     refuse = _nonfinite_note(data, s.gguf[name], s.gguf_layout[name]) if cmd == "real" else ""
-    return Case("gguf", argv, {"m.gguf": data}, f"{name}: {note}", ["m.gguf"], refuse)
+    problem = _layout_fault(note)
+    if problem and problem != "tensor count too low" and cmd in ("dry", "real"):
+        refuse = refuse or problem  # llama.cpp would refuse the file: so must its conversion
+    return Case("gguf", argv, {"m.gguf": data}, f"{name}: {note}", ["m.gguf"], refuse, problem)
+
+
+def _layout_fault(note: str) -> str:
+    """The layout fault a single mutation surely made (see fuzz_mutate._gguf_semantic), or ''."""
+    m = re.fullmatch(r"(n_tensors|offset of '.*') (\d+) -> (-?\d+)(?: \(.*\))?", note)
+    if not m or int(m.group(2)) == max(int(m.group(3)), 0):
+        return ""
+    if m.group(1) == "n_tensors":
+        return "tensor count too high" if int(m.group(3)) > int(m.group(2)) else "tensor count too low"
+    return "tensor offset moved"
 
 
 def _model_commands(rng: random.Random, model: str, inspect_target: str) -> tuple[str, list[str]]:

@@ -12,7 +12,7 @@ from fuzz_cases import BUDGET_OPTIONS, Case
 
 CLEAN_CODES = (2, 3, 4)
 FAILS = ("internal", "hang", "memory", "wrong-exit", "messy-error", "bad-json", "unsafe-text", "accepted",
-         "input-changed", "leftover", "bad-output")
+         "missed-problem", "input-changed", "leftover", "bad-output")
 # what must never reach a terminal raw: C0/C1 controls (escape sequences), bidi overrides
 UNSAFE = re.compile("[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f\\u202a-\\u202e\\u2066-\\u2069]")
 
@@ -82,13 +82,18 @@ def _judge_ok(case: Case, info: dict, root: Path) -> tuple[str, str, str]:
     argv = info["argv"]
     if case.expect_refusal:
         return "accepted", f"accepted: {case.argv[0]} {case.expect_refusal}", case.note[:300]
+    doc = None
     if "--json" in argv:
         def no_constants(name):
             raise ValueError(f"{name} is not JSON")
         try:
-            json.loads(info["out"], parse_constant=no_constants)
+            doc = json.loads(info["out"], parse_constant=no_constants)
         except ValueError as e:
             return "bad-json", f"bad-json: {case.argv[0]}: {_norm(str(e))}", str(e)[:300]
+    if case.expect_problem and argv[0] == "inspect":
+        shown = doc.get("problems") if isinstance(doc, dict) else "Problems (" in info["out"]
+        if not shown:
+            return "missed-problem", f"missed-problem: inspect {case.expect_problem}", case.note[:300]
     if argv[0] == "quantize" and "--dry-run" not in argv and "-o" in argv:
         out = Path(argv[argv.index("-o") + 1])
         if out.suffix == ".gguf" and out.is_file():
@@ -124,6 +129,8 @@ def area_of(case: Case, outcome: str, head: str, trace: str) -> str:
         return "output safety"
     if outcome == "accepted":
         return "input validation"
+    if outcome == "missed-problem":
+        return "inspect"
     frames = re.findall(r'File "[^"]*/(qconvert/[^"]+)", line \d+', trace)
     where = frames[-1] if frames else ""
     if re.search(r"MarkupError|NoSuchOption|BadParameter|UsageError|MissingParameter|BadOptionUsage|"
