@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FormatError, InputError
+from .units import MAX_LAYERS
 from ..source.safetensors_file import read_header, validate_header
 from ..source.shard_index import read_index, shard_paths
 
@@ -205,6 +206,9 @@ def read_gguf_model(path: str | Path) -> GGUFModel:
     layers = _gguf_int(val("block_count"))
     if arch is None or not layers or layers < 1:
         model.shape_problem = f"{path}: no general.architecture or {{arch}}.block_count in its metadata"
+        return model
+    if layers > MAX_LAYERS:  # per-layer tables below are sized by it
+        model.shape_problem = f"{path}: {arch}.block_count {layers} is more than {MAX_LAYERS:,} layers"
         return model
 
     def per_layer(key: str) -> tuple[int, ...] | None:
