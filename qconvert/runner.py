@@ -31,7 +31,7 @@ def run(job: Job) -> QuantizeResult:
         with ExitStack() as stack:
             scratch = None
             if route.needs_scratch(job):  # beside the output: same filesystem, cleaned if killed
-                scratch = stack.enter_context(staging_dir(out.parent, f"qconvert-{route.name}"))
+                scratch = stack.enter_context(staging_dir(out.parent, route.scratch_label))
             prepared = route.prepare(job, planned, scratch)
             result = route.write(job, planned, prepared, out)
     result.seconds = time.perf_counter() - t0

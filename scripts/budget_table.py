@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(dict(preset=preset + imp_label, p_size=p_res.file_size, p_kl=p_m.mean_kl,
                                  p_bpw=p_res.plan.bits_per_weight, b_size=b_res.file_size, b_kl=b_m.mean_kl,
                                  b_bpw=b_res.plan.bits_per_weight, b_mix=_mix(b_res.plan),
-                                 gap=b_res.budget["gap"], loss=b_res.budget["loss"]))
+                                 gap=b_res.budget.gap, loss=b_res.budget.loss))
         ref.close()
 
     lines = ["| preset | preset size B | budget size B | Δ size | preset mean KL | budget mean KL | KL ratio | budget mix |",

@@ -45,7 +45,7 @@ def test_impossible_budget_names_smallest_size(cache):
         dry(cache, target_size=smallest - 1)
     # the size it names is achievable, exactly
     res = dry(cache, target_size=smallest)
-    assert res.budget["predicted_file_size"] == smallest
+    assert res.budget.predicted_file_size == smallest
     # and is the floor-respecting minimum: Q2_K everywhere but output (Q5_K) and token_embd (Q3_K)
     types = {t.name: t.qtype.name for t in res.plan.tensors}
     assert types["output.weight"] == "Q5_K" and types["token_embd.weight"] == "Q3_K"
@@ -54,20 +54,20 @@ def test_impossible_budget_names_smallest_size(cache):
 
 def test_predicted_size_equals_written_at_five_budgets(cache, tmp_path):
     lo = smallest_size(cache)
-    hi = dry(cache, target_size="1GB").budget["predicted_file_size"]  # everything at Q8_0
+    hi = dry(cache, target_size="1GB").budget.predicted_file_size  # everything at Q8_0
     assert hi > 2 * lo
     for k, budget in enumerate(np.linspace(lo, hi, 5).astype(int)):
         out = tmp_path / f"b{k}.gguf"
         res = quantize(EXAMPLE, out, target_size=int(budget), sensitivity_cache=cache)
         written = out.stat().st_size
         assert written == res.file_size
-        assert abs(res.budget["predicted_file_size"] - written) <= 0.005 * written, (budget, written)
+        assert abs(res.budget.predicted_file_size - written) <= 0.005 * written, (budget, written)
         assert written <= budget
         # the tensors in the file are the plan's types and the file type is the dominant mix
         r = gguf.GGUFReader(out)
         got = {t.name: t.tensor_type.name for t in r.tensors}
         assert got == {t.name: t.qtype.name for t in res.plan.tensors}
-        assert 0 <= res.budget["lower_bound"] <= res.budget["loss"]
+        assert 0 <= res.budget.lower_bound <= res.budget.loss
 
 
 def test_target_bpw_is_respected(cache):
@@ -81,7 +81,7 @@ def test_plan_is_deterministic(cache, tmp_path):
     a = dry(cache, target_size="2.6MB")
     b = dry(tmp_path / "fresh.json", target_size="2.6MB")  # measured again from scratch
     assert [(t.name, t.qtype.name) for t in a.plan.tensors] == [(t.name, t.qtype.name) for t in b.plan.tensors]
-    assert a.budget["loss"] == pytest.approx(b.budget["loss"], rel=1e-12)
+    assert a.budget.loss == pytest.approx(b.budget.loss, rel=1e-12)
     assert a.plan.ftype == b.plan.ftype
 
 
@@ -100,12 +100,12 @@ def test_second_plan_reuses_the_cache(tmp_path, monkeypatch):
     assert not path.exists()
     n_first = len(calls)
     # 4 layers x 7 matrices with six candidates, output (Q5_K, Q6_K, Q8_0), token_embd (Q3_K..Q8_0)
-    assert n_first == 28 * 6 + 3 + 5 == first.budget["measured"]
+    assert n_first == 28 * 6 + 3 + 5 == first.budget.measured
     quantize(EXAMPLE, tmp_path / "a.gguf", target_size="2.2MB", sensitivity_cache=path)
     assert len(calls) == 2 * n_first
     second = dry(path, target_size="3.0MB")
-    assert len(calls) == 2 * n_first and second.budget["measured"] == 0
-    assert second.budget["loss"] < first.budget["loss"]
+    assert len(calls) == 2 * n_first and second.budget.measured == 0
+    assert second.budget.loss < first.budget.loss
     entries = json.loads(path.read_text())["models"]
     assert sum(len(v) for v in entries.values()) == n_first
 
@@ -185,15 +185,15 @@ def test_target_vram_accounting(cache, kv_type, elem):
     res = dry(cache, target_vram=vram, context=ctx, kv_type=kv_type)
     b = res.budget
     assert len({t.qtype.name for t in res.plan.tensors if t.qtype.quantized}) > 1
-    assert b["kv_bytes"] == kv
-    assert b["overhead_bytes"] == runtime_overhead_bytes(b["weights_bytes"], ctx, n_vocab=2048)
-    assert b["vram_total"] == b["weights_bytes"] + kv + b["overhead_bytes"] <= vram
+    assert b.kv_bytes == kv
+    assert b.overhead_bytes == runtime_overhead_bytes(b.weights_bytes, ctx, n_vocab=2048)
+    assert b.vram_total == b.weights_bytes + kv + b.overhead_bytes <= vram
     # the weights' budget is VRAM - KV - overhead, exactly
-    w = b["weight_budget"]
+    w = b.weight_budget
     assert w + kv + runtime_overhead_bytes(w, ctx, n_vocab=2048) <= vram
     assert w + 1 + kv + runtime_overhead_bytes(w + 1, ctx, n_vocab=2048) > vram
-    assert b["weights_bytes"] <= w
-    assert b["weights_bytes"] > 0.97 * w  # the budget is used
+    assert b.weights_bytes <= w
+    assert b.weights_bytes > 0.97 * w  # the budget is used
 
 
 def test_target_vram_too_small(cache):

@@ -20,6 +20,7 @@ on the chosen types) padded the same way, so the predicted file size is the writ
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 from ..errors import BudgetError, InputError
@@ -28,6 +29,7 @@ from .budget import Option, solve
 from .memory import (ModelShape, is_gguf, kv_cache_bytes_for, memory_needed, model_shape_from_dir, parse_bytes,
                      read_gguf_model)
 from .sensitivity import CANDIDATES, candidates_for, measure
+from .sized_figures import SizedFigures, TensorPick
 from .tensor_plan import Plan, TensorPlan
 
 FLOORS = {"output.weight": "Q5_K", "token_embd.weight": "Q3_K"}
@@ -87,8 +89,8 @@ def weight_budget_for_vram(vram: int, shape: ModelShape, context: int, kv_type: 
 
 def sized_plan(src, base: Plan, *, header_bytes: int, alignment: int, target_size=None, target_bpw=None,
                target_vram=None, context: Optional[int] = None, kv_type: str = "F16", imatrix=None,
-               sensitivity_cache=None, write_cache: bool = True) -> tuple[Plan, dict]:
-    """(plan, budget report). Exactly one target must be given. write_cache False (a dry
+               sensitivity_cache=None, write_cache: bool = True) -> tuple[Plan, SizedFigures]:
+    """(plan, its figures). Exactly one target must be given. write_cache False (a dry
     run): the sensitivity cache is read but not written."""
     given = [k for k, v in (("size", target_size), ("bpw", target_bpw), ("vram", target_vram)) if v is not None]
     if len(given) != 1:
@@ -100,18 +102,18 @@ def sized_plan(src, base: Plan, *, header_bytes: int, alignment: int, target_siz
     fixed_bytes = sum(pad(tp.nbytes, alignment) for tp in base.tensors if tp.name not in variable)
     header = pad(header_bytes, alignment)
     n_params = base.n_params
-    report: dict = {"target": kind, "header_bytes": header, "alignment": alignment}
+    report = SizedFigures(kind, header, alignment)
     kv = None
     if kind == "size":
         total = parse_bytes(target_size, "--target-size")
         weight_budget = total - header
-        report["target_size"] = total
+        report.target_size = total
     elif kind == "bpw":
         bpw = float(target_bpw)
         if not bpw > 0:
             raise InputError(f"--target-bpw {target_bpw}: must be a positive number of bits")
         weight_budget = int(bpw * n_params // 8)
-        report["target_bpw"] = bpw
+        report.target_bpw = bpw
     else:
         if context is None:
             context = 4096
@@ -124,7 +126,8 @@ def sized_plan(src, base: Plan, *, header_bytes: int, alignment: int, target_siz
         shape = model_shape(src)
         kv = kv_cache_bytes_for(shape, context, kv_type)
         weight_budget = weight_budget_for_vram(vram, shape, context, kv_type)
-        report.update(target_vram=vram, context=context, kv_type=kv_type, kv_bytes=kv, shape=shape)
+        report.target_vram, report.context, report.kv_type, report.kv_bytes, report.shape = (
+            vram, context, kv_type, kv, shape)
 
     losses, measured = measure(src, variable, imatrix=imatrix, cache_path=sensitivity_cache, save=write_cache)
     options = {n: [Option(t, pad(qtype(t).nbytes(_shape(base, n)), alignment), losses[(n, t)]) for t in c]
@@ -146,16 +149,15 @@ def sized_plan(src, base: Plan, *, header_bytes: int, alignment: int, target_siz
         reason = f"budget: {o.type} (loss {o.loss:.3g}" + (
             f", Δloss {o.loss - prev.loss:+.3g} vs {prev.type})" if prev else ")")
         tensors.append(TensorPlan(tp.name, tp.shape, tp.src_dtype, qtype(o.type), reason))
-        per[tp.name] = {"type": o.type, "bytes": o.nbytes, "loss": o.loss}
+        per[tp.name] = TensorPick(o.type, o.nbytes, o.loss)
     plan = Plan(tensors, ftype=dominant_mix(tensors))
     weights = sum(pad(t.nbytes, alignment) for t in plan.tensors)
-    report.update(
-        weight_budget=weight_budget, weights_bytes=weights, predicted_file_size=header + weights,
-        loss=sol.loss, lower_bound=sol.lower_bound, gap=sol.gap, exact=sol.exact, lam=sol.lam,
-        measured=measured, tensors=per, bits_per_weight=plan.bits_per_weight)
+    report = replace(report, weight_budget=weight_budget, weights_bytes=weights, predicted_file_size=header + weights,
+                     loss=sol.loss, lower_bound=sol.lower_bound, gap=sol.gap, exact=sol.exact, lam=sol.lam,
+                     measured=measured, tensors=per, bits_per_weight=plan.bits_per_weight)
     if kind == "vram":
-        report["overhead_bytes"] = memory_needed(weights, shape, context, kv_type) - weights - kv
-        report["vram_total"] = memory_needed(weights, shape, context, kv_type)
+        report.vram_total = memory_needed(weights, shape, context, kv_type)
+        report.overhead_bytes = report.vram_total - weights - kv
     return plan, report
 
 
@@ -175,21 +177,21 @@ def dominant_mix(tensors: list[TensorPlan]) -> str:
     return MIX_NAME.get(top, top)
 
 
-def _unmet(kind: str, report: dict, smallest_weights: int, n_params: int) -> BudgetError:
+def _unmet(kind: str, report: SizedFigures, smallest_weights: int, n_params: int) -> BudgetError:
     if kind == "size":
-        need = smallest_weights + report["header_bytes"]
-        msg = (f"--target-size {report['target_size']:,} bytes cannot be met: the smallest allowed types "
+        need = smallest_weights + report.header_bytes
+        msg = (f"--target-size {report.target_size:,} bytes cannot be met: the smallest allowed types "
                f"give a file of {need:,} bytes ({need / 1e9:.3f} GB)")
     elif kind == "bpw":
         need = smallest_weights * 8 / n_params
-        msg = (f"--target-bpw {report['target_bpw']} cannot be met: the smallest allowed types give "
+        msg = (f"--target-bpw {report.target_bpw} cannot be met: the smallest allowed types give "
                f"{need:.3f} bits per weight")
     else:
-        need = memory_needed(smallest_weights, report["shape"], report["context"], report["kv_type"])
-        msg = (f"--target-vram {report['target_vram']:,} bytes cannot be met at context {report['context']}: "
+        need = memory_needed(smallest_weights, report.shape, report.context, report.kv_type)
+        msg = (f"--target-vram {report.target_vram:,} bytes cannot be met at context {report.context}: "
                f"the smallest allowed types need {need:,} bytes ({need / 1e9:.3f} GB: weights "
-               f"{smallest_weights:,}, KV cache {report['kv_bytes']:,}, overhead "
-               f"{need - smallest_weights - report['kv_bytes']:,})")
+               f"{smallest_weights:,}, KV cache {report.kv_bytes:,}, overhead "
+               f"{need - smallest_weights - report.kv_bytes:,})")
     err = BudgetError(msg)
     err.smallest = need
     return err

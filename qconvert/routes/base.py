@@ -45,6 +45,7 @@ R = TypeVar("R")  # what write() returns
 class Route(Generic[P, R]):
     name: str = ""
     title: str = ""  # for messages: "GGUF output with a preset"
+    scratch_label: str = "qconvert-staging"  # names the scratch directory (.LABEL.PID.partial)
 
     def describe(self, job: Job) -> str:
         return self.title

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from ..job import Job
+from ..plan.sized_figures import SizedFigures
 from ..plan.tensor_plan import Plan
 from ..plan.type_plan import make_quant_plan, resolve_type
 from ..results import GGUFResult
@@ -31,8 +32,7 @@ class GGUFPlanned:
     label: str  # names the default output: the type, or NNbpw
     notes: tuple[str, ...] = ()
     imatrix: Optional[object] = None  # statistics already in hand (--imatrix)
-    budget: Optional[object] = None  # sized plans: their figures
-    extra: dict = field(default_factory=dict)  # route-specific values (GPTQ: its linears)
+    budget: Optional[SizedFigures] = None  # sized plans: their figures
 
 
 def requantize_notes(src: Source) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ DRY_NOTE = "dry run: calibration not run; the plan's types do not depend on it"
 
 class GPTQRoute(Route[GGUFPlanned, GGUFResult]):
     name = "gguf-gptq"
+    scratch_label = "qconvert-gptq"
     title = "GGUF output with --scheme gptq (it collects its own statistics)"
 
     def needs_scratch(self, job: Job) -> bool:
@@ -38,9 +39,9 @@ class GPTQRoute(Route[GGUFPlanned, GGUFResult]):
         if src.is_gguf:
             raise InputError(f"{src.path}: GPTQ runs the Hugging Face model; give the model directory")
         type_name, plan = preset_plan_of(job, src)
-        plan, linears = gptq_plan(plan, src)
+        plan, _ = gptq_plan(plan, src)  # run_gptq finds the marked linears again
         notes = (DRY_NOTE,) if job.dry_run else ()
-        return GGUFPlanned(src, plan, type_name, notes, extra={"linears": linears})
+        return GGUFPlanned(src, plan, type_name, notes)
 
     def output_path(self, job: Job, planned: GGUFPlanned) -> Path:
         return output_path(planned.src, job.output, planned.label, job.force, statistics_reads(job.calibration))

@@ -26,6 +26,7 @@ class SafetensorsPlanned:
 
 class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
     name = "safetensors"
+    scratch_label = "qconvert-gptq"  # only GPTQ stages results
     title = "safetensors output"
 
     def describe(self, job: Job) -> str:
@@ -41,6 +42,7 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
         return frozenset(own)
 
     def plan(self, job: Job) -> SafetensorsPlanned:
+        from ..arch import check_config
         from ..sink.safetensors_out import plan_safetensors
         from ..source.checkpoint import Checkpoint
 
@@ -50,6 +52,7 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
         if job.source.is_file():
             raise InputError(f"{job.source}: safetensors output is made from a Hugging Face model directory")
         ckpt = Checkpoint(job.source)
+        check_config(ckpt)  # bounds and tensor shapes, before calibration builds a model from it
         s = job.scheme
         splan = plan_safetensors(ckpt, bits=bits, group_size=s.group_size, sym=s.sym)
         label = f"W{bits}A16-{'G' + str(s.group_size) if s.group_size > 0 else 'CH'}{'' if s.sym else '-ASYM'}"

@@ -41,12 +41,6 @@ def gptq_plan(plan: Plan, src: Source) -> tuple[Plan, dict[str, str]]:
     return replace(plan, tensors=tensors), linears
 
 
-def plan_gptq(plan: Plan, src: Source) -> dict[str, str]:  # TRANSITIONAL: removed at the switch
-    new, linears = gptq_plan(plan, src)
-    plan.tensors[:] = new.tensors
-    return linears
-
-
 def run_gptq(src: Source, plan: Plan, store: Path, *, text_file: Optional[str | Path] = None,
              n_samples: int = 128, seqlen: int = 512, device: str = "auto", damp: float = 0.01,
              batch_size: int = 8, progress: Optional[bool] = None) -> dict[str, dict]:

@@ -51,11 +51,5 @@ def importance_plan(plan: Plan, imatrix, source: str = "--imatrix") -> tuple[Pla
     return replace(plan, tensors=tensors), notes
 
 
-def mark_plan(plan: Plan, imatrix, source: str = "--imatrix") -> list[str]:  # TRANSITIONAL: removed at the switch
-    new, notes = importance_plan(plan, imatrix, source)
-    plan.tensors[:] = new.tensors
-    return notes
-
-
 def importance_for(imatrix, name: str) -> Optional[object]:
     return None if imatrix is None else imatrix.get(name)

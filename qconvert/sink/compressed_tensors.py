@@ -99,39 +99,25 @@ def module_arrays(prefix: str, qweight: np.ndarray, scales: np.ndarray, zeros: n
 def quantization_config(*, bits: int, group_size: int, sym: bool, targets: list[str], ignore: list[str],
                         actorder: str | None = None) -> dict:
     """config.json's `quantization_config`: one scheme for the modules `targets` names
-    (class names such as "Linear", or "re:" + a regex of module names) minus `ignore`."""
-    weights = {
-        "num_bits": bits,
-        "type": "int",
-        "symmetric": sym,
-        "group_size": None if group_size == -1 else group_size,
-        "strategy": "channel" if group_size == -1 else "group",
-        "dynamic": False,
-        "observer": "minmax",
-    }
-    if actorder is not None:
-        weights["actorder"] = actorder
-    extra = {}
+    (class names such as "Linear", or "re:" + a regex of module names) minus `ignore`,
+    built with compressed-tensors' own config models (so they validate what we claim, and
+    the dump is the form its loader parses back)."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
+
+    weights = QuantizationArgs(num_bits=bits, type="int", symmetric=sym,
+                               group_size=None if group_size == -1 else group_size,
+                               strategy="channel" if group_size == -1 else "group", dynamic=False,
+                               observer="minmax", actorder=actorder)
+    scheme = QuantizationScheme(targets=targets, weights=weights, format=FORMAT)
+    config = QuantizationConfig(config_groups={"group_0": scheme}, format=FORMAT, quantization_status="compressed",
+                                ignore=ignore).model_dump()
     if not sym:
-        # transformers 5.23 (seen with compressed-tensors 0.20) builds each compressed
-        # Linear with an unpacked (out, n_groups) zero point, so the packed one (the layout
-        # vLLM and compressed-tensors' own writer use) fails its shape check. `dequantize`,
-        # a transformers CompressedTensorsConfig option (compressed-tensors' own config
-        # model ignores unknown keys), makes transformers decode each Linear while loading
-        # through compressed-tensors' decompressor, which does unpack the zero point; the
-        # model ends up as dense as it would after its first forward pass anyway.
-        extra["dequantize"] = True
-    return {
-        "quant_method": "compressed-tensors",
-        "format": FORMAT,
-        "quantization_status": "compressed",
-        "config_groups": {
-            "group_0": {"targets": targets, "weights": weights, "input_activations": None,
-                        "output_activations": None, "format": FORMAT},
-        },
-        "ignore": ignore,
-        "kv_cache_scheme": None,
-        "global_compression_ratio": None,
-        "sparsity_config": {},
-        **extra,
-    }
+        # A loader option of transformers' CompressedTensorsConfig, not part of the scheme:
+        # transformers 5.23-5.24 (with compressed-tensors 0.20) builds each compressed Linear
+        # with an unpacked (out, n_groups) zero point, so the packed one (the layout vLLM and
+        # compressed-tensors' own writer use) fails its shape check. `dequantize` makes it
+        # decode each Linear while loading through compressed-tensors' decompressor, which
+        # does unpack the zero point; the model ends up as dense as it would after its first
+        # forward pass anyway.
+        config["dequantize"] = True
+    return config

@@ -1,30 +1,24 @@
-"""Q8_0 in plain NumPy (twin of kernels/q8_0.py; layout drawn there)."""
+"""Q8_0 in plain NumPy (twin of kernels/q8_0.py; layout drawn there): gguf-py's own
+quantizer, which is bit-exact with ggml's quantize_row_q8_0_ref (roundf halves away from
+zero; an all-zero block gets d = 0). tests/kernels check it byte for byte against
+llama.cpp and the numba kernel, so no second copy is kept here.
+
+gguf-py also quantizes Q4_0, Q4_1, Q5_0 and Q5_1, but not bit-exactly: on blocks of signed
+zeros it takes the sign of d from a different element than ggml's scan does, so those types
+keep their own twins (tests/kernels/test_gguf_py_twins.py measures the difference)."""
 
 from __future__ import annotations
 
 import numpy as np
+from gguf.quants import Q8_0
 
-from ._blocks import f16_bytes, from_f16_bytes, inverse, quiet
-
-
-def roundf(v: np.ndarray) -> np.ndarray:
-    """C's roundf: halves away from zero (np.round would round them to even).
-    Values past 2**23, inf and NaN give 0, as x86 does for C's cast (see kernels/q8_0.py)."""
-    a = np.abs(v)
-    finite = a < np.float32(8388608.0)
-    a = np.where(finite, a, np.float32(0.0))
-    t = np.trunc(a)
-    t = t + (a - t >= np.float32(0.5))
-    return np.copysign(t, v)
+from ._blocks import quiet
 
 
-@quiet
+@quiet  # a subnormal d makes 1/d inf; the cast of inf to int8 is the x86 result, as in ggml
 def encode(x: np.ndarray) -> np.ndarray:
-    d = (np.abs(x).max(axis=1) / np.float32(127.0)).astype(np.float32)
-    q = roundf(x * inverse(d)[:, None]).astype(np.int8)
-    return np.concatenate([f16_bytes(d), q.view(np.uint8)], axis=1)
+    return Q8_0.quantize_blocks(np.asarray(x, dtype=np.float32))
 
 
 def decode(q: np.ndarray) -> np.ndarray:
-    d = from_f16_bytes(q[:, :2])
-    return q[:, 2:].view(np.int8).astype(np.float32) * d
+    return Q8_0.dequantize_blocks(q)
