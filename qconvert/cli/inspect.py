@@ -107,6 +107,10 @@ def inspect_cmd(
     Reads headers only; nothing is loaded into memory. GGUF shapes are listed ne0 first
     (the reverse of PyTorch order). --json lists every tensor; long metadata arrays such
     as the vocabulary keep their length and first items unless --all is given.
+
+    A file that cannot be read is an error (exit 2). One that reads but whose layout is
+    wrong (overlapping tensors, offsets off the alignment, a tensor count one too high...)
+    is shown with a Problems table ("problems" in --json) and exits 0.
     """
     rep = inspect(path, max_array_items=None if show_all else DEFAULT_ARRAY_ITEMS)
     if json_out:
