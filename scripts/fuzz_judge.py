@@ -105,7 +105,43 @@ def _judge_ok(case: Case, info: dict, root: Path) -> tuple[str, str, str]:
                 return "bad-output", f"bad-output: {_norm(str(e))}", str(e)[:300]
             if h.problems:
                 return "bad-output", f"bad-output: {_norm(h.problems[0].problem)}", h.problems[0].problem
+            bad = nonfinite_tensors(out, h)
+            if bad:
+                return "bad-output", "bad-output: NaN/Inf in the written tensors", f"{bad[:3]} ({case.note[:200]})"
     return "ok", "", ""
+
+
+# where the float16 scales of each block lie: type -> (block bytes, scale offsets)
+_F16_SCALES = {"Q8_0": (34, (0,)), "Q4_0": (18, (0,)), "Q4_1": (20, (0, 2)), "Q5_0": (22, (0,)),
+               "Q5_1": (24, (0, 2)), "Q4_K": (144, (0, 2)), "Q5_K": (176, (0, 2)), "Q6_K": (210, (208,)),
+               "Q3_K": (110, (108,)), "Q2_K": (84, (80, 82))}
+
+
+def nonfinite_tensors(path: Path, header) -> list[str]:
+    """Names of tensors in a written GGUF holding NaN/Inf: float data, or block scales (an
+    Inf scale makes a whole block garbage)."""
+    import numpy as np
+
+    raw = np.memmap(path, np.uint8, "r")
+    bad = []
+    for t in header.tensors:
+        data = raw[t.offset:t.offset + t.n_bytes]
+        name = t.type.name
+        if name == "F32":
+            x = data.view(np.uint32)
+            hit = np.any((x & 0x7F800000) == 0x7F800000)
+        elif name in ("F16", "BF16"):
+            m = 0x7C00 if name == "F16" else 0x7F80
+            hit = np.any((data.view(np.uint16) & m) == m)
+        elif name in _F16_SCALES:
+            size, offs = _F16_SCALES[name]
+            blocks = data.reshape(-1, size)
+            hit = any(np.any((blocks[:, o:o + 2].copy().view(np.uint16) & 0x7C00) == 0x7C00) for o in offs)
+        else:
+            continue
+        if hit:
+            bad.append(t.name)
+    return bad
 
 
 def _changed(root: Path, snap: dict) -> tuple[str, str] | None:

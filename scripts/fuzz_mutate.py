@@ -67,7 +67,8 @@ def mutate_binary(rng: random.Random, data: bytes, lay: Layout, fmt: str) -> tup
     """One or two mutations of a GGUF (fmt "gguf") or safetensors ("safetensors") file."""
     out, notes = bytearray(data), []
     for _ in range(1 if rng.random() < 0.7 else 2):
-        ops = ["bitflip", "overwrite", "insert", "delete", "truncate", "field", "field", "append", "nonfinite"]
+        ops = ["bitflip", "overwrite", "insert", "delete", "truncate", "field", "field", "append", "nonfinite",
+               "huge"]
         ops += ["gguf", "gguf", "gguf"] if fmt == "gguf" else ["header_json", "header_json", "header_json"]
         op = rng.choice(ops)
         out, note = _BINARY_OPS[op](rng, out, lay)
@@ -134,6 +135,22 @@ def _nonfinite(rng, out, lay):
     return out, f"non-finite {v.hex()} written into {name!r} element {i}"
 
 
+def _huge(rng, out, lay):
+    """Write a large but finite value into a float tensor: it must not become Inf in the
+    output (F16 tops out at 65504, and a block's F16 scale at about amax/127)."""
+    floats = [t for t in lay.tensors if t[1] in ("BF16", "F32") and t[2] + t[3] <= len(out)]
+    if not floats:
+        return _bitflip(rng, out, lay)
+    name, dtype, off, nbytes = rng.choice(floats)
+    size = 4 if dtype == "F32" else 2
+    value = rng.choice([99840.0, 3.0e38, 2.0e9, -7.0e6])
+    raw = struct.pack("<f", value)
+    raw = raw[2:] if dtype == "BF16" else raw  # bfloat16: the high half of the float32
+    i = rng.randrange(nbytes // size)
+    out[off + i * size:off + (i + 1) * size] = raw
+    return out, f"large value {value:g} written into {name!r} element {i}"
+
+
 def _gguf_semantic(rng, out, lay):
     """Layout faults a bit flip rarely makes: counts off by one, shared or misaligned offsets,
     unknown types, zero or huge dimensions."""
@@ -185,7 +202,7 @@ def _header_json(rng, out, lay):
 
 
 _BINARY_OPS = {"bitflip": _bitflip, "overwrite": _overwrite, "insert": _insert, "delete": _delete,
-               "truncate": _truncate, "field": _field, "append": _append, "nonfinite": _nonfinite,
+               "truncate": _truncate, "field": _field, "append": _append, "nonfinite": _nonfinite, "huge": _huge,
                "gguf": _gguf_semantic, "header_json": _header_json}
 
 
