@@ -23,12 +23,14 @@ Outcomes. ok (exit 0) and error (exit 2, 3, or 4 with a budget option; one stder
 internal (exit 70, a traceback, "internal error"), hang (past --timeout), memory (peak RSS
 over --max-rss-mb), wrong-exit (any other code; 4 without a budget option), messy-error (a
 clean code with more than one error line), bad-json (`--json` output json.loads refuses,
-NaN included), unsafe-text (a control character or bidi override printed raw: file content
-must be escaped before it reaches a terminal), accepted (exit 0 where the case says the input must be refused: NaN/Inf
-weights, an index entry outside the model directory, config values contradicting the
-tensors), input-changed (an input or decoy file modified or replaced), leftover (a
-*.partial file left behind), bad-output (a conversion that exits 0 but writes a GGUF that
-does not read back cleanly).
+NaN included), unsafe-text (a control character or bidi override printed raw: file
+content must be escaped before it reaches a terminal), accepted (exit 0 where the case says
+the input must be refused: NaN/Inf weights, an index entry outside the model directory,
+config values contradicting the tensors, a GGUF layout llama.cpp refuses), missed-problem
+(inspect shows no problem for a GGUF whose tensor count or offset a mutation surely broke),
+input-changed (an input or decoy file modified or replaced), leftover (a *.partial file
+left behind), bad-output (a conversion that exits 0 but writes a GGUF that does not read
+back cleanly, or holds NaN/Inf in its float data or block scales).
 
 The summary gives counts per kind and outcome, and each distinct failure signature (outcome
 + exception type + message head, paths and numbers blanked) with its first cases; with
