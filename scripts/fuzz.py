@@ -35,7 +35,7 @@ back cleanly, or holds NaN/Inf in its float data or block scales).
 The summary gives counts per kind and outcome, and each distinct failure signature (outcome
 + exception type + message head, paths and numbers blanked) with its first cases; with
 --save-failures DIR the first few cases of each signature are saved for --replay.
-Cases are seeded per index: case i of seed S is the same whatever --kinds or --cases say.
+Cases are seeded per index and kind: case i of seed S is the same whatever --cases says.
 """
 
 from __future__ import annotations
@@ -195,7 +195,9 @@ def run(seed: int = 0, cases: int | None = None, minutes: float | None = None, k
         summary = Summary(seed)
         deadline = t0 + minutes * 60 if minutes else float("inf")
         n = cases if cases is not None else (10**9 if minutes else 1500)
-        sample = _sample(n, subprocess_sample, len(kinds))
+        # with --minutes the count is unknown: one case in 50 until K have gone through the script
+        sample = _sample(n if cases is not None or not minutes else 50 * subprocess_sample, subprocess_sample,
+                         len(kinds))
         seen: Counter = Counter()
         run_dir = work / "run"
         for i in range(n):
