@@ -131,6 +131,21 @@ def test_index_shards_must_be_plain_names_in_the_model_dir(model, out_dir, tmp_p
     assert all(p.parent == model for p in opened), opened  # nothing outside (or below) the model dir
 
 
+@pytest.mark.parametrize("raw", [False, True], ids=["escaped", "raw-bytes"])
+def test_index_shard_name_with_a_lone_surrogate_is_a_format_error(model, out_dir, raw):
+    """A shard name holding U+D800 (escaped, or as the bytes ED A0 80, which json.loads
+    decodes with 'surrogatepass') is no file name: a clean error, not UnicodeEncodeError
+    from stat()."""
+    weight_map = _sharded(model)
+    index = model / "model.safetensors.index.json"
+    text = json.dumps({"weight_map": {**weight_map, Q3: "PLACEHOLDER"}})
+    index.write_bytes(text.replace("PLACEHOLDER", "\\ud800").encode() if not raw
+                      else text.encode().replace(b"PLACEHOLDER", b"\xed\xa0\x80"))
+    refused(model, out_dir, FormatError, str(index), "surrogate")
+    with pytest.raises(FormatError, match="surrogate"):
+        qconvert.inspect(index)
+
+
 def test_estimate_memory_counts_through_the_same_checks(model, tmp_path):
     from qconvert.plan.model_shape import params_from_dir
 
@@ -218,6 +233,9 @@ HEADER_CASES = {
     "begin after end": (lambda h: _entry(h, data_offsets=[10, 2]), "not an ordered byte range"),
     "past the end": (lambda h: _entry(h, data_offsets=[0, 10**12]), "truncated download"),
     "bytes != shape x dtype": (lambda h: _entry(h, shape=[256, 255]), "needs 130560"),
+    # the needed byte count is an integer, however large (it was a float: OverflowError)
+    "a 10**39-row shape": (lambda h: _entry(h, shape=[10**39, 256]), "[about 2^129, 256] needs about 2^138"),
+    "sub-byte dtype": (lambda h: _entry(h, dtype="F6_E2M3", shape=[3, 3]), "needs 6.75"),
     "metadata not an object": (lambda h: {**h, "__metadata__": ["pt"]}, "__metadata__"),
 }
 
@@ -280,6 +298,8 @@ CONFIG_CASES = [
     ("head_dim", 63, ["head size 63 is odd"]),
     ("max_position_embeddings", -1, ["max_position_embeddings is -1"]),
     ("rms_norm_eps", -1e-5, ["rms_norm_eps is -1e-05"]),
+    ("rms_norm_eps", 10**400, ["rms_norm_eps is 1000000000", "at most 0.5"]),  # an int too large for a float
+    ("rope_parameters", {"rope_type": "default", "rope_theta": 10**400}, ["rope_parameters.rope_theta is 1000"]),
     ("tie_word_embeddings", "false", ["tie_word_embeddings is 'false'"]),
     ("rope_parameters", [10000], ["rope_parameters is [10000]"]),
     ("rope_parameters", {"rope_type": "default", "rope_theta": "1e4"}, ["rope_parameters.rope_theta is '1e4'"]),

@@ -66,6 +66,14 @@ def as_int(v: Any) -> int | None:
     return None
 
 
+def is_number(v: Any) -> bool:
+    """A finite JSON number. An int is one as it stands: math.isfinite(10**400) would
+    overflow converting it to float, and comparing it with a bound needs no conversion."""
+    if isinstance(v, bool):
+        return False
+    return isinstance(v, int) or (isinstance(v, float) and math.isfinite(v))
+
+
 class HParams:
     def __init__(self, config: dict, source: str = "config.json", defaults: dict | None = None) -> None:
         text = config.get("text_config")
@@ -120,8 +128,7 @@ class HParams:
         key, v = self.find(*keys)
         if key is None:
             return default
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
-            (v > lo if lo_excluded else v >= lo) and v <= hi
+        ok = is_number(v) and (v > lo if lo_excluded else v >= lo) and v <= hi
         if not ok:
             raise self.bad(key, v, f"a number {'above' if lo_excluded else 'from'} {lo:g} "
                                    f"{'and at most' if lo_excluded else 'to'} {hi:g}")
@@ -262,7 +269,7 @@ class HParams:
             if v is None:
                 continue
             ok = (as_int(v) is not None) if integer else \
-                (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+                is_number(v)
             ok = ok and (v > lo if lo_excluded else v >= lo) and v <= hi
             if not ok:
                 kind = "an integer" if integer else "a number"

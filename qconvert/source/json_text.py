@@ -28,14 +28,15 @@ def parse_json(text: str | bytes, where: str) -> Any:
         raise FormatError(f"{where}: holds {e.args[0]}, which is not a JSON value") from None
     except ValueError:  # a number json cannot convert (thousands of digits)
         raise FormatError(f"{where}: holds a number too long to read") from None
-    # "\ud800" is valid JSON but not text: no writer can encode it. Only escapes make one,
-    # so the walk runs only when the raw text has a surrogate escape at all.
+    # "\ud800" is valid JSON but not text: no writer can encode it. An escape makes one, and
+    # so do raw surrogate bytes (ED A0..BF xx), which json.loads decodes with 'surrogatepass';
+    # the walk runs only when the raw text holds either at all.
     if _SURROGATE_ESCAPE.search(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")):
         _check_text(data, where)
     return data
 
 
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
 def _check_text(data: Any, where: str) -> None:
@@ -51,7 +52,7 @@ def _check_text(data: Any, where: str) -> None:
             try:
                 v.encode("utf-8")
             except UnicodeEncodeError:
-                raise FormatError(f"{where}: holds a string with an unpaired UTF-16 surrogate escape "
+                raise FormatError(f"{where}: holds a string with an unpaired UTF-16 surrogate "
                                   "(\\ud800-\\udfff), which is not text") from None
 
 

@@ -111,6 +111,12 @@ def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _count(n: int) -> str:
+    """A size or dimension for a message: digits up to 2^64, beyond that its magnitude
+    (a shape of 16 dims of 4,000 digits each is valid JSON, and no use printed)."""
+    return str(n) if n < 1 << 64 else f"about 2^{n.bit_length() - 1}"
+
+
 def _entry(path: Path, name: str, e: Any, data_len: int) -> Entry:
     def bad(why: str) -> FormatError:
         return FormatError(f"{path}: tensor {name!r}: {why}")
@@ -131,7 +137,9 @@ def _entry(path: Path, name: str, e: Any, data_len: int) -> Entry:
         raise bad(f"data ends at byte {end} of a {data_len}-byte data section (truncated download?)")
     n = math.prod(shape)
     if (end - begin) * 8 != n * DTYPE_BITS[dtype]:
-        raise bad(f"holds {end - begin} bytes, but {dtype} {shape} needs {n * DTYPE_BITS[dtype] / 8:g}")
+        need, part = divmod(n * DTYPE_BITS[dtype], 8)  # integers: 10**39 elements overflow a float
+        raise bad(f"holds {end - begin} bytes, but {dtype} [{', '.join(map(_count, shape))}] needs "
+                  f"{_count(need)}{f'.{part * 125:03d}'.rstrip('0') if part else ''}")
     return Entry(name, dtype, tuple(shape), begin, end)
 
 
