@@ -31,7 +31,6 @@ than JSON_DEPTH levels are replaced by a string saying so.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
