@@ -4,6 +4,7 @@ here, so a predicted size and a written size cannot disagree."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -19,6 +20,7 @@ class QType:
     block_size: int  # weights per block (1 for float types)
     type_size: int  # bytes per block
     quantized: bool
+    max_abs: float = math.inf  # the largest |weight| it holds without writing Inf (see MAX_ABS)
 
     @property
     def bits_per_weight(self) -> float:
@@ -43,12 +45,26 @@ class QType:
 
 QTYPES: Registry[QType] = Registry("tensor type")
 
+F16_MAX = 65504.0
+BF16_MAX = 3.3895313892515355e38  # bits 0x7F7F
+# The largest |weight| each type stores finitely. F16/BF16: their largest value. Every
+# quantized type keeps F16 scales, and a block's largest weight sets them: Q8_0 d = amax/127,
+# Q4_0 amax/8, Q5_0 amax/16; Q4_1/Q5_1 store the block's minimum itself (m = min) in F16.
+# The K-quants search their scales (with importance, too), so their bound was measured:
+# the first Inf/NaN decoded at 14.4 (Q2_K), 89 (Q3_K), 61 (Q4_K, Q5_K) and 3900 (Q6_K) x
+# F16_MAX over random, one-signed and +-amax blocks; the bounds below keep a quarter of
+# headroom, which also covers GPTQ's error feedback moving weights within a step.
+MAX_ABS = {"F32": math.inf, "F16": F16_MAX, "BF16": BF16_MAX,
+           "Q8_0": 127 * F16_MAX, "Q4_0": 8 * F16_MAX, "Q5_0": 16 * F16_MAX, "Q4_1": F16_MAX, "Q5_1": F16_MAX,
+           "Q2_K": 12 * F16_MAX, "Q3_K": 64 * F16_MAX, "Q4_K": 48 * F16_MAX, "Q5_K": 48 * F16_MAX,
+           "Q6_K": 3072 * F16_MAX}
+
 _NAMES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
           "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 for _n in _NAMES:
     _g = GGMLQuantizationType[_n]
     _bs, _ts = GGML_QUANT_SIZES[_g]
-    QTYPES.add(_n, QType(_n, _g, _bs, _ts, quantized=_bs > 1))
+    QTYPES.add(_n, QType(_n, _g, _bs, _ts, quantized=_bs > 1, max_abs=MAX_ABS[_n]))
 
 
 def qtype(name: str) -> QType:

@@ -436,6 +436,117 @@ def test_cli_nonfinite_exit_2_and_allow_flag(model, tmp_path):
     assert out.is_file()
 
 
+# ---------------------------------------------------------------- weights too large for their type
+
+def set_weight(path: Path, name: str, index: int, value: float) -> None:
+    """Store `value` (rounded to bf16) as element `index` of bf16 tensor `name`."""
+    from qconvert.kernels.floats import to_bf16_bits
+
+    header, data = st_parts(path)
+    begin, end = header[name]["data_offsets"]
+    bits = np.frombuffer(data[begin:end], np.uint16).copy()
+    bits[index] = to_bf16_bits(np.array([value], np.float32))[0]
+    st_write(path, header, data[:begin] + bits.tobytes() + data[end:])
+
+
+def _blocks(amax: float, block: int) -> np.ndarray:
+    """Blocks whose largest |value| is amax: random, one-signed, constant, +-amax."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 256)).astype(np.float32)
+    x /= np.abs(x).max(axis=1, keepdims=True)
+    x[1], x[2], x[3], x[4] = np.abs(x[1]), -np.abs(x[2]), 1.0, -1.0
+    x[5, ::2], x[5, 1::2] = 1.0, -1.0
+    return (x * np.float32(amax)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+def test_max_abs_is_what_each_kernel_holds(name):
+    """qtypes.MAX_ABS: at the bound every kernel (numba and NumPy twin, with and without
+    importance) encodes finitely; at twice the bound the +-amax blocks give Inf/NaN, so
+    the bound is within a factor 2 of the real one."""
+    from qconvert import kernels
+    from qconvert.kernels import IMPORTANCE_TYPES
+    from qconvert.qtypes import qtype
+
+    qt = qtype(name)
+    x = _blocks(qt.max_abs, qt.block_size)
+    imps = [None] + ([np.random.default_rng(s).exponential(size=x.shape).astype(np.float32) ** 3
+                      for s in range(3)] if name in IMPORTANCE_TYPES else [])
+    for ref in (False, True):
+        for imp in imps:
+            q = kernels.encode(name, x, reference=ref, importance=imp)
+            assert np.isfinite(kernels.decode(name, q)).all(), (name, ref, imp is not None)
+    with np.errstate(all="ignore"):
+        over = kernels.decode(name, kernels.encode(name, _blocks(2 * qt.max_abs, qt.block_size)))
+    assert not np.isfinite(over).all()
+
+
+def test_weight_beyond_f16_refused_naming_tensor_value_and_a_type_that_holds_it(model, out_dir):
+    from qconvert.source.finite import RangeError
+
+    down = "model.layers.1.mlp.down_proj.weight"
+    set_weight(model / "model.safetensors", down, 5, 99840.0)  # finite in bf16, Inf in F16
+    msg = refused(model, out_dir, RangeError, "tensor 'blk.1.ffn_down.weight'", "99840", "beyond F16",
+                  "65504", "--tensor-type 'blk.1.ffn_down.weight=Q8_0'", "--allow-nonfinite", type="F16")
+    # the suggestion works, and keeps the value
+    res = qconvert.quantize(model, out_dir / "ok.gguf", type="F16", tensor_types=["blk.1.ffn_down.weight=Q8_0"])
+    t = next(t for t in gguf.GGUFReader(res.output).tensors if t.name == "blk.1.ffn_down.weight")
+    from qconvert.kernels import decode
+    assert abs(decode("Q8_0", np.asarray(t.data)).max() - 99840) < 99840 / 127
+    # --allow-nonfinite writes it as asked: Inf
+    res = qconvert.quantize(model, out_dir / "inf.gguf", type="F16", allow_nonfinite=True)
+    t = next(t for t in gguf.GGUFReader(res.output).tensors if t.name == "blk.1.ffn_down.weight")
+    assert np.isinf(np.asarray(t.data)).sum() == 1
+    assert "Inf" in msg
+
+
+def test_weight_beyond_q8_0_scales_refused_in_every_route(model, out_dir):
+    from qconvert.source.finite import RangeError
+
+    set_weight(model / "model.safetensors", Q3, 0, 3e38)
+    refused(model, out_dir, RangeError, "blk.3.attn_q.weight", "3.00406e+38", "Q8_0 (its F16 block scales)",
+            "--tensor-type 'blk.3.attn_q.weight=BF16'")
+    refused(model, out_dir, RangeError, Q3, "int4 with bfloat16 scales", format="safetensors", bits=4)
+    # a sized plan has no candidate type for it (Q6_K holds the most: 2e8)
+    refused(model, out_dir, RangeError, "blk.3.attn_q.weight", "no type a sized plan", target_bpw=5.0,
+            dry_run=True, sensitivity_cache=out_dir.parent / "cache.json")
+    res = qconvert.quantize(model, out_dir / "bf16.gguf", type="Q8_0", tensor_types=["attn_q=BF16"])
+    assert res.output.is_file()
+
+
+def test_sized_plan_picks_only_types_that_hold_the_tensor(model, out_dir):
+    set_weight(model / "model.safetensors", Q3, 0, 1e8)  # above Q8_0's 8.3e6, below Q6_K's 2.0e8
+    res = qconvert.quantize(model, out_dir / "x.gguf", target_bpw=3.3, dry_run=True,
+                            sensitivity_cache=out_dir.parent / "cache.json")
+    assert next(t for t in res.plan.tensors if t.name == "blk.3.attn_q.weight").qtype.name == "Q6_K"
+
+
+def test_gptq_checks_the_weights_it_quantizes(model, out_dir, monkeypatch):
+    """GPTQ reads weights through transformers: the range is checked there, and NaN too
+    when the lazy load falls back to a full transformers load (which bypasses the reader)."""
+    from qconvert.calib import layerwise
+    from qconvert.source.finite import RangeError
+
+    calib = dict(scheme="gptq", calibration_samples=2, calibration_seqlen=16, device="cpu")
+    set_weight(model / "model.safetensors", Q3, 0, 1e8)
+    refused(model, out_dir, RangeError, "blk.3.attn_q.weight", "Q8_0", **calib)
+    set_weight(model / "model.safetensors", Q3, 0, 3e38)  # bf16 scales hold 1.27e38
+    refused(model, out_dir, RangeError, Q3, "int4 with bfloat16 scales", format="safetensors", bits=4, **calib)
+    poison(model / "model.safetensors", Q3, nan=2, inf=0)
+    monkeypatch.setattr(layerwise, "load_lazy", lambda *a, **k: (None, "forced full load"))
+    refused(model, out_dir, NonFiniteError, Q3, "2 NaN", **calib)
+
+
+def test_cli_range_error_is_one_line_without_numpy_warnings(model, tmp_path):
+    set_weight(model / "model.safetensors", "model.layers.0.mlp.up_proj.weight", 3, -70000.0)
+    out = tmp_path / "x.gguf"
+    r = run_cli("quantize", model, "-o", out, "--type", "F16")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: tensor 'blk.0.ffn_up.weight': max |value| 70144") and not out.exists()
+    r = run_cli("quantize", model, "-o", out, "--type", "F16", "--allow-nonfinite")
+    assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
+
+
 # ---------------------------------------------------------------- GGUF input
 
 @pytest.fixture

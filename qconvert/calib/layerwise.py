@@ -103,7 +103,21 @@ def load_causal_lm(model_dir: Path | str, *, lazy: bool = True) -> nn.Module:
         model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     except (OSError, ValueError, KeyError) as e:
         raise UnsupportedError(f"{model_dir}: transformers cannot load this model for calibration ({e})") from None
+    check_loaded(model, model_dir)
     return model.eval()
+
+
+def check_loaded(model: nn.Module, model_dir: Path | str) -> None:
+    """NaN/Inf in a fully loaded model's weights, refused as the safetensors reader refuses
+    them (source/finite.py's policy): transformers read these, not our reader, and a
+    calibration pass over them would compute NaN statistics and GPTQ solutions."""
+    from ..source.finite import NonFiniteError, allowed
+
+    if allowed():
+        return
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            raise NonFiniteError(f"{model_dir}: tensor {name!r}", int(torch.isnan(p).sum()), int(torch.isinf(p).sum()))
 
 
 @dataclass

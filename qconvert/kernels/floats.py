@@ -20,7 +20,10 @@ def encode_float(type_name: str, x: np.ndarray) -> np.ndarray:
     if type_name == "F32":
         return np.ascontiguousarray(x, dtype=np.float32)
     if type_name == "F16":
-        return np.ascontiguousarray(x, dtype=np.float32).astype(np.float16)
+        # beyond 65504 is Inf: the writer refuses such weights first (sink/gguf.check_holds)
+        # unless --allow-nonfinite asked for it, so numpy's overflow warning is no news
+        with np.errstate(over="ignore"):
+            return np.ascontiguousarray(x, dtype=np.float32).astype(np.float16)
     if type_name == "BF16":
         return to_bf16_bits(x)
     raise ValueError(type_name)

@@ -7,7 +7,8 @@ when statistics are given, as the written file will be) and imp_c is the mean sq
 activation of input column c (the importance matrix). Without statistics imp_c = 1 and
 the loss is the plain squared weight error. A tensor without statistics in a run that has
 them (token_embd, output) is weighted by the mean importance of all matrices, so its loss
-is on the same scale as the others'.
+is on the same scale as the others'. A type too narrow for the tensor's largest weight
+(qtypes.MAX_ABS) would write Inf: its loss is inf, and the planner never picks it.
 
 Big tensors are measured on a deterministic sample of whole rows (every k-th row, so that
 at most MAX_SAMPLE_VALUES values are encoded per type) and the sum scaled by
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import stat
 from pathlib import Path
@@ -38,6 +40,7 @@ from ..errors import InputError
 from ..qtypes import qtype
 from ..sink.atomic import atomic_path
 from ..sink.output_check import kind_of
+from ..source.finite import abs_max
 
 CANDIDATES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 MAX_SAMPLE_VALUES = 1 << 20
@@ -64,6 +67,8 @@ def tensor_loss(w: np.ndarray, type_name: str, importance: Optional[np.ndarray] 
     or (n_mat, n_in) for stacked expert matrices; None for the plain error, then scaled by
     `weight_scale` (the mean importance of the run, or 1)."""
     w = np.asarray(w, dtype=np.float32)
+    if abs_max(w) > qtype(type_name).max_abs:  # it would write Inf (sized.py drops the option)
+        return math.inf
     row = w.shape[-1]
     imp_rows = None
     if importance is not None:

@@ -20,11 +20,13 @@ on the chosen types) padded the same way, so the predicted file size is the writ
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Optional
 
 from ..errors import BudgetError, InputError
 from ..qtypes import qtype
+from ..source import finite
 from .budget import Option, solve
 from .memory import (ModelShape, is_gguf, kv_cache_bytes_for, memory_needed, model_shape_from_dir, parse_bytes,
                      read_gguf_model)
@@ -130,8 +132,8 @@ def sized_plan(src, base: Plan, *, header_bytes: int, alignment: int, target_siz
             vram, context, kv_type, kv, shape)
 
     losses, measured = measure(src, variable, imatrix=imatrix, cache_path=sensitivity_cache, save=write_cache)
-    options = {n: [Option(t, pad(qtype(t).nbytes(_shape(base, n)), alignment), losses[(n, t)]) for t in c]
-               for n, c in variable.items()}
+    options = {n: usable_options(n, [Option(t, pad(qtype(t).nbytes(_shape(base, n)), alignment), losses[(n, t)])
+                                     for t in c]) for n, c in variable.items()}
     try:
         sol = solve(options, weight_budget - fixed_bytes)
     except BudgetError as e:
@@ -159,6 +161,21 @@ def sized_plan(src, base: Plan, *, header_bytes: int, alignment: int, target_siz
         report.vram_total = memory_needed(weights, shape, context, kv_type)
         report.overhead_bytes = report.vram_total - weights - kv
     return plan, report
+
+
+def usable_options(name: str, options: list[Option]) -> list[Option]:
+    """The options a tensor can take: not those whose loss is not finite (a type too narrow
+    for its largest weight, sensitivity.py). When none is left the tensor is refused like
+    any too-large weight, unless --allow-nonfinite: then every option is alike (loss 0)."""
+    ok = [o for o in options if math.isfinite(o.loss)]
+    if ok:
+        return ok
+    if not finite.allowed():
+        types = ", ".join(o.type for o in options)
+        raise finite.RangeError(f"tensor {name!r}: no type a sized plan chooses from ({types}) holds its "
+                                f"largest weight without Inf; quantize with a preset and --tensor-type "
+                                f"'{name}=BF16', or pass --allow-nonfinite")
+    return [replace(o, loss=0.0) for o in options]
 
 
 def _shape(plan: Plan, name: str):

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import ShapeError, UnsupportedError
+from ..source.finite import check_range
 from .gptq import find_params, quantize_codes
 
 
@@ -59,6 +61,23 @@ def check_grid(bits: int, group_size: int) -> None:
     if group_size != -1 and group_size <= 0:
         raise UnsupportedError(f"group_size must be -1 (one scale per output channel) or positive, "
                                f"got {group_size}")
+
+
+def grid_max_abs(bits: int, scale_dtype: torch.dtype) -> float:
+    """The largest |weight| a `bits` grid with scales stored as `scale_dtype` holds without
+    Inf: its scale, up to 2 max|w| / (2^bits - 1), must fit the scale dtype, and max - min
+    (up to 2 max|w|) float32. A quarter of headroom, as qtypes.MAX_ABS, for GPTQ's error
+    feedback moving weights within a step."""
+    maxq = 2**bits - 1
+    return 0.75 * min(torch.finfo(scale_dtype).max * maxq / 2, torch.finfo(torch.float32).max / 2)
+
+
+def check_grid_holds(name: str, W: np.ndarray, bits: int, scale_dtype: torch.dtype) -> None:
+    """Refuse (source/finite.py's policy) a weight too large for the grid's scales."""
+    sd = str(scale_dtype).removeprefix("torch.")
+    check_range(W, grid_max_abs(bits, scale_dtype), f"int{bits} with {sd} scales", f"tensor {name!r}",
+                f"the scale dtype follows config.json's dtype; GGUF output with a BF16 or F32 type for this "
+                "tensor holds it")
 
 
 def rtn_grid(W: torch.Tensor, *, bits: int, group_size: int = -1, sym: bool = True,

@@ -51,6 +51,8 @@ def run_gptq(src: Source, plan: Plan, store: Path, *, text_file: Optional[str | 
 
     from ..calib.layerwise import load_causal_lm, run_layerwise
     from ..calib.text import calibration_samples
+    from ..sink.gguf import check_holds
+    from ..source.finite import check_finite
     from .hessian import accumulate_hessian, hessian_init
 
     _, linears = gptq_plan(plan, src)  # the linears; `plan` already carries their schemes
@@ -80,6 +82,10 @@ def run_gptq(src: Source, plan: Plan, store: Path, *, text_file: Optional[str | 
             tp = by_name[gname]
             H = hess.pop(full)[0]
             W = mod.weight.detach().to(torch.float32).cpu().numpy()
+            # the weights GPTQ writes, checked as the writer checks the rest (a full
+            # transformers load, lazy_model's fallback, bypasses the reader's NaN check)
+            check_finite(W, "F32", f"{src.path}: {gname} ({full}.weight)")
+            check_holds(gname, tp.qtype, W)
             Hn = H.cpu().numpy()
             if tp.scheme == "gptq":
                 blocks, deq, st = gptq_gguf(W, Hn, tp.qtype.name, damp=damp, device=H.device)

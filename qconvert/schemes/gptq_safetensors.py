@@ -24,7 +24,8 @@ def run_gptq_int(model_dir: Path, store: Path, *, targets: set[str], bits: int, 
 
     from ..calib.layerwise import load_causal_lm, run_layerwise
     from ..calib.text import calibration_samples
-    from .absmax import rtn_grid
+    from ..source.finite import check_finite
+    from .absmax import check_grid_holds, rtn_grid
     from .gptq import gptq_quantize
     from .hessian import accumulate_hessian, hessian_init, output_error
 
@@ -46,6 +47,10 @@ def run_gptq_int(model_dir: Path, store: Path, *, targets: set[str], bits: int, 
             mod = layer.get_submodule(full.split(f".{i}.", 1)[1])
             H = hess.pop(full)[0]
             W = mod.weight.detach().to(torch.float32)
+            w_np = W.cpu().numpy()  # checked here: a full transformers load bypasses the reader's checks
+            check_finite(w_np, "F32", f"{model_dir}: tensor {full + '.weight'!r}")
+            check_grid_holds(full + ".weight", w_np, bits, sd)
+            del w_np
             r = gptq_quantize(W, H, bits=bits, group_size=group_size, act_order=act_order, sym=sym, damp=damp,
                               static_groups=act_order, scale_dtype=sd)
             base = rtn_grid(W.cpu(), bits=bits, group_size=group_size, sym=sym, scale_dtype=sd)

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import InputError, ShapeError, UnsupportedError
 from ..progress import reporter
-from ..schemes.absmax import check_grid, dequantize, rtn_grid
+from ..schemes.absmax import check_grid, check_grid_holds, dequantize, rtn_grid
 from ..source.checkpoint import Checkpoint, _shard_files
 from ..source.safetensors_file import SafetensorsFile
 from . import compressed_tensors as ct
@@ -167,7 +167,9 @@ def quantize_item(it: Item, ckpt: Checkpoint, plan: SafetensorsPlan, supply: Cal
     sd_torch = TORCH_DTYPES[plan.scale_dtype]
     r = supply(it.hf_name)
     if r is None:
-        W = torch.from_numpy(ckpt[it.hf_name].load())  # the HF weight as stored, widened to float32
+        w = ckpt[it.hf_name].load()  # the HF weight as stored, widened to float32 (NaN/Inf checked)
+        check_grid_holds(it.hf_name, w, plan.bits, sd_torch)
+        W = torch.from_numpy(w)
         r = rtn_grid(W, bits=plan.bits, group_size=plan.group_size, sym=plan.sym, scale_dtype=sd_torch)
         del W
     else:

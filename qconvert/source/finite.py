@@ -7,6 +7,10 @@ own quantizer refuses such weights too. The check reads the stored bits (exponen
 ones = NaN or Inf) in chunks, so it costs one pass over memory already being read and no
 array the size of the tensor; counting NaN apart from Inf happens only once one is found.
 
+A finite weight can still overflow the type it is written as (99840 as F16, 3e38 as Q8_0,
+whose F16 block scale would be amax/127): `check_range`, called where a tensor meets its
+output type, refuses that too, under the same policy.
+
 The policy is a context variable rather than an argument: weights are read by the GGUF
 writer, the sensitivity measurements of sized plans, the safetensors writer and the
 calibration passes (through transformers' module tree), and `qconvert.quantize` sets it
@@ -16,6 +20,7 @@ once for all of them (`allow_nonfinite=True`, CLI `--allow-nonfinite`).
 from __future__ import annotations
 
 import functools
+import math
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Callable, Iterator
@@ -86,6 +91,32 @@ def check_finite(arr: np.ndarray, dtype: str, what: str) -> None:
     nan, inf = count_nonfinite(arr, dtype)
     if nan or inf:
         raise NonFiniteError(what, nan, inf)
+
+
+class RangeError(InputError):
+    """A finite weight too large for the type it is written as: its encoding would hold Inf
+    (exit 2, like NaN/Inf in the input, and let through by the same --allow-nonfinite)."""
+
+
+def abs_max(arr: np.ndarray) -> float:
+    """max |x| of a float array: two reductions, no temporary the size of the array."""
+    if arr.size == 0:
+        return 0.0
+    return float(max(arr.max(), -arr.min()))
+
+
+def check_range(arr: np.ndarray, limit: float, holder: str, what: str,
+                hint: str | Callable[[float], str]) -> None:
+    """Raise RangeError naming `what` when max |arr| is above `limit`, the largest value
+    `holder` (e.g. "Q8_0 (its F16 block scales)") stores finitely, unless the caller allowed
+    non-finite output. `hint` (or hint(max |arr|)) says what to do instead. NaN is not
+    judged here: it was refused (or allowed) where the weights were read."""
+    if allowed() or limit == math.inf:
+        return
+    amax = abs_max(arr)
+    if amax > limit:
+        raise RangeError(f"{what}: max |value| {amax:.6g} is beyond {holder}, which holds up to {limit:.6g}; "
+                         f"{hint(amax) if callable(hint) else hint}, or pass --allow-nonfinite to write it as Inf")
 
 
 def nonfinite_policy(fn: Callable) -> Callable:

@@ -77,7 +77,10 @@ class GGUFData:
             out = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
         else:
             try:
-                out = gguf.quants.dequantize(raw, t.type).astype(np.float32, copy=False)
+                # an Inf scale makes NaN here (inf * 0): the caller's NaN/Inf check reports it,
+                # numpy's "invalid value" warning would only be noise before that error
+                with np.errstate(all="ignore"):
+                    out = gguf.quants.dequantize(raw, t.type).astype(np.float32, copy=False)
             except NotImplementedError:
                 raise UnsupportedError(f"{self.h.path}: tensor {t.name!r} is {name}, which qconvert cannot "
                                        "decode") from None
