@@ -7,11 +7,13 @@ the chosen route uses is an error naming it (routes/base.py), never silently dro
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from .errors import InputError
+from .plan.units import MAX_CONTEXT, check_count
 
 FORMATS = ("gguf", "safetensors")
 SCHEMES = ("rtn", "gptq")
@@ -137,9 +139,7 @@ def build_job(model: str | Path, output: str | Path | None = None, **options) ->
         raise InputError(f"give one of {', '.join(flag(t) for t in targets)}, not several")
     if o["imatrix"] is not None and o["calibration"] not in (None, False):
         raise InputError("give --imatrix or --calibration, not both")
-    for name in ("calibration_samples", "calibration_seqlen"):
-        if o[name] is not None and int(o[name]) < 1:
-            raise InputError(f"{flag(name)} {o[name]}: must be at least 1")
+    _check_numbers(o)
     budget = None
     if targets:
         budget = Budget(o["target_size"], o["target_bpw"], o["target_vram"], o["context"],
@@ -161,6 +161,42 @@ def build_job(model: str | Path, output: str | Path | None = None, **options) ->
         vocab_pre=o["vocab_pre"], allow_requantize=bool(o["allow_requantize"]),
         allow_nonfinite=bool(o["allow_nonfinite"]), force=bool(o["force"]), dry_run=bool(o["dry_run"]),
         progress=o["progress"] if "progress" in options else False, given=given)
+
+
+# counts a request may hold: (maximum, what). Calibration keeps samples x seqlen activations
+# per layer in memory; a million windows or tokens is far past any useful run.
+COUNTS = {"calibration_samples": (1_000_000, "a positive number of windows"),
+          "calibration_seqlen": (1 << 20, "a positive number of tokens"),
+          "context": (MAX_CONTEXT, "a positive number of tokens")}
+MAX_GROUP_SIZE = 1 << 20  # weights per scale; row widths of real models stay far below
+MAX_BPW = 32.0  # F32
+
+
+def _check_numbers(o: dict) -> None:
+    """Every numeric option a whole, bounded number of its kind, before any file is read."""
+    for name, (maximum, what) in COUNTS.items():
+        if o[name] is not None:
+            check_count(flag(name), o[name], maximum, what)
+    if o["bits"] is not None and (isinstance(o["bits"], bool) or not isinstance(o["bits"], int)):
+        raise InputError(f"--bits {o['bits']!r}: expected a whole number of bits")
+    if o["group_size"] is not None and o["group_size"] != -1:
+        check_count("--group-size", o["group_size"], MAX_GROUP_SIZE,
+                    "-1 (one scale per output channel) or a positive number of weights per scale")
+    if o["target_bpw"] is not None:
+        _fraction("target_bpw", o["target_bpw"], 0.0, MAX_BPW, "a number of bits per weight above 0", low_ok=False)
+    if o["damp"] is not None:  # a fraction of the Hessian's mean diagonal; GPTQ raises it itself when needed
+        _fraction("damp", o["damp"], 0.0, 1.0, "a fraction of the Hessian's mean diagonal from 0", low_ok=True)
+
+
+def _fraction(name: str, value, lo: float, hi: float, what: str, *, low_ok: bool) -> None:
+    """A finite real number in (lo, hi] (or [lo, hi] with low_ok), else an InputError naming
+    the option: NaN and inf are refused, not compared."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        v = math.nan
+    if isinstance(value, bool) or not math.isfinite(v) or not (v >= lo if low_ok else v > lo) or v > hi:
+        raise InputError(f"{flag(name)} {value!r}: expected {what} to {hi:g}")
 
 
 def _default(value, default):

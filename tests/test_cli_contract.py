@@ -204,6 +204,64 @@ def test_estimate_memory_at_the_bounds_is_fast():
     assert '"params": 1000000000000000' in r.stdout
 
 
+# --- quantize: hostile numbers are refused before anything is read ----------------------------
+
+ST = ["--format", "safetensors"]
+GPTQ = ["--scheme", "gptq"]
+QUANTIZE_ABSURD = [
+    (["--target-bpw", "inf"], "--target-bpw"),
+    (["--target-bpw", "nan"], "--target-bpw"),
+    (["--target-bpw", "0"], "--target-bpw"),
+    (["--target-bpw", "-3"], "--target-bpw"),
+    (["--target-bpw", "1e300"], "--target-bpw"),
+    (["--target-vram", "8GB", "--context", "99999999999999"], "--context"),
+    (["--target-vram", "8GB", "--context", "0"], "--context"),
+    ([*GPTQ, "--damp", "nan"], "--damp"),
+    ([*GPTQ, "--damp", "inf"], "--damp"),
+    ([*GPTQ, "--damp", "-0.1"], "--damp"),
+    ([*GPTQ, "--damp", "2"], "--damp"),
+    ([*ST, "--group-size", "-5"], "--group-size"),
+    ([*ST, "--group-size", "0"], "--group-size"),
+    ([*ST, "--group-size", "99999999999999999999"], "--group-size"),
+    ([*ST, "--group-size", "7"], "--group-size"),  # divides none of the model's widths (256, 768)
+    ([*GPTQ, "--calibration-samples", "0"], "--calibration-samples"),
+    ([*GPTQ, "--calibration-samples", "99999999999"], "--calibration-samples"),
+    ([*GPTQ, "--calibration-seqlen", "-1"], "--calibration-seqlen"),
+    ([*GPTQ, "--calibration-seqlen", "99999999999"], "--calibration-seqlen"),
+    (["--bits", "99999999999"], "--bits"),
+    ([*ST, "--bits", "5"], "--bits"),
+]
+
+
+@pytest.mark.parametrize("args,option", QUANTIZE_ABSURD, ids=[f"{o}-{i}" for i, (_, o) in enumerate(QUANTIZE_ABSURD)])
+def test_quantize_refuses_absurd_numbers_naming_the_option(args, option, capsys, tmp_path):
+    """Exit 2 and one line naming the option (they exited 70, 1, 3, or 0 with nothing
+    quantized), in-process through main(), in a dry run: nothing is computed."""
+    from qconvert.cli.app import get_app, main
+
+    get_app()
+    with pytest.raises(SystemExit) as exit_:
+        main(["quantize", str(EXAMPLE), "-o", str(tmp_path / "out"), "--dry-run", *args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert err.startswith(f"error: {option} ") and err.count("\n") == 1, err
+
+
+def test_every_error_raised_is_a_class_with_an_exit_code_in_the_contract():
+    """QConvertError itself (exit 1) is not in the README's table: every raise in qconvert/
+    names a subclass (InputError 2, UnsupportedError/ShapeError 3, BudgetError 4)."""
+    import ast
+
+    bare = []
+    for path in sorted((ROOT / "qconvert").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+                if isinstance(exc, ast.Name) and exc.id == "QConvertError":
+                    bare.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert bare == []
+
+
 # --- a closed stdout ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args", [["inspect", EXAMPLE / "model.safetensors"],

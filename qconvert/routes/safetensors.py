@@ -55,6 +55,7 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
         check_config(ckpt)  # bounds and tensor shapes, before calibration builds a model from it
         s = job.scheme
         splan = plan_safetensors(ckpt, bits=bits, group_size=s.group_size, sym=s.sym)
+        check_some_quantized(job, splan)
         label = f"W{bits}A16-{'G' + str(s.group_size) if s.group_size > 0 else 'CH'}{'' if s.sym else '-ASYM'}"
         note = (f"{sum(it.quantize for it in splan.items)} projections quantized ({label}, {s.name}); "
                 f"{len(splan.ignore)} names kept dense: {', '.join(splan.ignore[:6])}")
@@ -94,6 +95,19 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
 
     def dry_result(self, job: Job, planned: SafetensorsPlanned) -> SafetensorsResult:
         return SafetensorsResult(None, planned.plan, planned.label, notes=list(planned.notes))
+
+
+def check_some_quantized(job: Job, splan) -> None:
+    """A group size that divides none of the projections' input widths would write a copy
+    of the model with nothing quantized: refused, naming --group-size."""
+    if any(it.quantize for it in splan.items):
+        return
+    widths = sorted({it.shape[1] for it in splan.items if it.reason.startswith("kept: ") and "group size" in it.reason})
+    if widths:
+        raise InputError(f"--group-size {job.scheme.group_size}: no projection's input width "
+                         f"({', '.join(map(str, widths))}) is a multiple of it, so nothing would be quantized; "
+                         "choose a divisor of them or -1 (one scale per output channel)")
+    raise InputError(f"{job.source}: no decoder-layer projection (q/k/v/o, gate/up/down) to quantize")
 
 
 def gptq_int_notes(stats: dict[str, dict]) -> list[str]:

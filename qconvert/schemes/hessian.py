@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import QConvertError, ShapeError
+from ..errors import InputError, ShapeError
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ def inverse_factor(H: torch.Tensor, damp: float = 0.01) -> InverseFactor:
                                 "after %d retries", frac, attempt)
                 return InverseFactor(U, frac, attempt, dead)
         frac = max(frac * _DAMP_GROWTH, 0.01)
-    raise QConvertError(
+    # the calibration activations' fault (NaN/inf, or too few distinct rows): an input error
+    raise InputError(
         f"GPTQ: the Hessian ({n}x{n}) stays singular even with damping {frac / _DAMP_GROWTH:g} "
         "of its mean diagonal; check the calibration activations for NaN/inf or use more "
         "calibration text"
