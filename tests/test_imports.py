@@ -105,3 +105,35 @@ def test_every_module_imports_in_isolation():
     r = subprocess.run([sys.executable, "-c", _IMPORT_EACH, *names], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+
+
+HEAVY = ("torch", "transformers", "compressed_tensors")
+_HEAVY_AFTER = """
+import sys
+from qconvert.cli.app import main
+from qconvert.cli import app
+import qconvert.pipeline, qconvert.routes
+loaded = [[m for m in HEAVY if m in sys.modules]]
+for args in COMMANDS:
+    try:
+        main(args)
+    except SystemExit as e:
+        assert e.code in (0, None), (args, e.code)
+    loaded.append([m for m in HEAVY if m in sys.modules])
+print(loaded)
+"""
+
+
+def test_cli_start_and_light_commands_import_no_torch(tmp_path):
+    """torch (~1.5 s), transformers and compressed-tensors are imported by the routes that
+    calibrate, run GPTQ or write safetensors, not when the CLI starts, nor by inspect,
+    estimate-memory or a plain GGUF conversion. A fresh interpreter: this one has them."""
+    example = ROOT.parent / "examples" / "tiny-llama"
+    commands = [["estimate-memory", "--params", "7B"], ["inspect", str(example / "model.safetensors")],
+                ["inspect", str(example), "--json"],
+                ["quantize", str(example), "-o", str(tmp_path / "m.gguf"), "-t", "Q8_0"],
+                ["inspect", str(tmp_path / "m.gguf")]]
+    code = f"HEAVY = {HEAVY!r}\nCOMMANDS = {commands!r}\n" + _HEAVY_AFTER
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines()[-1] == str([[]] * (1 + len(commands)))

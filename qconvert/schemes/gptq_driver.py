@@ -16,7 +16,6 @@ import numpy as np
 from ..errors import InputError
 from ..plan.tensor_plan import Plan
 from ..source.model_source import Source
-from .gptq_grid import gptq_gguf
 
 GRID_TYPES = frozenset({"Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q3_K", "Q2_K"})
 
@@ -53,6 +52,7 @@ def run_gptq(src: Source, plan: Plan, store: Path, *, text_file: Optional[str | 
     from ..calib.text import calibration_samples
     from ..sink.gguf import check_holds
     from ..source.finite import check_finite
+    from .gptq_grid import gptq_gguf  # torch: imported when GPTQ runs, not when the CLI starts
     from .hessian import accumulate_hessian, hessian_init
 
     _, linears = gptq_plan(plan, src)  # the linears; `plan` already carries their schemes
