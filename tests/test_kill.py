@@ -38,13 +38,13 @@ def test_sigkill_mid_write_keeps_old_output_and_next_run_cleans(tmp_path):
     kt.run_once(base + ["-t", "Q4_K_M"])
     old = kt.digest(out)
     p = subprocess.Popen(base + ["-t", "Q8_0", "--force"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = tmp_path / f".model.gguf.{p.pid}.partial"  # not the output check's probe file, which comes first
     t0 = time.perf_counter()
-    while p.poll() is None and not kt.leftovers(tmp_path) and time.perf_counter() - t0 < 60:
+    while p.poll() is None and not partial.exists() and time.perf_counter() - t0 < 60:
         time.sleep(0.002)
     p.send_signal(signal.SIGKILL)
     assert p.wait(60) == -signal.SIGKILL, "the run finished before the temporary file was seen"
-    left = kt.leftovers(tmp_path)
-    assert left == [f".model.gguf.{p.pid}.partial"]
+    assert kt.leftovers(tmp_path) == [partial.name]
     assert kt.digest(out) == old  # the old output, byte for byte
     # a stale partial of a live process (this one) is not touched; the dead one's is
     live = tmp_path / f".other.gguf.{os.getpid()}.partial"
