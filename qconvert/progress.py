@@ -11,23 +11,26 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
+from .terminal_text import printable
+
 
 class Reporter:
     def __init__(self, progress: Optional[Progress]) -> None:
         self._p = progress
         self._task = None
 
+    # tensor names come from model files: escaped like every other name the CLI prints
     def start(self, description: str, total: float) -> None:
         if self._p is not None:
-            self._task = self._p.add_task(description, total=total, item="")
+            self._task = self._p.add_task(printable(description), total=total, item="")
 
     def advance(self, amount: float, item: str = "") -> None:
         if self._p is not None and self._task is not None:
-            self._p.update(self._task, advance=amount, item=item)
+            self._p.update(self._task, advance=amount, item=printable(item))
 
     def log(self, message: str) -> None:
         if self._p is not None:
-            self._p.console.print(message, markup=False, highlight=False)
+            self._p.console.print(printable(message), markup=False, highlight=False)
 
 
 @contextmanager

@@ -115,6 +115,22 @@ def test_messages_are_text_not_markup(tmp_path):
     assert "(attn_[kv]=Q8_0" in one_error_line(r)
 
 
+def test_progress_bar_escapes_names_like_messages(capsys):
+    """A tensor name from a model file reaches the progress bar too: its controls are
+    escaped there as in error lines, not sent to the terminal."""
+    from qconvert.progress import reporter
+
+    evil = "blk.0.\x1b[31mattn\x07\u202e"
+    with reporter(True) as rep:
+        rep.start("Q8_0\x1b[2J", 2)
+        rep.advance(1, evil)
+        rep.log(f"note: {evil}")
+        rep.advance(1, evil)
+    err = capsys.readouterr().err
+    assert "\x1b[31m" not in err and "\x07" not in err and "\u202e" not in err and "\x1b[2J" not in err
+    assert "blk.0.\\x1b[31mattn\\x07\\u202e" in err and "Q8_0\\x1b[2J" in err
+
+
 def test_debug_gives_the_traceback(tmp_path):
     r = run("quantize", tmp_path / "missing", env=_env(QCONVERT_DEBUG="1"))
     assert r.returncode != 0

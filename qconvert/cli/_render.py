@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
+from ..terminal_text import printable  # the commands take it from here too
+
 _DECIMAL = ["B", "kB", "MB", "GB", "TB", "PB"]
 _BINARY = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
 
@@ -41,25 +43,6 @@ def human_count(n: float) -> str:
         if abs(n) >= div:
             return f"{n / div:.2f}{suffix}"
     return str(int(n))
-
-
-def _escape_char(c: str) -> str:
-    o = ord(c)
-    if o < 0x100:
-        return f"\\x{o:02x}"
-    if o < 0x10000:
-        return f"\\u{o:04x}"
-    return f"\\U{o:08x}"
-
-
-def printable(s: object) -> str:
-    """`s` as text with every non-printable character (controls, format characters such
-    as bidi overrides, unassigned code points, lone surrogates) spelled as a Python-style
-    escape, so it cannot act on a terminal: "\\x1b[31m" shows as the 8 characters \\x1b[31m."""
-    s = str(s)
-    if s.isprintable():
-        return s
-    return "".join(c if c.isprintable() else _escape_char(c) for c in s)
 
 
 def text(s: object, style: str = "") -> Text:
