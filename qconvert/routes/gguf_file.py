@@ -3,9 +3,11 @@ then one tensor at a time, paired with its plan entry by name. Shared by the GGU
 
 from __future__ import annotations
 
+import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import gguf
 import numpy as np
@@ -86,14 +88,29 @@ def write_gguf(src: Source, plan: Plan, out: Path, encoder: Encoder, progress) -
 
 def header_layout(src: Source, plan: Plan) -> tuple[int, int]:
     """(bytes before the first tensor's padding, data alignment) of the file write_gguf
-    would make: the header written for real to a scratch file, tensor data left out. Its
-    size depends on names, shapes and metadata, not on the tensors' types."""
-    with tempfile.TemporaryDirectory(prefix="qconvert-header-") as td:
-        path = Path(td) / "header.gguf"
+    would make: the header written for real, tensor data left out. Its size depends on
+    names, shapes and metadata, not on the tensors' types."""
+    with _scratch_file() as path:
         sink = GGUFSink(path, src.arch_name)
         add_metadata(src, sink.writer, plan, plan.ftype)
         sink.add_plan(plan)
         sink.begin()
         alignment = sink.writer.data_alignment
         sink.close()
-        return path.stat().st_size, alignment
+        return os.stat(path).st_size, alignment
+
+
+@contextmanager
+def _scratch_file() -> Iterator[Path]:
+    """A path to write a throwaway file to. On Linux an anonymous in-memory file (memfd):
+    nothing lands on any filesystem, so a killed run leaves nothing behind; elsewhere a
+    temporary directory."""
+    if hasattr(os, "memfd_create") and Path("/proc/self/fd").is_dir():
+        fd = os.memfd_create("qconvert-header")
+        try:
+            yield Path(f"/proc/{os.getpid()}/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="qconvert-header-") as td:
+        yield Path(td) / "header.gguf"
