@@ -126,8 +126,9 @@ def _q(s: str) -> str:
 
 
 class _Cursor:
-    def __init__(self, buf: mmap.mmap, path: Path) -> None:
+    def __init__(self, buf: mmap.mmap, path: Path, errors: str = "backslashreplace") -> None:
         self.buf, self.path, self.e, self.pos = buf, path, "<", 0
+        self.errors = errors  # how metadata keys and string values are decoded
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > len(self.buf):
@@ -141,10 +142,10 @@ class _Cursor:
         self.pos += size
         return v
 
-    def string(self, what: str, keep: bool = True) -> str | None:
+    def string(self, what: str, keep: bool = True, errors: str | None = None) -> str | None:
         n = self.num("Q", what)
         self.need(n, what)
-        s = bytes(self.buf[self.pos:self.pos + n]).decode("utf-8", "backslashreplace") if keep else None
+        s = bytes(self.buf[self.pos:self.pos + n]).decode("utf-8", errors or self.errors) if keep else None
         self.pos += n
         return s
 
@@ -188,9 +189,15 @@ class _Cursor:
         return KV("", t, vals, item, count)
 
 
-def read_gguf_header(path: str | Path, max_array_items: int | None = None) -> GGUFHeader:
+def read_gguf_header(path: str | Path, max_array_items: int | None = None, *,
+                     exact_strings: bool = False) -> GGUFHeader:
     """Metadata and tensor infos of a GGUF file. Raises FormatError (naming the file) for
-    anything truncated or garbled, UnsupportedError for versions other than 2 and 3."""
+    anything truncated or garbled, UnsupportedError for versions other than 2 and 3.
+
+    Strings that are not UTF-8 (a token holding part of a multi-byte character, say) are
+    decoded with 'backslashreplace' for display, or with exact_strings with
+    'surrogateescape' (metadata keys and values; tensor names stay displayable), so that
+    `stored_bytes(s)` gives back exactly the bytes in the file: GGUF input copies them."""
     path = Path(path)
     with open(path, "rb") as f:
         size = f.seek(0, 2)
@@ -198,13 +205,18 @@ def read_gguf_header(path: str | Path, max_array_items: int | None = None) -> GG
             raise FormatError(f"{path}: truncated GGUF file ({size} bytes)")
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     try:
-        return _read(buf, path, size, max_array_items)
+        return _read(buf, path, size, max_array_items, "surrogateescape" if exact_strings else "backslashreplace")
     finally:
         buf.close()
 
 
-def _read(buf: mmap.mmap, path: Path, size: int, keep: int | None) -> GGUFHeader:
-    c = _Cursor(buf, path)
+def stored_bytes(s: str) -> bytes:
+    """A string of an exact_strings header as the bytes the file stores."""
+    return s.encode("utf-8", "surrogateescape")
+
+
+def _read(buf: mmap.mmap, path: Path, size: int, keep: int | None, errors: str) -> GGUFHeader:
+    c = _Cursor(buf, path, errors)
     if buf[:4] != b"GGUF":
         raise FormatError(f"{path}: not a GGUF file (magic bytes {bytes(buf[:4])!r})")
     c.pos = 4
@@ -236,7 +248,7 @@ def _read(buf: mmap.mmap, path: Path, size: int, keep: int | None) -> GGUFHeader
             h.alignment, h.alignment_key = a, True
     raw_tensors = []
     for i in range(n_tensors):
-        name = c.string(f"tensor #{i} name")
+        name = c.string(f"tensor #{i} name", errors="backslashreplace")  # names are text for the writer
         n_dims = c.num("I", f"tensor {_q(name)} dims")
         if n_dims > MAX_DIMS:
             raise FormatError(f"{path}: garbled GGUF header (tensor {_q(name)} claims {n_dims} dimensions)")

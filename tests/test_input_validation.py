@@ -563,8 +563,8 @@ def _rewrite(src: Path, dst: Path, *, alignment: int | None = None, extra: dict 
     w = gguf.GGUFWriter(dst, arch.contents() if arch else "")  # "" writes no architecture key
     if alignment:
         w.add_custom_alignment(alignment)
-    for key, (vtype, value) in (extra or {}).items():
-        w.add_key_value(key, value, vtype)
+    for key, (vtype, value, *sub) in (extra or {}).items():
+        w.add_key_value(key, value, vtype, sub_type=sub[0] if sub else None)
     for key, f in r.fields.items():
         if key.startswith("GGUF.") or key in ("general.architecture", "general.alignment", *drop):
             continue
@@ -603,6 +603,27 @@ def test_gguf_input_layout_keys_are_not_copied_and_llama_cpp_loads_the_output(f3
     llm = open_llama(out, n_ctx=64, logits_all=True, n_threads=2)
     llm.eval(llm.tokenize(b"def main():"))
     assert np.isfinite(np.asarray(llm.scores[:3])).all()
+
+
+def test_gguf_input_strings_are_copied_byte_for_byte(f32_gguf, tmp_path):
+    """Tokens that are not UTF-8 on their own (byte-level pieces, half a character) reach
+    the output unchanged; they were decoded with backslashreplace and written as its text."""
+    from qconvert.gguf_header import read_gguf_header, stored_bytes
+
+    VT = gguf.GGUFValueType
+    field = gguf.GGUFReader(f32_gguf).fields["tokenizer.ggml.tokens"]
+    tokens = [bytes(field.parts[i]) for i in field.data]
+    tokens[5], tokens[6], tokens[7] = b"\xe2\x82", b"\xff\xfe\\x41", b"\xed\xa0\x80"
+    src = _rewrite(f32_gguf, tmp_path / "raw.gguf", drop=("tokenizer.ggml.tokens",),
+                   extra={"tokenizer.ggml.tokens": (VT.ARRAY, tokens, VT.STRING),
+                          "test.raw": (VT.STRING, b"caf\xe9"), b"test.key\xff": (VT.UINT8, 1)})
+    out = qconvert.quantize(src, tmp_path / "raw-q8.gguf", type="Q8_0").output
+    kv = {stored_bytes(k.key): k for k in read_gguf_header(out, exact_strings=True).kv}
+    assert [stored_bytes(t) for t in kv[b"tokenizer.ggml.tokens"].value] == tokens
+    assert stored_bytes(kv[b"test.raw"].value) == b"caf\xe9" and kv[b"test.key\xff"].value == 1
+    # inspect still shows them as text
+    shown = {k.key: k for k in read_gguf_header(out).kv}
+    assert shown["tokenizer.ggml.tokens"].value[6] == "\\xff\\xfe\\x41" and shown["test.raw"].value == "caf\\xe9"
 
 
 def test_gguf_input_split_into_parts_is_refused(f32_gguf, tmp_path, out_dir):

@@ -23,7 +23,7 @@ import gguf
 import numpy as np
 
 from ..errors import FormatError, InputError, UnsupportedError
-from ..gguf_header import GGUFHeader, KV, TensorInfo, read_gguf_header
+from ..gguf_header import GGUFHeader, KV, TensorInfo, read_gguf_header, stored_bytes
 from .finite import check_finite
 from .safetensors_file import TensorHandle
 from .source_tensor import SourceTensor
@@ -95,6 +95,15 @@ class GGUFData:
         return load
 
 
+def _is_text(s: str) -> bool:
+    """False when an exact_strings string holds bytes that are not UTF-8 (as surrogates)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _plain(kv: KV, path: Path) -> Any:
     """A metadata value as GGUFWriter takes it. The header reader keeps non-finite floats
     as the text "nan"/"inf" (for JSON); they are numbers again here."""
@@ -113,7 +122,8 @@ class GGUFInput:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         try:
-            self.header = read_gguf_header(self.path)  # every array in full: the metadata is copied
+            # every array in full, strings exactly as stored: the metadata is copied
+            self.header = read_gguf_header(self.path, exact_strings=True)
         except OSError as e:
             raise InputError(f"{self.path}: cannot read ({e.strerror})") from None
         if self.header.problems:
@@ -127,8 +137,8 @@ class GGUFInput:
         arch = self.kv.get("general.architecture")
         if arch is None:
             raise FormatError(f"{self.path}: GGUF has no general.architecture key")
-        if arch.type != _VT.STRING or not arch.value:
-            raise FormatError(f"{self.path}: general.architecture should be a non-empty string")
+        if arch.type != _VT.STRING or not arch.value or not _is_text(arch.value):
+            raise FormatError(f"{self.path}: general.architecture should be a non-empty UTF-8 string")
         self.arch_name = arch.value
         self._check_split()
 
@@ -184,4 +194,12 @@ class GGUFInput:
             if kv.key in _OWN_KEYS or kv.key in _LAYOUT_KEYS or kv.key.startswith(_LAYOUT_PREFIXES):
                 continue
             sub = kv.item_type if kv.type == _VT.ARRAY else None
-            w.add_key_value(kv.key, _plain(kv, self.path), kv.type, sub_type=sub)
+            value = _plain(kv, self.path)
+            # strings as the bytes stored: a token that is not UTF-8 on its own (half of a
+            # multi-byte character) must reach llama.cpp unchanged. gguf-py writes bytes as is.
+            if kv.type == _VT.STRING:
+                value = stored_bytes(value)
+            elif sub == _VT.STRING:
+                value = [stored_bytes(v) for v in value]
+            key = kv.key if _is_text(kv.key) else stored_bytes(kv.key)  # a bytes key is written as is too
+            w.add_key_value(key, value, kv.type, sub_type=sub)
