@@ -11,7 +11,6 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..source.checkpoint import Checkpoint
 
 
 def run_gptq_int(model_dir: Path, store: Path, *, targets: set[str], bits: int, group_size: int, sym: bool,

@@ -4,7 +4,6 @@ tensor at a time, so memory holds one tensor and its encoding, never the model."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable
 
 import gguf
 import numpy as np
