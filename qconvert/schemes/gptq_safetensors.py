@@ -12,7 +12,6 @@ from typing import Callable, Optional
 import numpy as np
 
 
-
 def run_gptq_int(model_dir: Path, store: Path, *, targets: set[str], bits: int, group_size: int, sym: bool,
                  act_order: bool, damp: float, scale_dtype: str, text_file=None, n_samples: int = 128,
                  seqlen: int = 512, device: str = "auto", progress: Optional[bool] = None) -> dict[str, dict]:
