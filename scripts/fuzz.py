@@ -1,20 +1,25 @@
 #!/usr/bin/env python
 """Seeded fuzzer for the qconvert CLI: hostile GGUF, safetensors, index, config and tokenizer
-files and odd argument lists, each run through `qconvert inspect`, `quantize` (dry run and,
-for a share of cases, a real conversion) or `estimate-memory`.
+files (tokenizer.json, tokenizer.model, chat_template.jinja...), odd argument lists, odd output
+paths (devices, FIFOs, directories, input files, links), damaged importance matrices (GGUF and
+.dat), sensitivity caches and calibration texts, each run through `qconvert inspect`,
+`quantize` (dry run and, for a share of cases, a real conversion) or `estimate-memory`.
+Kinds: gguf, safetensors, index, config, tokenizer, args, output, imatrix, cache, calibration.
 
     python scripts/fuzz.py --seed 1 --cases 2000
     python scripts/fuzz.py --minutes 3 --kinds gguf,config --save-failures failures/
     python scripts/fuzz.py --replay failures/internal-keyerror-x/17/case.json [--debug]
 
 How a case runs. The CLI entry point (`qconvert.cli.app.main`, sys.argv patched) is called in
-a child forked from this process, which has already imported qconvert, so a case costs
-milliseconds, not an interpreter start. Forking rather than calling it in this process
-itself: a hang inside C code (a regex, numpy) ignores signal.alarm but not SIGKILL; a huge
-allocation hits the child's address-space limit instead of this process; one case cannot
-leave state (caches, cwd, handlers) to the next; and the child's peak RSS (os.wait4) is that
-case's memory. stdout and stderr are captured at the file-descriptor level. The child has
-a soft timeout (SIGALRM, which records where Python was) and the parent a hard one.
+a child forked from a case server: a fresh, single-threaded interpreter that has imported
+qconvert once (fuzz_runner.py), so a case costs milliseconds, not an interpreter start, and
+nothing this process holds (under pytest: torch's or numba's OpenMP threads, which deadlock a
+forked child) reaches the cases. A child rather than a call in the server itself: a hang inside
+C code (a regex, numpy) ignores signal.alarm but not SIGKILL; a huge allocation hits the
+child's address-space limit instead of the server; one case cannot leave state (caches, cwd,
+handlers) to the next; and the child's peak RSS (os.wait4) is that case's memory. stdout and
+stderr are captured at the file-descriptor level. The child has a soft timeout (SIGALRM, which
+records where Python was) and the server a hard one (SIGKILL to the child's process group).
 `--subprocess-sample K` also runs K of the cases through the installed `qconvert` console
 script, which catches what the in-process call cannot (import-time faults, the real exit path).
 
@@ -28,14 +33,18 @@ content must be escaped before it reaches a terminal), accepted (exit 0 where th
 the input must be refused: NaN/Inf weights, an index entry outside the model directory,
 config values contradicting the tensors, a GGUF layout llama.cpp refuses), missed-problem
 (inspect shows no problem for a GGUF whose tensor count or offset a mutation surely broke),
-input-changed (an input or decoy file modified or replaced), leftover (a *.partial file
-left behind), bad-output (a conversion that exits 0 but writes a GGUF that does not read
+input-changed (an input or decoy file modified or replaced), outside-changed (any other
+entry of the case directory created, removed or changed that is not at or under one of the
+command's output paths), device-replaced (/dev/null or /dev/full no longer the device node it
+was: restored at once with mknod, and reported), leftover (a *.partial file left behind), bad-output (a conversion that exits 0 but writes a GGUF that does not read
 back cleanly, or holds NaN/Inf in its float data or block scales).
 
 The summary gives counts per kind and outcome, and each distinct failure signature (outcome
 + exception type + message head, paths and numbers blanked) with its first cases; with
 --save-failures DIR the first few cases of each signature are saved for --replay.
-Cases are seeded per index and kind: case i of seed S is the same whatever --cases says.
+Cases are seeded per index and kind: case i of seed S is the same whatever --cases says. The
+kinds take turns, the costly ones (a sensitivity measurement, a calibration pass: seconds, not
+milliseconds) once per round and the others three times (fuzz_cases.HEAVY).
 """
 
 from __future__ import annotations
@@ -55,9 +64,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fuzz_cases import GENERATORS, KINDS, Case, Seeds  # noqa: E402
-from fuzz_judge import FAILS, area_of, judge  # noqa: E402
-from fuzz_runner import snapshot, execute, materialize, run_child  # noqa: E402
+from fuzz_cases import GENERATORS, HEAVY, KINDS, Case, Seeds  # noqa: E402
+from fuzz_judge import FAILS, area_of, judge, output_paths  # noqa: E402
+from fuzz_runner import call_clean, devices, execute, materialize, restore_devices, snapshot, tree  # noqa: E402
 from fuzz_seeds import build_seeds  # noqa: E402
 
 
@@ -112,9 +121,14 @@ class Summary:
 
 
 
-def debug_trace(case: Case, root: Path, timeout: float) -> str:
+def make_seeds(work: Path) -> Path:
+    """WORK/seeds, built once (the qconvert-written ones in a clean child of the case server)."""
+    return build_seeds(work, call_clean)
+
+
+def debug_trace(case: Case, root: Path, timeout: float, inject=()) -> str:
     """The traceback of an internal error, from a rerun with QCONVERT_DEBUG=1."""
-    info = execute(case, root, timeout, debug=True)
+    info = execute(case, root, case.timeout or timeout, debug=True, inject=inject)
     tb = info["err"]
     frames = re.findall(r'File "[^"]*/(qconvert/[^"]+)", line (\d+), in (\w+)', tb)
     return (f" at {frames[-1][0]}:{frames[-1][1]} in {frames[-1][2]}" if frames else "") + "\n" + tb[-3000:]
@@ -141,39 +155,17 @@ def save_case(case: Case, dest: Path, root: Path, result: Result, info: dict, tr
 def load_case(path: Path) -> Case:
     d = json.loads(path.read_text())
     files = {k: (v if v is not None else (path.parent / "files" / k).read_bytes()) for k, v in d["files"].items()}
-    return Case(d["kind"], d["argv"], files, d["note"], d["protected"], d["expect_refusal"], d.get("expect_problem", ""))
+    return Case(d["kind"], d["argv"], files, d["note"], d["protected"], d["expect_refusal"], d.get("expect_problem", ""),
+                d.get("timeout"))
 
 
-_preloaded: list[Path] = []
-
-
-def preload(seeds: Path) -> None:
-    """Import and warm up what the commands use, once, before forking, so a case costs
-    milliseconds. Nothing here runs a kernel: their OpenMP threads must not exist in the
-    process that forks (a forked child would wait on them forever)."""
-    import contextlib
-    import io
-
-    from qconvert.cli.app import main
-
-    if _preloaded:
-        return
-    _preloaded.append(seeds)
-    for argv in (["inspect", str(seeds / "writer.gguf"), "--json"], ["estimate-memory", "--params", "7B"],
-                 ["quantize", str(seeds / "model"), "--dry-run", "-t", "Q8_0"], ["quantize", "--help"]):
-        sys.argv = ["qconvert", *argv]
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            try:
-                main()
-            except SystemExit:
-                pass
-
-
-def run_one(case: Case, index: int, work: Path, seeds: Path, opts, via: str = "fork") -> tuple[Result, dict, Path]:
+def run_one(case: Case, index: int, work: Path, seeds: Path, opts, via: str = "fork",
+            inject=()) -> tuple[Result, dict, Path]:
     root = materialize(case, work / f"case{index}", seeds)
-    snap = snapshot(root, case.protected)
-    info = execute(case, root, opts.timeout, via=via)
-    outcome, sig, detail = judge(case, info, root, snap, opts.max_rss_mb)
+    snap, before, outs, devs = snapshot(root, case.protected), tree(root), output_paths(root, case.argv), devices()
+    info = execute(case, root, case.timeout or opts.timeout, via=via, inject=inject, seeds=seeds)
+    replaced = restore_devices(devs)
+    outcome, sig, detail = judge(case, info, root, snap, opts.max_rss_mb, before, outs, replaced)
     return Result(index, case.kind, outcome, sig, "", detail, info["seconds"], info["rss_delta"] / 2**20, via), \
         info, root
 
@@ -181,43 +173,39 @@ def run_one(case: Case, index: int, work: Path, seeds: Path, opts, via: str = "f
 def run(seed: int = 0, cases: int | None = None, minutes: float | None = None, kinds=KINDS,
         subprocess_sample: int = 0, save_failures: Path | None = None, save_per_signature: int = 3,
         workdir: Path | None = None, timeout: float = 10.0, max_rss_mb: float = 1024.0,
-        progress: bool = False, verbose: bool = False) -> Summary:
-    """The fuzz run (see module doc). Cases 0..N-1 cycle through `kinds`."""
+        progress: bool = False, verbose: bool = False, time_limit: float | None = None,
+        inject: tuple[str, ...] = ()) -> Summary:
+    """The fuzz run (see module doc). Cases 0..N-1 cycle through `kinds` (see rounds). `time_limit`: raise
+    TimeoutError once the run (seeds included) has taken longer, so a harness fault fails fast;
+    `inject`: faults for the harness's own checks (fuzz_runner.execute)."""
     opts = argparse.Namespace(timeout=timeout, max_rss_mb=max_rss_mb)
     own = workdir is None
     work = Path(tempfile.mkdtemp(prefix="qconvert-fuzz-")) if own else Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     try:
-        seeds_dir = build_seeds(work, lambda fn: _check_zero(run_child(fn), "building the seed files"))
+        seeds_dir = make_seeds(work)
         seeds = Seeds(seeds_dir)
-        preload(seeds_dir)
         summary = Summary(seed)
         deadline = t0 + minutes * 60 if minutes else float("inf")
         n = cases if cases is not None else (10**9 if minutes else 1500)
+        cycle = rounds(kinds)
         # with --minutes the count is unknown: one case in 50 until K have gone through the script
         sample = _sample(n if cases is not None or not minutes else 50 * subprocess_sample, subprocess_sample,
-                         len(kinds))
+                         len(cycle))
         seen: Counter = Counter()
-        run_dir = work / "run"
         for i in range(n):
             if time.monotonic() > deadline:
                 break
-            kind = kinds[i % len(kinds)]
+            if time_limit and time.monotonic() - t0 > time_limit:
+                raise TimeoutError(f"fuzz run over its {time_limit:.0f} s limit after {i} cases")
+            kind = cycle[i % len(cycle)]
             for via in ("fork", "subprocess") if i in sample else ("fork",):
                 case = GENERATORS[kind](random.Random(f"{seed}:{i}:{kind}"), seeds)  # the same case for both
-                res, info, root = run_one(case, i, run_dir, seeds_dir, opts, via)
+                res, info, root = run_one(case, i, work / "run", seeds_dir, opts, via, inject)
                 if res.outcome in FAILS:
-                    trace = debug_trace(case, root, timeout) if res.outcome == "internal" and via == "fork" else ""
-                    res.area = area_of(case, res.outcome, res.detail, trace + info["err"])
-                    if trace:
-                        res.detail += trace.split("\n", 1)[0]
-                    seen[res.signature] += 1
-                    if save_failures and seen[res.signature] <= save_per_signature:
-                        slug = re.sub(r"[^a-z0-9]+", "-", res.signature.lower()).strip("-")[:80]
-                        path = save_case(case, Path(save_failures) / slug / f"{i}{'s' if via != 'fork' else ''}",
-                                         root, res, info, trace)
-                        summary.saved.setdefault(res.signature, []).append(str(path))
+                    _record_failure(summary, seen, case, res, info, root, opts, save_failures, save_per_signature,
+                                    inject)
                 summary.results.append(res)
                 if verbose:
                     print(f"{i:5d} {kind:<11} {via:<10} {res.outcome:<13} exit {info['code']!s:<4} "
@@ -226,7 +214,7 @@ def run(seed: int = 0, cases: int | None = None, minutes: float | None = None, k
                 shutil.rmtree(root, ignore_errors=True)
                 if res.outcome == "input-changed" and res.detail.endswith("modified"):
                     # written through a hard link into a seed: later cases need fresh seeds
-                    seeds_dir = build_seeds(work / f"reseed{i}", lambda fn: _check_zero(run_child(fn), "reseeding"))
+                    seeds_dir = make_seeds(work / f"reseed{i}")
             if progress and (i + 1) % 100 == 0:
                 print(f"  {i + 1} cases, {len(summary.fails)} FAIL, {time.monotonic() - t0:.0f} s", file=sys.stderr)
         summary.seconds = time.monotonic() - t0
@@ -234,6 +222,26 @@ def run(seed: int = 0, cases: int | None = None, minutes: float | None = None, k
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _record_failure(summary: Summary, seen: Counter, case: Case, res: Result, info: dict, root: Path, opts,
+                    save_failures: Path | None, save_per_signature: int, inject) -> None:
+    """Area, traceback (internal errors) and, for the first few of a signature, a saved case."""
+    trace = debug_trace(case, root, opts.timeout, inject) if res.outcome == "internal" and res.via == "fork" else ""
+    res.area = area_of(case, res.outcome, res.detail, trace + info["err"])
+    if trace:
+        res.detail += trace.split("\n", 1)[0]
+    seen[res.signature] += 1
+    if save_failures and seen[res.signature] <= save_per_signature:
+        slug = re.sub(r"[^a-z0-9]+", "-", res.signature.lower()).strip("-")[:80]
+        path = save_case(case, Path(save_failures) / slug / f"{res.index}{'s' if res.via != 'fork' else ''}",
+                         root, res, info, trace)
+        summary.saved.setdefault(res.signature, []).append(str(path))
+
+
+def rounds(kinds) -> list[str]:
+    """One round of kinds: every kind, then the cheap ones twice more."""
+    return list(kinds) + [k for k in kinds if k not in HEAVY] * 2
 
 
 def _sample(n: int, k: int, n_kinds: int) -> set[int]:
@@ -248,21 +256,15 @@ def _sample(n: int, k: int, n_kinds: int) -> set[int]:
     return picked
 
 
-def _check_zero(code: int, what: str) -> None:
-    if code != 0:
-        raise SystemExit(f"fuzz: {what} failed (exit {code})")
-
-
 def replay(path: Path, opts) -> int:
     """Run one saved case (seeds built in --workdir, or in a kept temporary directory)."""
     case = load_case(path)
     work = Path(opts.workdir) if opts.workdir else Path(tempfile.mkdtemp(prefix="qconvert-replay-"))
-    seeds = build_seeds(work, lambda fn: _check_zero(run_child(fn), "building the seed files"))
-    preload(seeds)
+    seeds = make_seeds(work)
     root = materialize(case, Path(tempfile.mkdtemp(prefix="case-", dir=work)) / "case", seeds)
-    snap = snapshot(root, case.protected)
-    info = execute(case, root, opts.timeout, debug=opts.debug)
-    outcome, sig, detail = judge(case, info, root, snap, opts.max_rss_mb)
+    snap, before, outs, devs = snapshot(root, case.protected), tree(root), output_paths(root, case.argv), devices()
+    info = execute(case, root, case.timeout or opts.timeout, debug=opts.debug, inject=opts.inject, seeds=seeds)
+    outcome, sig, detail = judge(case, info, root, snap, opts.max_rss_mb, before, outs, restore_devices(devs))
     print(f"case: {case.kind}: {case.note}")
     print(f"command (in {root}):\n  qconvert {' '.join(shlex.quote(a) for a in info['argv'])}")
     print(f"exit {info['code']}; outcome {outcome} {sig}\n--- stdout (tail)\n{info['out'][-2000:]}"
@@ -289,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--debug", action="store_true", help="--replay with QCONVERT_DEBUG=1 (tracebacks)")
     ap.add_argument("--json", type=Path, metavar="FILE", help="also write every result as JSON")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per case on stderr")
+    ap.add_argument("--inject", action="append", default=[], metavar="MODULE:ATTR=FAULT",
+                    help="harness self-check: replace a qconvert function by a fault of scripts/fuzz_faults.py")
     a = ap.parse_args(argv)
     if a.replay:
         return replay(a.replay, a)
@@ -297,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad or not kinds:
         ap.error(f"--kinds: unknown {bad}; choose from {','.join(KINDS)}")
     s = run(a.seed, a.cases, a.minutes, kinds, a.subprocess_sample, a.save_failures, a.save_per_signature,
-            a.workdir, a.timeout, a.max_rss_mb, progress=True, verbose=a.verbose)
+            a.workdir, a.timeout, a.max_rss_mb, progress=True, verbose=a.verbose, inject=tuple(a.inject))
     print(s.report())
     if a.json:
         a.json.write_text(json.dumps({"seed": s.seed, "seconds": s.seconds,

@@ -6,7 +6,12 @@ leaves intact), "dir" or "symlink:TARGET". "@CASE@" in argv, symlink targets and
 contents stands for the case directory. `protected` lists files that must be byte-for-byte
 unchanged (and not replaced) afterwards: the input model and decoy files that options point at.
 `expect_refusal` says why exit 0 would be wrong (weights holding NaN/Inf, an index entry
-outside the model directory, config values that contradict the tensors).
+outside the model directory, config values that contradict the tensors, an output path that is
+a device, a FIFO, a directory or an input file, a sensitivity cache path holding something else).
+More file specs: "fifo", "chardev:MAJOR:MINOR" (a device node of the case's own), "copy:SEED"
+(a private copy, for a file the case may legitimately replace) and "hardlink:REL" (a second name
+for a file listed before it). `timeout` overrides the run's per-case timeout (a real calibration
+pass loads torch and runs the model).
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fuzz_mutate import Raw, mutate_binary, mutate_json
-from fuzz_seeds import GGUF_SEEDS, MODEL_FILES, Layout, gguf_fields, has_nonfinite, safetensors_layout
+from fuzz_mutate import TEMPLATES, Raw, mutate_binary, mutate_json, mutate_text
+from fuzz_seeds import (GGUF_SEEDS, MODEL_FILES, Layout, gguf_fields, has_nonfinite, imatrix_dat_layout,
+                        protobuf_layout, safetensors_layout)
 
-KINDS = ("gguf", "safetensors", "index", "config", "tokenizer", "args")
+KINDS = ("gguf", "safetensors", "index", "config", "tokenizer", "args", "output", "imatrix", "cache", "calibration")
+HEAVY = ("imatrix", "cache", "calibration")  # seconds a case, not milliseconds: a third as many
 CASE = "@CASE@"
 SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
 INDEX = "model.safetensors.index.json"
@@ -38,10 +45,12 @@ class Case:
     protected: list[str] = field(default_factory=list)
     expect_refusal: str = ""
     expect_problem: str = ""  # inspect must list a problem (if it does not refuse the file)
+    timeout: float | None = None
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "argv": self.argv, "note": self.note, "protected": self.protected,
                 "expect_refusal": self.expect_refusal, "expect_problem": self.expect_problem,
+                "timeout": self.timeout,
                 "files": {k: v if isinstance(v, str) else None for k, v in self.files.items()}}
 
 
@@ -60,6 +69,13 @@ class Seeds:
                                                                     "tokenizer_config.json", "special_tokens_map.json")}
         self.index = (root / "sharded" / INDEX).read_bytes()
         self.config = json.loads(self.json["config.json"])
+        self.chat_template = (root / "model" / "chat_template.jinja").read_bytes()
+        self.spm = (root / "spm" / "tokenizer.model").read_bytes()
+        self.spm_layout = protobuf_layout(self.spm)
+        self.imatrix = {n: (root / n).read_bytes() for n in ("imatrix.gguf", "imatrix.dat")}
+        self.imatrix_layout = {"imatrix.gguf": gguf_fields(self.imatrix["imatrix.gguf"]),
+                               "imatrix.dat": imatrix_dat_layout(self.imatrix["imatrix.dat"])}
+        self.cache = (root / "sensitivity.json").read_bytes()
 
 
 def _model_links(prefix: str = "model", skip: tuple = ()) -> dict[str, str]:
@@ -205,11 +221,32 @@ def gen_config(rng: random.Random, s: Seeds) -> Case:
         except (ValueError, RecursionError):
             new = None
         if isinstance(new, dict):
-            changed = [k for k in SHAPE_KEYS if k in new and k in s.config
-                       and (new[k] != s.config[k] or type(new[k]) is not type(s.config[k]))]
+            facts, seed = shape_facts(new), shape_facts(s.config)
+            changed = [k for k in SHAPE_KEYS if facts is None or facts[k] != seed[k]]
             if changed:
-                refuse = f"config {changed[0]} contradicts the tensors"
+                refuse = f"config {changed[0]} contradicts the tensors (as transformers reads it)"
     return Case("config", argv, files, note, list(files), refuse)
+
+
+def shape_facts(cfg: dict) -> dict | None:
+    """The shape facts transformers (5.x LlamaConfig) takes from a config.json, or None where
+    it refuses the document. Its configs are strict: a shape fact must be an int (not a bool,
+    float or string); head_dim absent or null is hidden_size // num_attention_heads and
+    num_key_value_heads absent or null is num_attention_heads. Any other fact absent means
+    transformers' default (4096 wide, 32 layers...), which no tensor of the tiny seed has, so
+    it counts as a refusal too."""
+    facts = {}
+    for k in SHAPE_KEYS:
+        v = cfg.get(k)
+        if v is None and k in ("head_dim", "num_key_value_heads"):
+            continue
+        if type(v) is not int:
+            return None
+        facts[k] = v
+    heads = facts["num_attention_heads"]
+    facts.setdefault("num_key_value_heads", heads)
+    facts.setdefault("head_dim", facts["hidden_size"] // heads if heads else None)
+    return facts
 
 
 def tokenizer_values(path: tuple, rng: random.Random) -> list:
@@ -234,9 +271,19 @@ def tokenizer_values(path: tuple, rng: random.Random) -> list:
 
 
 def gen_tokenizer(rng: random.Random, s: Seeds) -> Case:
-    name = rng.choice(["tokenizer.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"])
-    data, note = mutate_json(rng, s.json[name], tokenizer_values)
-    files: dict[str, bytes | str] = {**_model_links(skip=(name,)), f"model/{name}": data}
+    name = rng.choice(["tokenizer.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                       "chat_template.jinja", "tokenizer.model", "tokenizer.model"])
+    if name == "tokenizer.model":  # the SentencePiece seed: the protobuf, damaged
+        data, note = mutate_binary(rng, s.spm, s.spm_layout, "protobuf")
+        files: dict[str, bytes | str] = {**_model_links(skip=("tokenizer.json",)), "model/tokenizer.model": data}
+        if rng.random() < 0.5:  # with tokenizer.json beside it (Llama 2 repos) or alone
+            files["model/tokenizer.json"] = "seed:model/tokenizer.json"
+    elif name == "chat_template.jinja":
+        data, note = mutate_text(rng, s.chat_template, TEMPLATES)
+        files = {**_model_links(skip=(name,)), f"model/{name}": data}
+    else:
+        data, note = mutate_json(rng, s.json[name], tokenizer_values)
+        files = {**_model_links(skip=(name,)), f"model/{name}": data}
     model = f"{CASE}/model"
     argv = (["quantize", model, "-o", f"{CASE}/out.gguf", "-t", "F16"] if rng.random() < 0.7
             else ["quantize", model, "--dry-run", "-t", "Q8_0"])
@@ -331,5 +378,172 @@ def gen_args(rng: random.Random, s: Seeds) -> Case:
     return Case("args", argv, files, "odd arguments", protected)
 
 
+# ------------------------------------------------------------------ output paths and side files
+
+# -o targets in an output case: path (relative to the case dir, or absolute) -> what is there
+#   device/fifo/dir: never replaced, a conversion into it must be refused
+#   input: a file the run reads (or a link to one), refused; existing: refused without --force;
+#   new: written; noparent: its directory does not exist
+OUTPUT_TARGETS = {
+    "/dev/null": "device", "/dev/full": "device", "devnull": "device", "devfull": "device", "link-null.gguf": "device",
+    "fifo": "fifo", "dir with space": "dir", "link-dir.gguf": "dir", "": "dir", "model": "input",
+    "model/model.safetensors": "input", "model/config.json": "input", "model/tokenizer.json": "input",
+    "hard.gguf": "input", "link-model.gguf": "input", "in.gguf": "input", "imatrix.gguf": "input",
+    "old.gguf": "existing", "precious.txt": "existing", "link.gguf": "existing", "m.gguf": "existing",
+    "[x].gguf": "existing", "new\nline.gguf": "existing",
+    "out.gguf": "new", "model/new.gguf": "new", "fresh\nname.gguf": "new", "out [x].gguf": "new",
+    "sp ace/out.gguf": "new", "model/../out2.gguf": "new", " lead.gguf": "new", "-dash.gguf": "new",
+    "missing/dir/out.gguf": "noparent", "[/x]/out.gguf": "noparent", "out [/x].gguf": "noparent",
+    "dangling.gguf": "noparent",
+    "x" * 300 + ".gguf": "noparent", "precious.txt/out.gguf": "noparent",
+}
+# --sensitivity-cache paths: -> "cache" (a real cache, may be rewritten), "none" (nothing there
+# yet, or an empty file), or what else is there (refused, never written)
+CACHE_TARGETS = {"cache.json": "cache", "new-cache.json": "none", "empty.json": "none", "precious.txt": "file",
+                 "model/config.json": "input", "notcache.json": "file", "devnull": "device", "/dev/null": "device",
+                 "fifo": "fifo", "dir with space": "dir", "link.gguf": "file", "missing/dir/c.json": "noparent"}
+
+
+def output_files() -> dict[str, bytes | str]:
+    files = args_files()
+    files.update({"fifo": "fifo", "devnull": "chardev:1:3", "devfull": "chardev:1:7",
+                  "link-null.gguf": "symlink:/dev/null", "link-model.gguf": f"symlink:{CASE}/model/model.safetensors",
+                  "link-dir.gguf": f"symlink:{CASE}/dir with space", "dangling.gguf": f"symlink:{CASE}/nope/x.gguf",
+                  "hard.gguf": "hardlink:model/model.safetensors", "old.gguf": "copy:q8.gguf",
+                  "in.gguf": "copy:f16.gguf", "imatrix.gguf": "seed:imatrix.gguf", "cache.json": "copy:sensitivity.json",
+                  "empty.json": b"", "notcache.json": b'{"a": 1}\n'})
+    for name in ("m.gguf", "[x].gguf", "new\nline.gguf"):  # outputs --force may replace: not seeds' names
+        files[name] = "copy:writer.gguf"
+    return files
+
+
+# targets naming the HF model's files: with a GGUF input they are just existing files
+MODEL_FILE_TARGETS = ("model/model.safetensors", "model/config.json", "model/tokenizer.json", "hard.gguf",
+                      "link-model.gguf")
+
+
+def gen_output(rng: random.Random, s: Seeds) -> Case:
+    """A conversion aimed at an odd output path (-o) and, in some, an odd --sensitivity-cache."""
+    files = output_files()
+    model = rng.choice([f"{CASE}/model"] * 3 + [f"{CASE}/in.gguf"])
+    gguf_in = model.endswith("in.gguf")
+    target = rng.choice([t for t in OUTPUT_TARGETS if not (gguf_in and t in MODEL_FILE_TARGETS)])
+    what = "existing" if target == "in.gguf" and not gguf_in else OUTPUT_TARGETS[target]
+    out = target if target.startswith("/") else f"{CASE}/{target}" if target else CASE
+    force = rng.random() < 0.6
+    argv = ["quantize", model, "-o", out] + (["--force"] if force else [])
+    st = rng.random() < 0.06 and model.endswith("model")  # (imports torch: seconds)
+    if st:
+        argv += ["--format", "safetensors", "--bits", "8"]
+    if target == "imatrix.gguf":
+        argv += ["--imatrix", f"{CASE}/imatrix.gguf"]
+    cache = None
+    if rng.random() < 0.25 and not st:
+        cache = rng.choice(list(CACHE_TARGETS))
+        argv += ["--target-bpw", rng.choice(["4.5", "6"]), "--sensitivity-cache", f"{CASE}/{cache}"
+                 if not cache.startswith("/") else cache]
+    elif not st:
+        argv += ["-t", rng.choice(["Q8_0", "F16", "Q4_0"])]
+    refuse = {"device": "output is a device", "fifo": "output is a FIFO", "dir": "output is a directory",
+              "input": "output is an input file", "noparent": "output directory does not exist",
+              "existing": "output exists (no --force)" if not force else ""}.get(what, "")
+    if st and what == "dir" and target in ("dir with space", "link-dir.gguf") and force:
+        refuse = ""  # a safetensors output is a directory
+    # what may change: the output itself (when it may be replaced) and a usable cache
+    writable = {target} if (what == "new" or (what == "existing" and force)) else set()
+    if target == "link.gguf" and force:
+        writable.add("precious.txt")  # a link is followed: its target is the output
+    if cache is not None:
+        refuse = refuse or {"file": "sensitivity cache holds another file", "input": "sensitivity cache is an input",
+                            "device": "sensitivity cache is a device", "fifo": "sensitivity cache is a FIFO",
+                            "dir": "sensitivity cache is a directory", "noparent": ""}.get(CACHE_TARGETS[cache], "")
+        if CACHE_TARGETS[cache] in ("cache", "none"):
+            writable.add(cache)
+    protected = [k for k, v in files.items() if k not in writable
+                 and not (isinstance(v, str) and (v == "dir" or v.startswith("symlink:")))]
+    note = f"-o {target!r} ({what}{', --force' if force else ''})" + (f", cache {cache!r}" if cache else "")
+    return Case("output", argv, files, note, protected, refuse)
+
+
+def gen_imatrix(rng: random.Random, s: Seeds) -> Case:
+    """A damaged importance matrix (llama.cpp's GGUF or legacy .dat layout) given to --imatrix."""
+    name = rng.choice(["imatrix.gguf", "imatrix.gguf", "imatrix.dat"])
+    seed, lay = s.imatrix[name], s.imatrix_layout[name]
+    data, note = mutate_binary(rng, seed, lay, "gguf" if name.endswith("gguf") else "dat")
+    files: dict[str, bytes | str] = {**_model_links(), name: data}
+    qtype = rng.choice(["Q4_K_M", "Q4_K_M", "Q2_K", "Q3_K_S", "Q5_K_M", "Q6_K", "Q4_0", "Q8_0"])
+    real = rng.random() < 0.6
+    argv = ["quantize", f"{CASE}/model", "-t", qtype, "--imatrix", f"{CASE}/{name}"] + \
+        (["-o", f"{CASE}/out.gguf"] if real else ["--dry-run"])
+    refuse = ""
+    if real and ";" not in note and len(data) == len(seed) and has_nonfinite(data, lay):
+        refuse = "importance statistics hold NaN/Inf"
+    return Case("imatrix", argv, files, f"{name}: {note}", list(files), refuse)
+
+
+def cache_values(path: tuple, rng: random.Random) -> list:
+    key = path[-1] if path else None
+    if key == "format":
+        return ["qconvert sensitivity cache", "", None, "other", 1]
+    if key == "version":
+        return [0, 1, 2, "1", None, 1.0, True, 10**30]
+    if key == "models":
+        return [{}, [], None, {"x": {"a|1|Q4_K|plain": "NaN"}}, {"x": []}]
+    return [Raw("NaN"), Raw("Infinity"), -1, 0, 1e308, "x", None, [], {}]
+
+
+def gen_cache(rng: random.Random, s: Seeds) -> Case:
+    """A budgeted conversion (--target-bpw measures sensitivity) with a damaged cache."""
+    data, note = mutate_json(rng, s.cache, cache_values)
+    files: dict[str, bytes | str] = {**_model_links(), "cache.json": data}
+    dry = rng.random() < 0.4
+    argv = ["quantize", f"{CASE}/model", rng.choice(["--target-bpw", "--target-size"]), "", "--sensitivity-cache",
+            f"{CASE}/cache.json"] + (["--dry-run"] if dry else ["-o", f"{CASE}/out.gguf"])
+    argv[3] = rng.choice(["4.5", "3.5", "6"]) if argv[2] == "--target-bpw" else rng.choice(["2.5MB", "3MB", "2MB"])
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        doc = None
+    # a cache carries the marker; one written before the marker existed is {version, models}
+    ours = not data.strip() or isinstance(doc, dict) and (
+        doc.get("format") == "qconvert sensitivity cache"
+        or set(doc) == {"version", "models"} and type(doc["version"]) is int and isinstance(doc["models"], dict))
+    protected = list(files) if dry or not ours else [k for k in files if k != "cache.json"]
+    refuse = "" if ours else "sensitivity cache path holds something else"
+    return Case("cache", argv, files, note, protected, refuse)
+
+
+CALIBRATION_FILES = {"fifo": "fifo", "dir": "dir", "/dev/zero": None, "/dev/urandom": None, "/dev/null": None,
+                     "devnull": "chardev:1:3", "link-zero": "symlink:/dev/zero"}
+
+
+def gen_calibration(rng: random.Random, s: Seeds) -> Case:
+    """Odd calibration text: empty, binary, one huge line, not UTF-8, a FIFO, a device."""
+    files: dict[str, bytes | str] = {**_model_links()}
+    if rng.random() < 0.75:
+        data, note = mutate_text(rng, s.chat_template * 20)
+        files["cal.txt"] = data
+        path = f"{CASE}/cal.txt"
+    else:
+        name = rng.choice(list(CALIBRATION_FILES))
+        if CALIBRATION_FILES[name]:
+            files[name] = CALIBRATION_FILES[name]
+        path, note = (name if name.startswith("/") else f"{CASE}/{name}"), f"--calibration {name}"
+    real = rng.random() < 0.4
+    argv = ["quantize", f"{CASE}/model", "-t", rng.choice(["Q4_K_M", "Q2_K"]), "--calibration", path,
+            "--calibration-samples", rng.choice(["1", "2", "4"]), "--calibration-seqlen", rng.choice(["8", "32", "64"])]
+    argv += ["-o", f"{CASE}/out.gguf"] if real else ["--dry-run"]
+    refuse = ""
+    if real and rng.random() < 0.3:
+        save = rng.choice(["im.gguf", "im.dat", "model/config.json", "cal.txt", "/dev/null", "none/im.gguf"])
+        argv += ["--save-imatrix", save if save.startswith("/") else f"{CASE}/{save}"]
+        if save in ("model/config.json", "/dev/null") or save in files:
+            refuse = f"--save-imatrix {save} is an input or a device"
+    protected = [k for k, v in files.items() if not (isinstance(v, str) and (v in ("dir", "fifo")
+                                                                            or v.startswith("symlink:")))]
+    return Case("calibration", argv, files, note, protected, refuse, timeout=30.0 if real else None)
+
+
 GENERATORS = {"gguf": gen_gguf, "safetensors": gen_safetensors, "index": gen_index, "config": gen_config,
-              "tokenizer": gen_tokenizer, "args": gen_args}
+              "tokenizer": gen_tokenizer, "args": gen_args, "output": gen_output, "imatrix": gen_imatrix,
+              "cache": gen_cache, "calibration": gen_calibration}

@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import stat
 from pathlib import Path
 
-from fuzz_cases import BUDGET_OPTIONS, Case
+from fuzz_cases import BUDGET_OPTIONS, CASE, Case
+from fuzz_runner import tree
 
 CLEAN_CODES = (2, 3, 4)
-FAILS = ("internal", "hang", "memory", "wrong-exit", "messy-error", "bad-json", "unsafe-text", "accepted",
-         "missed-problem", "input-changed", "leftover", "bad-output")
+FAILS = ("internal", "hang", "memory", "device-replaced", "wrong-exit", "messy-error", "bad-json", "unsafe-text",
+         "accepted", "missed-problem", "input-changed", "outside-changed", "leftover", "bad-output")
+OUTPUT_OPTIONS = ("-o", "--output", "--save-imatrix", "--sensitivity-cache")
 # what must never reach a terminal raw: C0/C1 controls (escape sequences), bidi overrides
 UNSAFE = re.compile("[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f\\u202a-\\u202e\\u2066-\\u2069]")
 
@@ -40,10 +44,17 @@ def _last_exception(text: str) -> str:
     return lines[-1] if lines else (text.strip().splitlines() or ["?"])[-1]
 
 
-def judge(case: Case, info: dict, root: Path, snap: dict, max_rss_mb: float) -> tuple[str, str, str]:
-    """(outcome, signature, detail) for one executed case."""
+def judge(case: Case, info: dict, root: Path, snap: dict, max_rss_mb: float, before: dict | None = None,
+          outputs: list[str] = (), replaced_devices: list[str] = ()) -> tuple[str, str, str]:
+    """(outcome, signature, detail) for one executed case. `snap`: the protected files before;
+    `before`: the whole case tree before (runner.tree) and `outputs` the command's output paths
+    (output_paths, taken before it ran); `replaced_devices`: device nodes the case replaced
+    (already restored by the runner)."""
     code, out, err = info["code"], info["out"], info["err"]
     cmd = case.argv[0]
+    if replaced_devices:
+        return "device-replaced", f"device-replaced: {cmd} {' '.join(replaced_devices)}", \
+            f"{' '.join(replaced_devices)} replaced (restored): {shlex.join(info['argv'])[:200]}"
     if info.get("hang"):
         where = re.findall(r'File "[^"]*/(qconvert/[^"]+)", line \d+, in (\w+)', info["hang"])
         loc = f"{where[-1][0]}:{where[-1][1]}" if where else info["hang"].strip().splitlines()[-1][:60]
@@ -56,6 +67,9 @@ def judge(case: Case, info: dict, root: Path, snap: dict, max_rss_mb: float) -> 
     leftovers = [str(p.relative_to(root)) for p in root.rglob("*.partial")]
     if leftovers:
         return "leftover", f"leftover: {cmd} exit {code}", f"left {leftovers[:3]}"
+    stray = _outside_outputs(root, before, outputs, info["argv"]) if before is not None else None
+    if stray:
+        return "outside-changed", f"outside-changed: {cmd} {stray[1]} (exit {code})", f"{stray[0]} {stray[1]}"
     if "Traceback (most recent call last)" in err or "internal error" in err or code in (70, "escaped"):
         head = _last_exception(err)
         return "internal", f"internal: {cmd}: {_norm(head)}", head[:300]
@@ -105,7 +119,7 @@ def _judge_ok(case: Case, info: dict, root: Path) -> tuple[str, str, str]:
                 return "bad-output", f"bad-output: {_norm(str(e))}", str(e)[:300]
             if h.problems:
                 return "bad-output", f"bad-output: {_norm(h.problems[0].problem)}", h.problems[0].problem
-            bad = nonfinite_tensors(out, h)
+            bad = nonfinite_tensors(out, h) if "--allow-nonfinite" not in argv else []
             if bad:
                 return "bad-output", "bad-output: NaN/Inf in the written tensors", f"{bad[:3]} ({case.note[:200]})"
     return "ok", "", ""
@@ -158,10 +172,56 @@ def _changed(root: Path, snap: dict) -> tuple[str, str] | None:
     return None
 
 
+def output_paths(root: Path, argv: list[str]) -> list[str]:
+    """Paths (relative to the case directory, normalised) that the command was told to write,
+    and where a symbolic link among them leads (a link is followed: its target is the output).
+    Taken before the command runs."""
+    argv = [a.replace(CASE, str(root)) for a in argv]
+    named = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in OUTPUT_OPTIONS]
+    named += [a.partition("=")[2] for a in argv if a.partition("=")[0] in OUTPUT_OPTIONS[1:] and "=" in a]
+    outs = []
+    for v in named:
+        p = os.path.normpath(os.path.join(root, v))
+        outs.append(os.path.relpath(p, root))
+        if os.path.islink(p):
+            outs.append(os.path.relpath(os.path.realpath(p), root))
+    return outs
+
+
+def _outside_outputs(root: Path, before: dict, outs: list[str], argv: list[str]) -> tuple[str, str] | None:
+    """An entry of the case directory created, removed or changed that is not one of the
+    command's outputs (nor under one, nor HOME): nothing outside the output path may change.
+    Without -o, quantize writes its default output into the working directory (the case
+    directory): new entries directly in it are allowed then."""
+    default_out = argv[0] == "quantize" and not any(a in ("-o", "--output") or a.startswith("--output=")
+                                                    for a in argv)
+
+    def allowed(rel: str) -> bool:
+        # an output, what is under it (a directory output), a parent made for it, HOME
+        return rel.split(os.sep)[0] == "home" or (default_out and os.sep not in rel) or \
+            any(rel == o or rel.startswith(o + os.sep) or (o.startswith(rel + os.sep) and rel not in before)
+                for o in outs)
+
+    after = tree(root)
+    for rel in sorted(set(before) | set(after)):
+        if allowed(rel):
+            continue
+        a, b = before.get(rel), after.get(rel)
+        if a is None:
+            return rel, "created"
+        if b is None:
+            return rel, "removed"
+        # (ino, mode, size, mtime, rdev): a directory's size and mtime follow its entries
+        same = a[:2] == b[:2] and a[4] == b[4] and (stat.S_ISDIR(a[1]) or a[2:4] == b[2:4])
+        if not same:
+            return rel, "changed"
+    return None
+
+
 def area_of(case: Case, outcome: str, head: str, trace: str) -> str:
     """Which part of the work a failure belongs to, for routing: a guess from the exception
     (`head`) and the deepest qconvert frame of its traceback."""
-    if outcome in ("input-changed", "leftover"):
+    if outcome in ("input-changed", "leftover", "outside-changed", "device-replaced"):
         return "output safety"
     if outcome == "accepted":
         return "input validation"

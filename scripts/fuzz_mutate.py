@@ -69,7 +69,10 @@ def mutate_binary(rng: random.Random, data: bytes, lay: Layout, fmt: str) -> tup
     for _ in range(1 if rng.random() < 0.7 else 2):
         ops = ["bitflip", "overwrite", "insert", "delete", "truncate", "field", "field", "append", "nonfinite",
                "huge"]
-        ops += ["gguf", "gguf", "gguf"] if fmt == "gguf" else ["header_json", "header_json", "header_json"]
+        if fmt == "protobuf":  # varint lengths, not fixed-width fields
+            ops = [o for o in ops if o != "field"] + ["varint", "varint", "varint"]
+        elif fmt in ("gguf", "safetensors"):
+            ops += ["gguf", "gguf", "gguf"] if fmt == "gguf" else ["header_json", "header_json", "header_json"]
         op = rng.choice(ops)
         out, note = _BINARY_OPS[op](rng, out, lay)
         notes.append(note)
@@ -201,7 +204,40 @@ def _header_json(rng, out, lay):
     return bytearray(struct.pack("<Q", length)) + text + out[8 + n:], f"header JSON: {note} (length {length})"
 
 
-_BINARY_OPS = {"bitflip": _bitflip, "overwrite": _overwrite, "insert": _insert, "delete": _delete,
+def _varint(rng, out, lay):
+    """A protobuf length (a varint) set to a lie: 0, off by one, or beyond the file."""
+    fields = [f for f in lay.fields if f.kind == "varint_len" and f.pos + f.size <= len(out)]
+    if not fields:
+        return _bitflip(rng, out, lay)
+    f = rng.choice(fields)
+    old = read_varint(out, f.pos)[0]
+    new = rng.choice([0, 1, 127, 128, 2**31, 2**32 + 1, 2**63, 2**64 - 1, old + 1, max(old - 1, 0), old * 2])
+    out[f.pos:f.pos + f.size] = varint(new)
+    return out, f"protobuf length of {f.label} at byte {f.pos}: {old} -> {new}"
+
+
+def varint(n: int) -> bytes:
+    b = bytearray()
+    while True:
+        b.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(b)
+
+
+def read_varint(raw, pos: int) -> tuple[int, int]:
+    """(value, position after it)."""
+    n = shift = 0
+    while True:
+        b = raw[pos]
+        n |= (b & 0x7F) << shift
+        pos += 1
+        shift += 7
+        if not b & 0x80:
+            return n, pos
+
+
+_BINARY_OPS = {"varint": _varint, "bitflip": _bitflip, "overwrite": _overwrite, "insert": _insert, "delete": _delete,
                "truncate": _truncate, "field": _field, "append": _append, "nonfinite": _nonfinite, "huge": _huge,
                "gguf": _gguf_semantic, "header_json": _header_json}
 
@@ -299,3 +335,36 @@ def _text_mutation(rng: random.Random, data: bytes) -> tuple[bytes, str]:
         return data[:p] + data[p + 1:], f"byte deleted at {p}"
     dup = data.replace(b"{", b'{"dup": 1, "dup": [2], ', 1)
     return dup, "duplicate key added"
+
+
+# ------------------------------------------------------------------ text
+
+ODD_TEXT = [b"", b" \n\t\n", b"\xff\xfe\x00\x01" * 64, b"\xef\xbb\xbf", b"\x00" * 1000, b"\xed\xa0\x80",
+            "[/x] [bold]x[/bold] \x1b[31mred\u202e".encode(), b"a" * (1 << 20), b"ab " * (1 << 20),
+            b"\r\n" * 5000, "\U0001f600".encode() * 20000, "x y\n".encode("utf-16")]
+TEMPLATES = ["{% for %}", "{{ raise_exception('x') }}", "{% for x in range(10**9) %}{{ x }}{% endfor %}",
+             "{{ messages[0]['content'] | e }}", "{% extends 'x' %}", "{% include '/etc/passwd' %}",
+             "{{ ''.__class__.__mro__[1].__subclasses__() }}", "{#", "{{", "{% endif %}", "[/x]"]
+
+
+def mutate_text(rng: random.Random, data: bytes, extra: list = ()) -> tuple[bytes, str]:
+    """A text file (chat template, calibration text) damaged or replaced by odd content."""
+    op = rng.randrange(5)
+    if op == 0:
+        whole = rng.choice(ODD_TEXT + [t.encode() for t in extra])
+        return whole, f"replaced by {whole[:16]!r} ({len(whole)} bytes)"
+    if op == 1 and data:
+        p = rng.randrange(len(data))
+        ins = rng.choice(ODD_TEXT[2:7] + [t.encode() for t in extra] or [b"x"])
+        return data[:p] + ins + data[p:], f"{ins[:16]!r} inserted at {p}"
+    if op == 2 and data:
+        p = rng.randrange(len(data))
+        return data[:p], f"truncated at {p}"
+    if op == 3:
+        n = rng.choice((1 << 10, 1 << 16, 1 << 20))
+        return bytes(rng.randrange(256) for _ in range(256)) * (n // 256), f"{n} random bytes"
+    bad = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        if bad:
+            bad[rng.randrange(len(bad))] = rng.randrange(256)
+    return bytes(bad), "random bytes overwritten"

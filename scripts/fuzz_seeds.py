@@ -6,6 +6,9 @@ Seeds (built once per run into WORKDIR/seeds, deterministic):
   f16.gguf      written by qconvert.quantize(type="F16"); q8.gguf the same with type="Q8_0"
   writer.gguf   written by gguf-py's GGUFWriter: scalars of every type, NaN/Inf floats, string
                 and float arrays, a nested array, names with `[/x]`, escapes and bidi marks
+  spm/          the model with a SentencePiece tokenizer.model beside its tokenizer.json
+  imatrix.gguf, imatrix.dat  importance matrices for the model's matrices (llama.cpp's two layouts)
+  sensitivity.json  the sensitivity cache a budgeted (--target-bpw) conversion wrote
 
 The maps (`gguf_fields`, `safetensors_layout`) are what the mutators aim at: every length,
 count, type and offset field with its byte position, and the boundaries between sections.
@@ -29,6 +32,7 @@ EXAMPLE = ROOT / "examples" / "tiny-llama"
 MODEL_FILES = ("config.json", "generation_config.json", "special_tokens_map.json", "tokenizer.json",
                "tokenizer_config.json", "chat_template.jinja", "model.safetensors")
 GGUF_SEEDS = ("f16.gguf", "q8.gguf", "writer.gguf")
+IMATRIX_SEEDS = ("imatrix.gguf", "imatrix.dat")
 
 
 @dataclass
@@ -53,34 +57,77 @@ class Layout:
 # ------------------------------------------------------------------ building
 
 
-def build_seeds(workdir: Path, run_child) -> Path:
-    """Make WORKDIR/seeds (see module doc). `run_child(fn)` runs fn in a separate process: the
-    quantizer's parallel kernels start OpenMP threads, which must never run in the process the
-    fuzzer forks its cases from."""
+def build_seeds(workdir: Path, call) -> Path:
+    """Make WORKDIR/seeds (see module doc). `call("fuzz_seeds:make_seed_files", dir)` runs that
+    function in a clean child process (fuzz_runner.call_clean): the quantizer's parallel
+    kernels and SentencePiece's trainer start threads, which must never run in the process
+    the fuzzer forks its cases from."""
     seeds = workdir / "seeds"
     if (seeds / "done").exists():
         return seeds
     shutil.rmtree(seeds, ignore_errors=True)
-    (seeds / "model").mkdir(parents=True)
-    for name in MODEL_FILES:
-        shutil.copyfile(EXAMPLE / name, seeds / "model" / name)
+    for d in ("model", "spm"):
+        (seeds / d).mkdir(parents=True)
+        for name in MODEL_FILES:
+            shutil.copyfile(EXAMPLE / name, seeds / d / name)
     _shard(seeds / "model" / "model.safetensors", seeds / "sharded")
     for name in MODEL_FILES[:-1]:
         shutil.copyfile(EXAMPLE / name, seeds / "sharded" / name)
-
-    def quantize_seeds() -> None:
-        import qconvert
-
-        qconvert.quantize(seeds / "model", seeds / "f16.gguf", type="F16")
-        qconvert.quantize(seeds / "model", seeds / "q8.gguf", type="Q8_0")
-
-    run_child(quantize_seeds)
-    _writer_gguf(seeds / "writer.gguf")
+    call("fuzz_seeds:make_seed_files", str(seeds))
     for p in seeds.rglob("*"):
         if p.is_file():
             os.chmod(p, 0o444)
     (seeds / "done").write_text("")
     return seeds
+
+
+def make_seed_files(seeds: str) -> None:
+    """The seeds qconvert, gguf-py and SentencePiece write (run in a clean child, see above)."""
+    import tempfile
+
+    import qconvert
+
+    root = Path(seeds)
+    qconvert.quantize(root / "model", root / "f16.gguf", type="F16")
+    qconvert.quantize(root / "model", root / "q8.gguf", type="Q8_0")
+    with tempfile.TemporaryDirectory() as tmp:  # a real cache, as a budgeted run writes it
+        qconvert.quantize(root / "model", Path(tmp) / "x.gguf", target_bpw=4.5,
+                          sensitivity_cache=root / "sensitivity.json")
+    _writer_gguf(root / "writer.gguf")
+    _imatrix_seeds(root / "f16.gguf", root / "imatrix.gguf", root / "imatrix.dat")
+    _spm_model(root / "spm" / "tokenizer.model")
+
+
+def _imatrix_seeds(model_gguf: Path, out_gguf: Path, out_dat: Path) -> None:
+    """Importance matrices for every matrix of the tiny model (random statistics), in
+    llama.cpp's GGUF and legacy .dat layouts."""
+    from gguf import GGUFReader
+
+    from qconvert.calib.imatrix import ImportanceMatrix
+
+    rng = np.random.default_rng(1)
+    m = ImportanceMatrix(datasets=["fuzz"], chunk_count=4, chunk_size=64, arch="llama")
+    for t in GGUFReader(model_gguf).tensors:
+        if len(t.shape) == 2 and t.name.startswith("blk."):
+            m.add(t.name, rng.random(int(t.shape[0])) * 256, 256)
+    m.save(out_gguf)
+    m.save(out_dat)
+
+
+def _spm_model(path: Path) -> None:
+    """A small SentencePiece model (Llama 2's settings: byte fallback, identity normalizer),
+    trained on the stdlib's pydoc topics so it is the same on every machine."""
+    import io
+
+    import sentencepiece as spm
+    from pydoc_data.topics import topics
+
+    lines = [ln for _, text in sorted(topics.items())[:80] for ln in text.split("\n") if ln.strip()]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, model_type="bpe",
+                                   vocab_size=600, byte_fallback=True, normalization_rule_name="identity",
+                                   num_threads=1, minloglevel=2)
+    path.write_bytes(buf.getvalue())
 
 
 def _shard(src: Path, out: Path) -> None:
@@ -247,3 +294,63 @@ def has_nonfinite(raw: bytes, lay: Layout) -> bool:
             if np.any((x & t(m)) == t(m)):
                 return True
     return False
+
+
+def imatrix_dat_layout(raw: bytes) -> Layout:
+    """Fields of a legacy imatrix .dat (see qconvert.calib.imatrix): the entry count, and per
+    entry the name length, call count, value count and the values (as an F32 "tensor")."""
+    lay = Layout(fields=[Field(0, 4, "n_entries", "entry count")], boundaries=[0, 4])
+    n = struct.unpack_from("<i", raw)[0]
+    pos = 4
+    for _ in range(n):
+        lay.boundaries.append(pos)
+        length = struct.unpack_from("<i", raw, pos)[0]
+        name = raw[pos + 4:pos + 4 + length].decode(errors="replace")
+        lay.fields += [Field(pos, 4, "str_len", "name"), Field(pos + 4 + length, 4, "ncall", name),
+                       Field(pos + 8 + length, 4, "count", name)]
+        nval = struct.unpack_from("<i", raw, pos + 8 + length)[0]
+        pos += 12 + length
+        lay.tensors.append((name, "F32", pos, 4 * nval))
+        lay.boundaries.append(pos)
+        pos += 4 * nval
+    lay.fields += [Field(pos, 4, "chunk_count", "trailer"), Field(pos + 4, 4, "str_len", "dataset")]
+    lay.boundaries += [pos, len(raw)]
+    lay.boundaries = sorted(set(lay.boundaries))
+    return lay
+
+
+def protobuf_layout(raw: bytes) -> Layout:
+    """Fields of a SentencePiece ModelProto: every length-delimited field's length (a varint),
+    one level into each piece (field 1), and each piece's score (a float32, as an F32
+    "tensor" of one value, for the non-finite mutators)."""
+    from fuzz_mutate import read_varint
+
+    lay = Layout(boundaries=[0])
+
+    def walk(start: int, end: int, depth: int, label: str) -> None:
+        pos = start
+        while pos < end:
+            lay.boundaries.append(pos)
+            key, pos = read_varint(raw, pos)
+            num, wire = key >> 3, key & 7
+            if wire == 0:
+                pos = read_varint(raw, pos)[1]
+            elif wire == 5:
+                if label == "piece" and num == 2:
+                    lay.tensors.append(("piece score", "F32", pos, 4))
+                pos += 4
+            elif wire == 1:
+                pos += 8
+            elif wire == 2:
+                n, after = read_varint(raw, pos)
+                lay.fields.append(Field(pos, after - pos, "varint_len", f"{label} field {num}"))
+                if depth == 0 and num == 1:
+                    walk(after, after + n, 1, "piece")
+                pos = after + n
+            else:
+                return
+
+    walk(0, len(raw), 0, "model")
+    lay.boundaries = sorted(set(lay.boundaries + [len(raw)]))
+    lay.data_start = len(raw)
+    return lay
