@@ -8,12 +8,14 @@ the chosen route uses is an error naming it (routes/base.py), never silently dro
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from .errors import InputError
 from .plan.units import MAX_CONTEXT, check_count
+from .sink.output_check import check_apart
 
 FORMATS = ("gguf", "safetensors")
 SCHEMES = ("rtn", "gptq")
@@ -140,22 +142,24 @@ def build_job(model: str | Path, output: str | Path | None = None, **options) ->
     if o["imatrix"] is not None and o["calibration"] not in (None, False):
         raise InputError("give --imatrix or --calibration, not both")
     _check_numbers(o)
+    paths = {"output": _path(output, "output", file=fmt == "gguf"), "source": _path(model, "source", file=False)}
+    for name in ("save_imatrix", "sensitivity_cache", "imatrix", "calibration"):
+        paths[name] = _path(o[name], name) if isinstance(o[name], (str, Path)) else o[name]
+    check_apart({flag(k): paths[k] for k in ("output", "save_imatrix", "sensitivity_cache")})
     budget = None
     if targets:
         budget = Budget(o["target_size"], o["target_bpw"], o["target_vram"], o["context"],
-                        str(o["kv_type"] or "F16").upper(), _path(o["sensitivity_cache"]))
-    calib_text = o["calibration"]
-    calib_text = None if calib_text in (None, False) else (True if calib_text is True else Path(calib_text))
-    imatrix = o["imatrix"]
-    if isinstance(imatrix, str):
-        imatrix = Path(imatrix)
+                        str(o["kv_type"] or "F16").upper(), paths["sensitivity_cache"])
+    calib_text = paths["calibration"]
+    calib_text = None if calib_text in (None, False) else calib_text
+    imatrix = paths["imatrix"]
     return Job(
-        source=Path(model), output=_path(output), format=fmt, type_name=o["type"], bits=o["bits"], budget=budget,
+        source=paths["source"], output=paths["output"], format=fmt, type_name=o["type"], bits=o["bits"], budget=budget,
         scheme=Scheme("rtn" if scheme == "absmax" else scheme, _default(o["damp"], 0.01),
                       _default(o["group_size"], 128), _default(o["sym"], True), bool(o["act_order"])),
         calibration=Calibration(imatrix, calib_text, _default(o["calibration_samples"], 128),
                                 _default(o["calibration_seqlen"], 512), _default(o["device"], "auto"),
-                                _path(o["save_imatrix"])),
+                                paths["save_imatrix"]),
         overrides=Overrides(tuple(o["tensor_types"] or ()), o["output_tensor_type"], o["token_embedding_type"],
                             bool(o["pure"]), bool(o["no_fallback"])),
         vocab_pre=o["vocab_pre"], allow_requantize=bool(o["allow_requantize"]),
@@ -203,5 +207,15 @@ def _default(value, default):
     return default if value is None else value
 
 
-def _path(value) -> Optional[Path]:
-    return None if value is None else Path(value)
+def _path(value, option: str, *, file: bool = True) -> Optional[Path]:
+    """None, or the Path of a non-empty string. Path() would silently turn '' into the
+    current directory and drop a trailing slash, which names a directory: for a file
+    ("x.gguf/") that is refused, not written as a file named x.gguf."""
+    if value is None:
+        return None
+    text, shown = os.fspath(value), "MODEL" if option == "source" else flag(option)
+    if isinstance(text, str) and not text.strip():
+        raise InputError(f"{shown} {text!r}: empty path; give a {'file' if file else 'directory'} name")
+    if file and isinstance(value, str) and value.endswith(("/", os.sep)):
+        raise InputError(f"{shown} {value}: a trailing '/' names a directory; give a file name")
+    return Path(value)

@@ -20,6 +20,7 @@ from .routes import route_for
 
 def run(job: Job) -> QuantizeResult:
     from .sink.atomic_dir import staging_dir
+    from .sink.output_check import check_apart
 
     t0 = time.perf_counter()
     route = route_for(job)
@@ -28,6 +29,8 @@ def run(job: Job) -> QuantizeResult:
         result = route.dry_result(job, planned)
     else:
         out = route.output_path(job, planned)
+        # the default output name is known only now; explicit paths were compared in build_job
+        check_apart({"--output": out, "--save-imatrix": job.calibration.save_imatrix})
         with ExitStack() as stack:
             scratch = None
             if route.needs_scratch(job):  # beside the output: same filesystem, cleaned if killed

@@ -226,6 +226,71 @@ def test_output_is_checked_before_calibration(model, tmp_path, monkeypatch, kw):
     assert not (tmp_path / "xdg").exists() and list(tmp_path.iterdir()) == []
 
 
+# -- names and spellings that would write somewhere else than meant ---------------------------
+
+@pytest.mark.parametrize("out, words", [
+    ("a\nb.gguf", ("a\\x0ab.gguf", "control character")),
+    ("x" * 300 + ".gguf", ("File name too long",)),
+    ("x" * 250 + ".gguf", ("255 bytes", "shorter name")),  # fits, but .NAME.PID.partial does not
+    ("x" * 300 + "/o.gguf", ("File name too long",)),
+    ("", ("--output ''", "empty path")),
+    ("out/", ("--output out/", "trailing '/'")),
+], ids=["newline", "300-bytes", "250-bytes", "300-byte-dir", "empty", "trailing-slash"])
+def test_output_names_that_cannot_be_written_as_given_are_refused(model, tmp_path, out, words):
+    refused(cli("quantize", model, "-t", "Q8_0", "-o", out, "--force", cwd=tmp_path), *words)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_trailing_slash_on_an_existing_file_is_refused(model, tmp_path):
+    old = tmp_path / "x.gguf"
+    old.write_bytes(b"old output")
+    refused(cli("quantize", model, "-t", "Q8_0", "-o", "x.gguf/", "--force", cwd=tmp_path), "trailing '/'")
+    assert old.read_bytes() == b"old output"
+    # a directory output may end in '/'
+    assert cli("quantize", model, "--format", "safetensors", "-o", "st/", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "st" / "config.json").is_file()
+
+
+def test_empty_model_path_is_refused(model, tmp_path):
+    shutil.copytree(model, tmp_path / "m")
+    before = snapshot(tmp_path)
+    refused(cli("quantize", "", "-t", "Q8_0", cwd=tmp_path / "m"), "MODEL ''", "empty path")
+    assert snapshot(tmp_path) == before
+
+
+def test_one_path_for_two_outputs_is_refused(model, tmp_path, monkeypatch):
+    """The statistics and the model in one file: one would overwrite the other. Refused
+    before calibration (transformers made unimportable proves it never started)."""
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    monkeypatch.chdir(tmp_path)
+    for out, save in (("x.gguf", "x.gguf"), ("x.gguf", "./sub/../x.gguf"), (None, "model-Q4_K_M.gguf")):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        with pytest.raises(InputError, match="given as both --output and --save-imatrix"):
+            qconvert.quantize(model, out, type="Q4_K_M", calibration=True, save_imatrix=save)
+    with pytest.raises(InputError, match="given as both --output and --sensitivity-cache"):
+        qconvert.quantize(model, "s.gguf", target_size="3MB", sensitivity_cache="s.gguf")
+    assert [p.name for p in tmp_path.iterdir()] == ["sub"]
+
+
+def test_force_replaces_only_a_checkpoint_directory(model, tmp_path):
+    """--force on a safetensors output swaps the whole directory: one holding anything but
+    a checkpoint's files (notes, a subdirectory) is refused with nothing deleted."""
+    notes = tmp_path / "notes"
+    (notes / "sub").mkdir(parents=True)
+    (notes / "todo.txt").write_text("mine")
+    (notes / "sub" / "a.bin").write_bytes(b"x")
+    before = snapshot(tmp_path)
+    refused(cli("quantize", model, "--format", "safetensors", "-o", notes, "--force"), "notes", "'sub' and 1 more",
+            "not a checkpoint file")
+    assert snapshot(tmp_path) == before
+    # an earlier output, or an empty directory, is replaced
+    out = tmp_path / "st"
+    out.mkdir()
+    qconvert.quantize(model, out, format="safetensors", force=True)
+    qconvert.quantize(model, out, format="safetensors", bits=8, force=True)
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"]
+
+
 # -- the sensitivity cache ----------------------------------------------------------------------
 
 def test_sensitivity_cache_holding_anything_else_is_refused(model, tmp_path):

@@ -4,7 +4,6 @@ the chosen output does not use is refused there (routes/base.py), never dropped 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -68,8 +67,8 @@ def show(res: QuantizeResult, dry_run: bool) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("quantize", help=HELP)
     def quantize_cmd(
-        model_dir: Annotated[Path, typer.Argument(help="Hugging Face model directory (config.json + safetensors), or an F32/F16/BF16 .gguf.")],
-        output: Annotated[Optional[Path], typer.Option("--output", "-o", rich_help_panel=OUT, help="Output .gguf file, or directory for safetensors (default: ./<model>-<TYPE>.gguf).")] = None,
+        model_dir: Annotated[str, typer.Argument(help="Hugging Face model directory (config.json + safetensors), or an F32/F16/BF16 .gguf.")],
+        output: Annotated[Optional[str], typer.Option("--output", "-o", rich_help_panel=OUT, help="Output .gguf file, or directory for safetensors (default: ./<model>-<TYPE>.gguf).")] = None,
         force: Annotated[bool, typer.Option("--force", "-f", rich_help_panel=OUT, help="Overwrite an existing output.")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel=OUT, help="Print the per-tensor plan and exit without writing.")] = False,
         format_: Annotated[Optional[str], typer.Option("--format", rich_help_panel=OUT, help="gguf (llama.cpp; default) or safetensors (int-N checkpoint transformers loads: compressed-tensors pack-quantized).")] = None,
@@ -85,19 +84,19 @@ def register(app: typer.Typer) -> None:
         allow_requantize: Annotated[bool, typer.Option("--allow-requantize", rich_help_panel=TYPES, help="Accept an already-quantized GGUF as input (rounding errors compound: lower quality than quantizing the original).")] = False,
         vocab_pre: Annotated[Optional[str], typer.Option("--vocab-pre", rich_help_panel=TYPES, help="llama.cpp pre-tokenizer name, when it cannot be derived.")] = None,
         scheme: Annotated[Optional[str], typer.Option("--scheme", rich_help_panel=CALIB, help="rtn (round to nearest, the default; importance-weighted with --imatrix/--calibration) or gptq (error feedback; runs a calibration pass).")] = None,
-        imatrix: Annotated[Optional[Path], typer.Option("--imatrix", rich_help_panel=CALIB, help="Importance statistics (qconvert's or llama.cpp's imatrix file) weighting the K-quant scale search.")] = None,
+        imatrix: Annotated[Optional[str], typer.Option("--imatrix", rich_help_panel=CALIB, help="Importance statistics (qconvert's or llama.cpp's imatrix file) weighting the K-quant scale search.")] = None,
         calibration: Annotated[Optional[str], typer.Option("--calibration", rich_help_panel=CALIB, help="Calibration text file, or 'default' for the bundled text (needs torch + transformers): importance statistics, or GPTQ's pass.")] = None,
         calibration_samples: Annotated[Optional[int], typer.Option("--calibration-samples", rich_help_panel=CALIB, help="Calibration windows (default 128).")] = None,
         calibration_seqlen: Annotated[Optional[int], typer.Option("--calibration-seqlen", rich_help_panel=CALIB, help="Tokens per calibration window (default 512).")] = None,
         device: Annotated[Optional[str], typer.Option("--device", rich_help_panel=CALIB, help="Calibration device: cpu, cuda or auto (default).")] = None,
-        save_imatrix: Annotated[Optional[Path], typer.Option("--save-imatrix", rich_help_panel=CALIB, help="Save the collected statistics (llama.cpp's GGUF imatrix format; .dat for the legacy one).")] = None,
+        save_imatrix: Annotated[Optional[str], typer.Option("--save-imatrix", rich_help_panel=CALIB, help="Save the collected statistics (llama.cpp's GGUF imatrix format; .dat for the legacy one).")] = None,
         damp: Annotated[Optional[float], typer.Option("--damp", rich_help_panel=CALIB, help="GPTQ damping, a fraction (0 to 1) of the Hessian's mean diagonal (default 0.01).")] = None,
         target_size: Annotated[Optional[str], typer.Option("--target-size", rich_help_panel=BUDGET, help="Choose per-tensor types so the GGUF file is at most this size (e.g. 4.2GB).")] = None,
         target_bpw: Annotated[Optional[float], typer.Option("--target-bpw", rich_help_panel=BUDGET, help="Choose per-tensor types for at most this many bits per weight (e.g. 4.5).")] = None,
         target_vram: Annotated[Optional[str], typer.Option("--target-vram", rich_help_panel=BUDGET, help="Choose per-tensor types so weights + KV cache at --context + runtime overhead fit this memory (e.g. 8GB, 8GiB).")] = None,
         context: Annotated[Optional[int], typer.Option("--context", rich_help_panel=BUDGET, help="--target-vram: context (tokens) the KV cache is sized for (default 4096).")] = None,
         kv_type: Annotated[Optional[str], typer.Option("--kv-type", rich_help_panel=BUDGET, help="--target-vram: KV cache type, f16 (default) or q8_0.")] = None,
-        sensitivity_cache: Annotated[Optional[Path], typer.Option("--sensitivity-cache", rich_help_panel=BUDGET, help="JSON file caching per-tensor sensitivity measurements (default ~/.cache/qconvert/sensitivity.json).")] = None,
+        sensitivity_cache: Annotated[Optional[str], typer.Option("--sensitivity-cache", rich_help_panel=BUDGET, help="JSON file caching per-tensor sensitivity measurements (default ~/.cache/qconvert/sensitivity.json).")] = None,
         group_size: Annotated[Optional[int], typer.Option("--group-size", rich_help_panel=ST, help="Weights per scale (default 128; -1: one per output channel).")] = None,
         sym: Annotated[Optional[bool], typer.Option("--sym/--asym", rich_help_panel=ST, help="Symmetric (absmax; default) or asymmetric (min-max, zero point) grids.")] = None,
         act_order: Annotated[bool, typer.Option("--act-order", rich_help_panel=ST, help="With --scheme gptq: quantize columns in order of decreasing Hessian diagonal (static groups).")] = False,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import stat
+import unicodedata
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -34,11 +35,35 @@ def kind_of(mode: int) -> str:
     return next((name for test, name in KINDS if test(mode)), "not a regular file")
 
 
+NAME_MAX = 255  # bytes in one directory entry (ext4, xfs, btrfs, tmpfs, overlayfs)
+
+
 def target_of(path: Path) -> Path:
     """The path a write lands on: a symbolic link's target (even a dangling one's),
     otherwise the path itself."""
     path = Path(path)
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        is_link = False
+    except OSError as e:  # a name too long, a parent that is a file, a link loop
+        raise InputError(f"{path}: cannot use as output ({e.strerror})") from None
+    return Path(os.path.realpath(path)) if is_link else path
+
+
+def check_name(target: Path, shown: Path) -> None:
+    """A name qconvert can write and report: no control characters (a newline would split
+    every message and listing that names the file), and short enough that the temporary
+    name it is written under first, .NAME.PID.partial, fits in one directory entry."""
+    for p in (shown, target):
+        if any(unicodedata.category(c) == "Cc" for c in str(p)):
+            raise InputError(f"{shown}: output path holds a control character (newline, tab, escape); "
+                             "choose a plain name")
+    size = len(os.fsencode(target.name))
+    room = NAME_MAX - len(os.fsencode(temp_name("")))
+    if size > room:
+        raise InputError(f"{shown}: output file name is {size} bytes; with the temporary suffix it is "
+                         f"first written under, at most {room} bytes fit: choose a shorter name")
 
 
 def stat_or_none(path: Path, shown: Path) -> Optional[os.stat_result]:
@@ -94,7 +119,7 @@ def check_parent(path: Path, shown: Optional[Path] = None) -> None:
         raise InputError(f"{shown}: output directory {parent} does not exist")
     if not stat.S_ISDIR(st.st_mode):
         raise InputError(f"{shown}: {parent} is {kind_of(st.st_mode)}, not a directory")
-    probe = parent / temp_name(path.name + ".probe")
+    probe = parent / temp_name("qconvert-probe")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -109,6 +134,7 @@ def check_output(path: Path | str, force: bool, *, reads: Iterable = ()) -> Path
     """Check an output file path; returns the path to write (a link's target)."""
     shown = Path(path)
     target = target_of(shown)
+    check_name(target, shown)
     st = stat_or_none(target, shown)
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
@@ -127,6 +153,7 @@ def check_output_dir(path: Path | str, force: bool, *, input_dir: Path | str | N
     """Check an output directory path (safetensors); returns the path to write."""
     shown = Path(path)
     target = target_of(shown)
+    check_name(target, shown)
     st = stat_or_none(target, shown)
     if st is not None:
         if input_dir is not None:
@@ -137,8 +164,32 @@ def check_output_dir(path: Path | str, force: bool, *, input_dir: Path | str | N
             raise InputError(f"{shown}: output path is {kind_of(st.st_mode)}; give a directory name")
         if not force:
             raise OutputExistsError(f"{shown} already exists; pass --force to overwrite it")
+        check_replaceable(shown, target)
     check_parent(target, shown)
     return target
+
+
+# what a checkpoint directory (an earlier safetensors output) holds: weights, index,
+# config and the tokenizer files copied beside them
+CHECKPOINT_SUFFIXES = (".safetensors", ".json", ".jinja")
+CHECKPOINT_NAMES = ("tokenizer.model", "merges.txt")
+
+
+def check_replaceable(shown: Path, target: Path) -> None:
+    """--force replaces a directory as a whole, so only one holding nothing but a
+    checkpoint's files (an earlier output) or nothing at all: `-o ~ --force` must not
+    delete a home directory, nor `-o results --force` someone's notes."""
+    try:
+        entries = sorted(os.scandir(target), key=lambda e: e.name)
+    except OSError as e:
+        raise InputError(f"{shown}: cannot read the existing output directory ({e.strerror})") from None
+    foreign = [e.name for e in entries
+               if not (e.is_file(follow_symlinks=False)
+                       and (e.name.endswith(CHECKPOINT_SUFFIXES) or e.name in CHECKPOINT_NAMES))]
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise InputError(f"{shown}: --force replaces the whole directory, and it holds {foreign[0]!r}{more}, "
+                         "which is not a checkpoint file; choose another output directory or empty this one")
 
 
 def check_not_over_model(shown: Path, target: Path, model_dir: Path) -> None:
@@ -152,3 +203,26 @@ def check_not_over_model(shown: Path, target: Path, model_dir: Path) -> None:
                                  "choose another")
         except OSError:
             continue
+
+
+def same_place(a: Path | str, b: Path | str) -> bool:
+    """Whether two paths name one file: the same resolved path (links and `..` followed),
+    or two names of one existing file."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_apart(paths: dict[str, Path | str | None]) -> None:
+    """Every file a run writes is a different file: {option: path}, None for not given.
+    `-o x.gguf --save-imatrix x.gguf` would write the statistics and then the model over
+    them (or the other way round), and report both as saved."""
+    given = [(k, v) for k, v in paths.items() if v is not None]
+    for i, (ka, a) in enumerate(given):
+        for kb, b in given[i + 1:]:
+            if same_place(a, b):
+                raise InputError(f"{b}: given as both {ka} and {kb}; each output needs its own path")
+
