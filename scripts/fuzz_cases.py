@@ -17,6 +17,7 @@ pass loads torch and runs the model).
 from __future__ import annotations
 
 import json
+import posixpath
 import random
 import re
 from dataclasses import dataclass, field
@@ -352,7 +353,7 @@ def args_files() -> dict[str, bytes | str]:
     under odd names, and decoys that output options may point at."""
     files: dict[str, bytes | str] = {**_model_links(), **_model_links("weird[/x]"), **_model_links("sp ace")}
     for name in ("m.gguf", "sp ace.gguf", "new\nline.gguf", "[x].gguf"):
-        files[name] = "seed:writer.gguf"
+        files[name] = "copy:writer.gguf"  # a copy: -o NAME --force may replace it
     files["precious.txt"] = b"precious: must never change\n"
     files["link.gguf"] = "symlink:precious.txt"
     files["dir with space"] = "dir"
@@ -375,7 +376,23 @@ def gen_args(rng: random.Random, s: Seeds) -> Case:
         argv = ["estimate-memory"] + _options(rng, ESTIMATE_OPTIONS, ESTIMATE_FLAGS, rng.randint(1, 4))
     files = args_files()
     protected = [k for k, v in files.items() if not (isinstance(v, str) and (v == "dir" or v.startswith("symlink:")))]
-    return Case("args", argv, files, "odd arguments", protected)
+    replaceable = _forced_output(argv)
+    return Case("args", argv, files, "odd arguments", [k for k in protected if k not in replaceable])
+
+
+def _forced_output(argv: list[str]) -> set[str]:
+    """Files of the case an odd quantize command may legitimately replace: its -o with --force,
+    unless that is a file of the model it reads (a link is followed to its target)."""
+    if argv[0] != "quantize" or not {"--force", "-f"} & set(argv) or "-o" not in argv[:-1]:
+        return set()
+    out = argv[argv.index("-o") + 1]
+    if not out.startswith(CASE + "/"):
+        return set()
+    rel = posixpath.normpath(out[len(CASE) + 1:])
+    rel = {"link.gguf": "precious.txt"}.get(rel, rel)
+    model = posixpath.normpath(argv[1][len(CASE) + 1:]) if argv[1].startswith(CASE + "/") else None
+    inside = model is not None and (rel == model or rel.startswith(model + "/"))
+    return set() if inside else {rel}
 
 
 # ------------------------------------------------------------------ output paths and side files

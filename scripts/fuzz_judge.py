@@ -60,7 +60,9 @@ def judge(case: Case, info: dict, root: Path, snap: dict, max_rss_mb: float, bef
         loc = f"{where[-1][0]}:{where[-1][1]}" if where else info["hang"].strip().splitlines()[-1][:60]
         return "hang", f"hang: {cmd} in {loc}", f"over the timeout in {loc}"
     if info["rss_delta"] > max_rss_mb * 2**20:
-        return "memory", f"memory: {cmd} {case.kind}", f"peak RSS +{info['rss_delta'] / 2**20:.0f} MB"
+        head = _last_exception(err) if code not in (0, None) else f"exit {code}"
+        return "memory", f"memory: {cmd} {case.kind}: {_norm(head)}", \
+            f"peak RSS +{info['rss_delta'] / 2**20:.0f} MB ({head[:200]})"
     changed = _changed(root, snap)
     if changed:
         return "input-changed", f"input-changed: {cmd} {changed[1]}", f"{changed[0]} {changed[1]}"
