@@ -251,6 +251,24 @@ def test_trailing_slash_on_an_existing_file_is_refused(model, tmp_path):
     assert (tmp_path / "st" / "config.json").is_file()
 
 
+def test_default_output_inside_the_model_directory_can_be_replaced(model, tmp_path):
+    """`cd model && qconvert quantize .` writes ./model-Q4_K_M.gguf among the model's files:
+    a second run says it exists, and --force replaces it (it is not a file the run reads);
+    the model's own files stay refused."""
+    m = tmp_path / "m"
+    shutil.copytree(model, m)
+    assert cli("quantize", ".", "--bits", "4", cwd=m).returncode == 0
+    out = m / "m-Q4_K_M.gguf"
+    refused(cli("quantize", ".", "--bits", "4", cwd=m), "already exists", "--force")
+    first = os.stat(out).st_ino
+    r = cli("quantize", ".", "--bits", "4", "--pure", "--force", cwd=m)
+    assert r.returncode == 0, r.stderr
+    assert os.stat(out).st_ino != first  # replaced by the new file, renamed into place
+    assert {t.tensor_type.name for t in gguf.GGUFReader(out).tensors} == {"F32", "Q4_K"}  # --pure's plan
+    assert sorted(p.name for p in m.glob("*.gguf")) == [out.name]
+    refused(cli("quantize", ".", "-o", "config.json", "--force", cwd=m), "reads")
+
+
 def test_empty_model_path_is_refused(model, tmp_path):
     shutil.copytree(model, tmp_path / "m")
     before = snapshot(tmp_path)

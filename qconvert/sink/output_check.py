@@ -86,8 +86,11 @@ def read_identities(reads: Iterable) -> dict[tuple[int, int], Path]:
         p = Path(r)
         files = [p]
         if p.is_dir():
+            # a GGUF beside a Hugging Face model's files is never read when converting that
+            # directory: it is an earlier output (`cd model && qconvert quantize .` puts the
+            # default output there), which --force may replace
             try:
-                files = [p / e.name for e in os.scandir(p)]
+                files = [p / e.name for e in os.scandir(p) if not e.name.endswith(".gguf")]
             except OSError:
                 files = []
         for f in files:
