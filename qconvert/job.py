@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -16,6 +17,7 @@ from typing import Optional
 from .errors import InputError
 from .plan.units import MAX_CONTEXT, check_count
 from .sink.output_check import check_apart
+from .source.input_file import checked_input_file
 
 FORMATS = ("gguf", "safetensors")
 SCHEMES = ("rtn", "gptq")
@@ -113,6 +115,15 @@ class Job:
         return ", ".join(flag(o, self.scheme.sym if o == "sym" else None) for o in options)
 
 
+def check_input_files(job: Job) -> None:
+    """The statistics files a job reads exist and are regular files, before anything else
+    is read (dry run too): a FIFO would block the run, /dev/zero would never end."""
+    calib = job.calibration
+    for path, what in ((calib.imatrix, "importance matrix (--imatrix)"), (calib.text, "calibration text")):
+        if isinstance(path, Path):
+            checked_input_file(path, what)
+
+
 def _given(options: dict) -> frozenset[str]:
     """None is "not given"; so is False for an on/off flag (its off state), but not for
     --sym/--asym, where False is a choice."""
@@ -142,6 +153,7 @@ def build_job(model: str | Path, output: str | Path | None = None, **options) ->
     if o["imatrix"] is not None and o["calibration"] not in (None, False):
         raise InputError("give --imatrix or --calibration, not both")
     _check_numbers(o)
+    _check_words(o)
     paths = {"output": _path(output, "output", file=fmt == "gguf"), "source": _path(model, "source", file=False)}
     for name in ("save_imatrix", "sensitivity_cache", "imatrix", "calibration"):
         paths[name] = _path(o[name], name) if isinstance(o[name], (str, Path)) else o[name]
@@ -158,7 +170,8 @@ def build_job(model: str | Path, output: str | Path | None = None, **options) ->
         scheme=Scheme("rtn" if scheme == "absmax" else scheme, _default(o["damp"], 0.01),
                       _default(o["group_size"], 128), _default(o["sym"], True), bool(o["act_order"])),
         calibration=Calibration(imatrix, calib_text, _default(o["calibration_samples"], 128),
-                                _default(o["calibration_seqlen"], 512), _default(o["device"], "auto"),
+                                _default(o["calibration_seqlen"], 512),
+                                str(_default(o["device"], "auto")).strip().lower(),
                                 paths["save_imatrix"]),
         overrides=Overrides(tuple(o["tensor_types"] or ()), o["output_tensor_type"], o["token_embedding_type"],
                             bool(o["pure"]), bool(o["no_fallback"])),
@@ -190,6 +203,20 @@ def _check_numbers(o: dict) -> None:
         _fraction("target_bpw", o["target_bpw"], 0.0, MAX_BPW, "a number of bits per weight above 0", low_ok=False)
     if o["damp"] is not None:  # a fraction of the Hessian's mean diagonal; GPTQ raises it itself when needed
         _fraction("damp", o["damp"], 0.0, 1.0, "a fraction of the Hessian's mean diagonal from 0", low_ok=True)
+
+
+# options naming a choice: '' is a mistake (an unset shell variable), not "the default"
+WORDS = ("type", "output_tensor_type", "token_embedding_type", "scheme", "kv_type", "format", "device", "vocab_pre")
+DEVICE = re.compile(r"(cpu|auto|cuda(:[0-9]{1,4})?)", re.IGNORECASE)
+
+
+def _check_words(o: dict) -> None:
+    for name in WORDS:
+        v = o[name]
+        if isinstance(v, str) and not v.strip():
+            raise InputError(f"{flag(name)} {v!r}: empty; give a value or leave the option out")
+    if o["device"] is not None and not DEVICE.fullmatch(str(o["device"]).strip()):
+        raise InputError(f"--device {o['device']!r}: choose cpu, cuda, cuda:N or auto")
 
 
 def _fraction(name: str, value, lo: float, hi: float, what: str, *, low_ok: bool) -> None:

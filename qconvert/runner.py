@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 
-from .job import Job
+from .job import Job, check_input_files
 from .results import QuantizeResult
 from .routes import route_for
 
@@ -24,6 +24,7 @@ def run(job: Job) -> QuantizeResult:
 
     t0 = time.perf_counter()
     route = route_for(job)
+    check_input_files(job)
     planned = route.plan(job)
     if job.dry_run:
         result = route.dry_result(job, planned)

@@ -246,6 +246,17 @@ QUANTIZE_ABSURD = [
     ([*GPTQ, "--calibration-seqlen", "99999999999"], "--calibration-seqlen"),
     (["--bits", "99999999999"], "--bits"),
     ([*ST, "--bits", "5"], "--bits"),
+    # an empty choice (an unset shell variable) is not the default
+    (["--type", ""], "--type"),
+    (["--output-tensor-type", " "], "--output-tensor-type"),
+    (["--token-embedding-type", ""], "--token-embedding-type"),
+    (["--scheme", ""], "--scheme"),
+    (["--format", ""], "--format"),
+    (["--target-vram", "8GB", "--kv-type", ""], "--kv-type"),
+    (["--calibration", "default", "--device", ""], "--device"),
+    # a device torch may know but calibration does not use: was internal error 70
+    (["--calibration", "default", "--device", "mps"], "--device"),
+    (["--tensor-type", "(a|" * 3000 + "b" + ")" * 3000 + "=Q8_0"], "--tensor-type"),  # was RecursionError, 70
 ]
 
 

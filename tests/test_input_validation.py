@@ -184,6 +184,20 @@ def test_shard_that_is_not_a_regular_file_is_refused_without_blocking(model, out
     refused(model, out_dir, InputError, str(model / SHARD), "not a regular file")
 
 
+@pytest.mark.parametrize("option", ["calibration", "imatrix"])
+def test_statistics_inputs_must_be_regular_files(model, out_dir, tmp_path, option):
+    """A FIFO would block the run, /dev/zero would be read into memory until it ran out (the
+    run was killed), a name too long was internal error 70: each is refused before anything
+    is read, dry run or not."""
+    fifo = tmp_path / "fifo.txt"
+    os.mkfifo(fifo)
+    cases = [(fifo, "is a FIFO"), (Path("/dev/zero"), "is a character device"), (tmp_path, "not a directory"),
+             (tmp_path / ("x" * 300), "File name too long"), (tmp_path / "missing.txt", "not found")]
+    for path, words in cases:
+        for dry in (False, True):
+            refused(model, out_dir, InputError, str(path)[:40], words, type="Q4_K_M", dry_run=dry, **{option: path})
+
+
 def test_cli_exit_code_for_an_escaping_index(model, tmp_path):
     weight_map = _sharded(model)
     weight_map["lm_head.weight"] = "../../etc/passwd"

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..source.input_file import checked_input_file
 from . import corpus
 
 
@@ -34,11 +35,7 @@ def read_text(text_file: Optional[Path | str]) -> str:
     """The calibration text: the bundled split, or a user's UTF-8 file."""
     if text_file is None:
         return corpus.split_text("calibration")
-    path = Path(text_file)
-    if not path.exists():
-        raise InputError(f"{path}: calibration text file not found")
-    if path.is_dir():
-        raise InputError(f"{path}: calibration text should be a file, not a directory")
+    path = checked_input_file(text_file, "calibration text")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

@@ -196,6 +196,9 @@ def _option_rules(p: Preset, overrides: Sequence[tuple[str, str]], output_type: 
             rx = re.compile(pat, re.IGNORECASE)
         except re.error as e:
             raise InputError(f"--tensor-type {pat}={typ}: bad regular expression: {e}") from None
+        except (RecursionError, OverflowError, MemoryError):  # Python's compiler recurses per nesting level
+            raise InputError(f"--tensor-type {pat[:60]}...={typ}: regular expression too deeply nested or too "
+                             "large to compile") from None
         rules.append(Rule(f"--tensor-type {pat}={typ.upper()}",
                           lambda t, rx=rx, typ=typ.upper(): typ if rx.search(t.name) else None))
     if pure:

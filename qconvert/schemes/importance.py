@@ -9,18 +9,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from ..errors import InputError, ShapeError
+from ..errors import ShapeError
 from ..kernels import IMPORTANCE_TYPES
 from ..plan.tensor_plan import Plan
+from ..source.input_file import checked_input_file
 
 
 def load_importance(path: str | Path):
     from ..calib.imatrix import ImportanceMatrix
 
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: importance matrix file not found (--imatrix)")
-    return ImportanceMatrix.load(p)
+    return ImportanceMatrix.load(checked_input_file(path, "importance matrix (--imatrix)"))
 
 
 def importance_plan(plan: Plan, imatrix, source: str = "--imatrix") -> tuple[Plan, list[str]]:
