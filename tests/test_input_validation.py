@@ -704,3 +704,24 @@ def test_gguf_imatrix_through_the_bounded_parser(tmp_path):
     with pytest.raises(FormatError, match="NaN or Inf"):
         ImportanceMatrix.load(nan)
     assert math.isfinite(float(m.get("blk.0.attn_q.weight").sum()))
+
+
+def test_imatrix_of_another_model_is_refused_on_every_route(model, out_dir):
+    """Rows of another width, or names that match no tensor of this model: refused before
+    any weight is read, on the preset route and the sized one (which measured with them
+    first and failed with a numpy broadcasting error, exit 70)."""
+    from qconvert.calib.imatrix import ImportanceMatrix
+    from qconvert.errors import ShapeError
+
+    plan = qconvert.quantize(model, dry_run=True, type="Q4_K_M").plan
+    q = next(t for t in plan.tensors if t.name.startswith("blk.") and t.qtype.quantized)
+    wide = ImportanceMatrix(datasets=["t"], chunk_count=1, chunk_size=8)
+    wide.add(q.name, np.ones(q.shape[-1] * 2), 8)
+    foreign = ImportanceMatrix(datasets=["t"], chunk_count=1, chunk_size=8)
+    foreign.add("model." + q.name, np.ones(q.shape[-1]), 8)
+    for imx, words in ((wide, (q.name, "channels", "another model")),
+                       (foreign, ("no statistics for any quantized tensor", "'model." + q.name, "another model"))):
+        path = out_dir.parent / "other.imatrix.gguf"
+        imx.save(path)
+        refused(model, out_dir, ShapeError, "--imatrix", *words, imatrix=path)
+        refused(model, out_dir, ShapeError, "--imatrix", *words, imatrix=path, target_size="3MB", dry_run=True)

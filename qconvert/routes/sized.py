@@ -11,7 +11,7 @@ from typing import Optional
 from ..job import Job
 from ..plan.type_plan import DEFAULT_TYPE, make_quant_plan
 from ..results import GGUFResult
-from ..schemes.importance import importance_plan
+from ..schemes.importance import check_importance, importance_plan
 from ..sink.output_check import check_parent
 from ..source.model_source import open_source
 from .base import Route
@@ -53,6 +53,9 @@ class SizedRoute(Route[GGUFPlanned, GGUFResult]):
             else:
                 check_parent(default_output(src, "sized"))
         imx = self._statistics(job, src)
+        label = "--imatrix" if job.calibration.imatrix is not None else "--calibration"
+        if imx is not None:  # another model's statistics: refused before they weight any measurement
+            check_importance(base, imx, label)
         if job.dry_run and job.calibration.save_imatrix is not None:
             notes += ("dry run: --save-imatrix not written",)
         header, alignment = header_layout(src, base)
@@ -60,8 +63,7 @@ class SizedRoute(Route[GGUFPlanned, GGUFResult]):
                                    target_bpw=b.bpw, target_vram=b.vram, context=b.context, kv_type=b.kv_type,
                                    imatrix=imx, sensitivity_cache=b.sensitivity_cache, write_cache=not job.dry_run)
         if imx is not None:
-            plan, more = importance_plan(plan, imx, "--imatrix" if job.calibration.imatrix is not None
-                                         else "--calibration")
+            plan, more = importance_plan(plan, imx, label)
             notes += tuple(more)
         return GGUFPlanned(src, plan, f"{figures.bits_per_weight:.2f}bpw", notes, imx, figures)
 

@@ -21,21 +21,40 @@ def load_importance(path: str | Path):
     return ImportanceMatrix.load(checked_input_file(path, "importance matrix (--imatrix)"))
 
 
-def importance_plan(plan: Plan, imatrix, source: str = "--imatrix") -> tuple[Plan, list[str]]:
-    """A new plan with scheme="importance" on every tensor the statistics can serve, and
-    notes on what stays plain. Shapes are checked here, before any weight is read."""
-    notes, missing, plain_types, tensors = [], 0, set(), []
+def check_importance(plan: Plan, imatrix, source: str = "--imatrix") -> int:
+    """Statistics made for this model: each entry for a quantized tensor as wide as its
+    rows, and at least one such entry (a file whose names match nothing is another model's,
+    and would change nothing). Returns how many quantized tensors have no statistics."""
+    missing, matched = [], 0
     for tp in plan.tensors:
-        tensors.append(tp)
         if not tp.qtype.quantized:
             continue
         imp = imatrix.get(tp.name)
         if imp is None:
-            missing += 1
+            missing.append(tp.name)
             continue
+        matched += 1
         if imp.ndim != 1 or imp.shape[0] != tp.shape[-1]:
             raise ShapeError(f"{source}: statistics for {tp.name} have {imp.shape[-1]} channels; "
                              f"the tensor's rows are {tp.shape[-1]} wide (imatrix of another model?)")
+    if missing and not matched:
+        names = list(getattr(imatrix, "names", lambda: [])())
+        theirs = f" (its first entry: {names[0]!r})" if names else ""
+        example = next((n for n in missing if n.startswith("blk.")), missing[0])
+        raise ShapeError(f"{source}: no statistics for any quantized tensor of this model, such as {example!r}"
+                         f"{theirs}; imatrix of another model?")
+    return len(missing)
+
+
+def importance_plan(plan: Plan, imatrix, source: str = "--imatrix") -> tuple[Plan, list[str]]:
+    """A new plan with scheme="importance" on every tensor the statistics can serve, and
+    notes on what stays plain. Shapes are checked here, before any weight is read."""
+    missing = check_importance(plan, imatrix, source)
+    notes, plain_types, tensors = [], set(), []
+    for tp in plan.tensors:
+        tensors.append(tp)
+        if not tp.qtype.quantized or imatrix.get(tp.name) is None:
+            continue
         if tp.qtype.name in IMPORTANCE_TYPES:
             tensors[-1] = replace(tp, scheme="importance")
         else:
