@@ -495,6 +495,9 @@ def gen_imatrix(rng: random.Random, s: Seeds) -> Case:
     refuse = ""
     if real and ";" not in note and len(data) == len(seed) and has_nonfinite(data, lay):
         refuse = "importance statistics hold NaN/Inf"
+    fault = _layout_fault(note) if name.endswith("gguf") else ""
+    if fault and fault != "tensor count too low":
+        refuse = refuse or f"imatrix GGUF layout: {fault}"  # llama.cpp refuses it: so must the reader
     return Case("imatrix", argv, files, f"{name}: {note}", list(files), refuse)
 
 
