@@ -706,6 +706,30 @@ def test_gguf_imatrix_through_the_bounded_parser(tmp_path):
     assert math.isfinite(float(m.get("blk.0.attn_q.weight").sum()))
 
 
+def test_gguf_imatrix_with_overlapping_data_is_refused(tmp_path):
+    """Layout problems inspect lists (here the second tensor's offset moved onto the first's
+    data) make an imatrix unusable, as they make a model GGUF: llama.cpp refuses both."""
+    from qconvert.calib.imatrix import ImportanceMatrix
+
+    m = ImportanceMatrix(datasets=["text"], chunk_count=3, chunk_size=64)
+    m.add("blk.0.attn_q.weight", np.arange(1, 257, dtype=np.float64), 30)
+    path = tmp_path / "imatrix.gguf"
+    m.save(path)
+    raw = bytearray(path.read_bytes())
+    h = gguf.GGUFReader(path)
+    second = h.tensors[1].name.encode()
+    # tensor info: u64 name length, name, u32 n_dims, u64 dims..., u32 type, u64 offset
+    at = raw.index(struct.pack("<Q", len(second)) + second) + 8 + len(second)
+    n_dims = struct.unpack_from("<I", raw, at)[0]
+    offset_at = at + 4 + 8 * n_dims + 4
+    assert struct.unpack_from("<Q", raw, offset_at)[0] == h.tensors[1].data_offset - h.data_offset
+    struct.pack_into("<Q", raw, offset_at, 0)
+    bad = tmp_path / "overlap.gguf"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(FormatError, match="overlaps"):
+        ImportanceMatrix.load(bad)
+
+
 def test_imatrix_of_another_model_is_refused_on_every_route(model, out_dir):
     """Rows of another width, or names that match no tensor of this model: refused before
     any weight is read, on the preset route and the sized one (which measured with them

@@ -157,9 +157,10 @@ class ImportanceMatrix:
     def _load_gguf(cls, path: Path) -> "ImportanceMatrix":
         # the bounded header parser: a damaged file is one FormatError, never a wild read
         from ..gguf_header import read_gguf_header
-        from ..source.gguf_input import GGUFData
+        from ..source.gguf_input import GGUFData, refuse_layout_problems
 
         h = read_gguf_header(path)
+        refuse_layout_problems(h)
         kvs = {kv.key: kv for kv in h.kv}
 
         def field(key, default, types):
@@ -246,7 +247,8 @@ class ImportanceMatrix:
 def _statistics(values: np.ndarray, what: str) -> np.ndarray:
     """Sums of squares or token counts as float64: finite and not negative, or the file is
     damaged (NaN importance would make every scale search pick garbage)."""
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    with np.errstate(all="ignore"):  # a damaged value is reported below, not warned about
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
     if not np.isfinite(v).all():
         raise FormatError(f"{what} holds NaN or Inf values; the importance matrix is damaged")
     if (v < 0).any():

@@ -37,6 +37,18 @@ _LAYOUT_PREFIXES = ("split.", "GGUF.")
 _VT = gguf.GGUFValueType
 
 
+def refuse_layout_problems(header: GGUFHeader) -> None:
+    """What `inspect` reports as problems (overlapping or misaligned data, ...) is an error
+    for a file qconvert reads data from: llama.cpp refuses such files too."""
+    if not header.problems:
+        return
+    p = header.problems[0]
+    more = f" (and {len(header.problems) - 1} more; `qconvert inspect` lists them)" \
+        if len(header.problems) > 1 else ""
+    raise FormatError(f"{header.path}: {'tensor ' + repr(p.tensor) + ': ' if p.tensor is not None else ''}"
+                      f"{p.problem}{more}")
+
+
 class GGUFData:
     """Tensor bytes of one GGUF file through a read-only mmap, at offsets the header reader
     has checked against the file's size; shared by model input and imatrix loading."""
@@ -126,12 +138,7 @@ class GGUFInput:
             self.header = read_gguf_header(self.path, exact_strings=True)
         except OSError as e:
             raise InputError(f"{self.path}: cannot read ({e.strerror})") from None
-        if self.header.problems:
-            p = self.header.problems[0]
-            more = f" (and {len(self.header.problems) - 1} more; `qconvert inspect` lists them)" \
-                if len(self.header.problems) > 1 else ""
-            raise FormatError(f"{self.path}: {'tensor ' + repr(p.tensor) + ': ' if p.tensor is not None else ''}"
-                              f"{p.problem}{more}")
+        refuse_layout_problems(self.header)
         self.kv = {kv.key: kv for kv in self.header.kv}
         self.data = GGUFData(self.header)
         arch = self.kv.get("general.architecture")

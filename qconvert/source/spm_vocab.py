@@ -80,8 +80,8 @@ def read_spm_vocab(model_dir: Path, vocab_size: int | None, tokenizer_config: di
     sp = SentencePieceProcessor()
     try:
         sp.LoadFromSerializedProto(data)
-    except (RuntimeError, OSError) as exc:
-        raise FormatError(f"{path}: sentencepiece cannot load it ({exc})") from exc
+    except (RuntimeError, OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError of a damaged piece
+        raise FormatError(f"{path}: sentencepiece cannot load it ({type(exc).__name__}: {str(exc)[:200]})") from None
     proto = read_spm_proto(data, str(path))
     if proto.model_type != "bpe":
         # llama.cpp's SentencePiece tokenizer ("llama") merges adjacent pieces by score,
