@@ -32,6 +32,7 @@ than JSON_DEPTH levels are replaced by a string saying so.
 from __future__ import annotations
 
 import math
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from gguf import GGUFValueType
 
 from .errors import FormatError, InputError
 from .gguf_header import read_gguf_header
+from .source.input_file import checked_input_file, stat_input
 from .source.safetensors_file import overlaps, read_header, validate_header
 from .source.shard_index import read_index, shard_paths
 
@@ -159,10 +161,9 @@ def inspect(path: str | Path, max_array_items: int | None = DEFAULT_ARRAY_ITEMS)
     """Report on a model file, sharded set or directory (see module doc). Arrays in the
     metadata keep their first `max_array_items` items (None keeps all)."""
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file or directory")
-    if p.is_dir():
+    if stat.S_ISDIR(stat_input(path, "model file").st_mode):
         p = _pick_in_dir(p)
+    p = checked_input_file(p, "model file")  # a FIFO would block the read of its magic
     try:
         with open(p, "rb") as f:
             magic = f.read(4)

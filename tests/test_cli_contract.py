@@ -4,6 +4,7 @@ a closed stdout, hostile estimate-memory arguments."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -221,6 +222,17 @@ def test_estimate_memory_at_the_bounds_is_fast():
 
 
 # --- quantize: hostile numbers are refused before anything is read ----------------------------
+
+def test_estimate_memory_model_file_in_a_model_directory_counts_the_model():
+    """--model DIR/model.safetensors (or its index) is the model in DIR, not a refusal; a
+    safetensors file with no config.json beside it is one line naming it."""
+    whole = run("estimate-memory", "--model", EXAMPLE, "--context", "512", "--json")
+    one = run("estimate-memory", "--model", EXAMPLE / "model.safetensors", "--context", "512", "--json")
+    assert whole.returncode == 0 and one.returncode == 0, one.stderr
+    assert json.loads(one.stdout) == json.loads(whole.stdout)
+    alone = run("estimate-memory", "--model", EXAMPLE / "tokenizer.json")
+    assert alone.returncode == 2 and "tokenizer.json" in one_error_line(alone)
+
 
 ST = ["--format", "safetensors"]
 GPTQ = ["--scheme", "gptq"]

@@ -354,6 +354,44 @@ def test_directory_choice(tmp_path, gguf_file):
     assert inspect(one).format == "safetensors"  # model.safetensors wins over loose .gguf files
 
 
+def test_paths_that_are_not_model_files_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    """A FIFO blocked the read of its magic bytes (the run hung), a 300-byte name and a
+    path through a file were internal errors, '' inspected the current directory."""
+    import os
+
+    fifo = tmp_path / "m.gguf"
+    os.mkfifo(fifo)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    for path, words in ((fifo, "is a FIFO"), ("/dev/zero", "is a character device"),
+                        (tmp_path / ("x" * 300), "File name too long"), (plain / "x", "Not a directory"),
+                        ("", "empty path"), (tmp_path / "missing", "not found")):
+        for cmd in (["inspect", path], ["estimate-memory", "--model", path]):
+            code, out, err = run_cli(cmd, monkeypatch, capsys)
+            assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err, (cmd, err)
+            if cmd[0] == "inspect":
+                assert words in err, (path, err)
+
+
+def test_safetensors_of_every_dtype_and_rank(tmp_path, monkeypatch, capsys):
+    """A file the safetensors library wrote with integer, bool and f64 tensors, an empty
+    tensor and a scalar: every tensor listed with its size, --json valid."""
+    data = {"i8": np.arange(-4, 4, dtype=np.int8).reshape(2, 4), "u8": np.arange(6, dtype=np.uint8),
+            "b": np.array([True, False]), "f64": np.ones((3, 3)), "empty": np.zeros((0,), np.float32),
+            "empty2": np.zeros((4, 0), np.float16), "scalar": np.array(3.5, np.float32),
+            "i64": np.arange(3, dtype=np.int64)}
+    path = tmp_path / "odd.safetensors"
+    save_file(data, str(path))
+    byname = {t.name: t for t in inspect(path).tensors}
+    for name, arr in data.items():
+        assert byname[name].shape == list(arr.shape) and byname[name].n_bytes == arr.nbytes, name
+    assert {byname[n].type for n in ("i8", "u8", "b", "f64", "i64")} == {"I8", "U8", "BOOL", "F64", "I64"}
+    code, out, _ = run_cli(["inspect", path, "--json"], monkeypatch, capsys)
+    assert code == 0 and json.loads(out)["n_params"] == sum(a.size for a in data.values())
+    code, out, err = run_cli(["inspect", path], monkeypatch, capsys)
+    assert code == 0 and "scalar" in out and err == ""
+
+
 # ---------------------------------------------------------------- GGUF layout problems and limits
 # A raw GGUF v3 writer (layout from the GGUF spec) for headers gguf-py's writer refuses to make.
 

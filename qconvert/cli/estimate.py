@@ -8,7 +8,6 @@ and is always in --json."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -137,7 +136,7 @@ def estimate_cmd(
     context: Annotated[Optional[int], typer.Option(
         "--context", help="Context length in tokens; adds the KV cache (needs the model's shape).",
         show_default=False)] = None,
-    model: Annotated[Optional[Path], typer.Option(
+    model: Annotated[Optional[str], typer.Option(
         "--model", "--model-dir", help="A Hugging Face model directory (config.json, safetensors headers) or a "
                                        ".gguf file (its header). --model-dir is the older name.",
         show_default=False)] = None,

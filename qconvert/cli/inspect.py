@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -94,7 +93,7 @@ def _render(rep: Report, show_tensors: bool, show_all: bool) -> None:
 
 
 def inspect_cmd(
-    path: Annotated[Path, typer.Argument(help="A .gguf or .safetensors file, a model.safetensors.index.json, "
+    path: Annotated[str, typer.Argument(help="A .gguf or .safetensors file, a model.safetensors.index.json, "
                                               "or a directory holding one of them.", show_default=False)],
     json_out: Annotated[bool, typer.Option("--json", help="Print every fact as JSON instead of tables.")] = False,
     tensors: Annotated[bool, typer.Option("--tensors/--no-tensors", help="Show the per-tensor table.")] = True,

@@ -29,7 +29,7 @@ from ..errors import FormatError, InputError
 from ..qtypes import QTYPES, qtype
 # model facts and unit parsing live in their own modules; re-exported here for callers of
 # the memory model
-from .model_shape import (DEFAULT_SWA_PERIOD, GGUFModel, ModelShape, is_gguf, kv_cache_bytes,  # noqa: F401
+from .model_shape import (DEFAULT_SWA_PERIOD, GGUFModel, ModelShape, is_gguf, kv_cache_bytes, model_path,  # noqa: F401
                           model_shape_from_config, model_shape_from_dir, params_from_dir, read_gguf_model)
 from .units import (MAX_CONTEXT, MAX_HEAD_DIM, MAX_KV_HEADS, MAX_LAYERS, check_count,  # noqa: F401
                     parse_bytes, parse_params)
@@ -312,8 +312,7 @@ def estimate_memory(params: int | str | None = None, *, context: int | None = No
     path = Path(model if model is not None else model_dir) if (model is not None or model_dir is not None) else None
     gg = None
     if path is not None:
-        if not path.exists():
-            raise InputError(f"{path}: no such file or directory")
+        path = model_path(model if model is not None else model_dir)
         if is_gguf(path):
             gg = read_gguf_model(path)
         elif not path.is_dir():

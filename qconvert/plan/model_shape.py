@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FormatError, InputError
 from .units import MAX_LAYERS
 from ..source.safetensors_file import read_header, validate_header
+from ..source.input_file import stat_input
 from ..source.shard_index import read_index, shard_paths
 
 # --- model shape and KV cache ---------------------------------------------------------------
@@ -262,3 +264,20 @@ def is_gguf(path: str | Path) -> bool:
         return False
     with open(p, "rb") as f:
         return f.read(4) == b"GGUF"
+
+
+def model_path(given: str | Path) -> Path:
+    """What --model names, checked: a directory, a GGUF file, or a safetensors file or index
+    beside its config.json (the model directory it belongs to: its shards are counted
+    together). Anything else, and a FIFO or device, is one InputError naming it."""
+    st = stat_input(given, "--model")
+    path = Path(given)
+    if stat.S_ISDIR(st.st_mode):
+        return path
+    if stat.S_ISREG(st.st_mode):
+        if is_gguf(path):
+            return path
+        if path.name.endswith((".safetensors", ".safetensors.index.json")) and (path.parent / "config.json").is_file():
+            return path.parent
+    raise InputError(f"{path}: neither a .gguf file nor a Hugging Face model directory "
+                     "(nor a safetensors file beside its config.json)")

@@ -4,6 +4,7 @@ with tensors (lazy), the model facts a mix consults, and a way to write metadata
 from __future__ import annotations
 
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -11,6 +12,7 @@ from typing import Callable, Optional
 import gguf
 
 from ..errors import InputError
+from .input_file import stat_input
 from .source_tensor import SourceTensor
 
 
@@ -69,9 +71,10 @@ def open_gguf(path: Path, allow_requantize: bool) -> Source:
 
 
 def open_source(path: Path | str, *, vocab_pre: Optional[str] = None, allow_requantize: bool = False) -> Source:
+    st = stat_input(path, "model")  # a name too long or a parent that is a file: one line, not a traceback
     path = Path(path)
-    if path.is_file() and path.suffix.lower() == ".gguf":
+    if stat.S_ISREG(st.st_mode) and path.suffix.lower() == ".gguf":
         return open_gguf(path, allow_requantize)
-    if path.is_file():
+    if not stat.S_ISDIR(st.st_mode):
         raise InputError(f"{path}: expected a Hugging Face model directory or a .gguf file")
     return open_hf(path, vocab_pre)
