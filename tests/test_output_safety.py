@@ -328,6 +328,18 @@ def test_sensitivity_cache_holding_anything_else_is_refused(model, tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_unwritable_cache_path_is_refused_before_measuring(model, tmp_path, monkeypatch):
+    """A cache the run could not save (in /proc, or a name with a newline) was found out
+    after every measurement; now before any (measure() made unreachable proves it)."""
+    import qconvert.plan.sized as sized_mod
+
+    monkeypatch.setattr(sized_mod, "sized_plan", lambda *a, **k: pytest.fail("measured before the cache check"))
+    for cache, words in (("/proc/qc.json", "cannot write in /proc"), (tmp_path / "a\nb.json", "control character")):
+        with pytest.raises(InputError, match=words):
+            qconvert.quantize(model, tmp_path / "o.gguf", target_size="3MB", sensitivity_cache=cache)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_dry_run_writes_no_cache_and_a_real_run_writes_a_marked_one(model, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     qconvert.quantize(model, dry_run=True, target_size="3MB")

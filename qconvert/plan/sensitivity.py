@@ -39,7 +39,7 @@ from ..kernels import IMPORTANCE_TYPES
 from ..errors import InputError
 from ..qtypes import qtype
 from ..sink.atomic import atomic_path
-from ..sink.output_check import kind_of
+from ..sink.output_check import check_name, check_parent, kind_of
 from ..source.finite import abs_max
 
 CANDIDATES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
@@ -162,9 +162,17 @@ def read_cache_file(path: Path) -> dict:
             if isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values())}
 
 
-def check_cache_path(path: Path | str | None) -> None:
-    """Refuse an unusable cache path up front, before calibration or measuring."""
-    read_cache_file(Path(path) if path is not None else default_cache_path())
+def check_cache_path(path: Path | str | None, writing: bool = False) -> None:
+    """Refuse an unusable cache path up front, before calibration or measuring: one that
+    holds anything but a cache, and, when the run will write it, a name it cannot be
+    written under or an existing directory that takes no file (/proc, a read-only mount).
+    A missing directory is made when the cache is saved."""
+    p = Path(path) if path is not None else default_cache_path()
+    read_cache_file(p)
+    if writing:
+        check_name(p, p)
+        if p.parent.is_dir():
+            check_parent(p)
 
 
 class SensitivityCache:

@@ -46,7 +46,7 @@ class SizedRoute(Route[GGUFPlanned, GGUFResult]):
         notes = requantize_notes(src)
         # outputs and the cache are checked before calibration and measuring; the default
         # name depends on the plan, so then only its directory can be checked up front
-        check_cache_path(b.sensitivity_cache)
+        check_cache_path(b.sensitivity_cache, writing=not job.dry_run)
         if not job.dry_run:
             if job.output is not None:
                 output_path(src, job.output, "", job.force, statistics_reads(job.calibration))
