@@ -380,8 +380,14 @@ def test_output_directory_rules(tiny, tmp_path):
     with pytest.raises(OutputExistsError):
         write_quantized_safetensors(src, out)
     assert (out / "keep.txt").exists()
+    # --force replaces a directory only when it holds nothing but checkpoint files
+    with pytest.raises(InputError, match="keep.txt"):
+        write_quantized_safetensors(src, out, force=True)
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    (out / "model.safetensors").write_bytes(b"an earlier output")
     write_quantized_safetensors(src, out, force=True)
-    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+    assert (out / "config.json").exists() and (out / "model.safetensors").stat().st_size > 100
     with pytest.raises(InputError):
         write_quantized_safetensors(src, src, force=True)
     with pytest.raises(InputError):
