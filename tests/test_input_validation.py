@@ -749,3 +749,14 @@ def test_imatrix_of_another_model_is_refused_on_every_route(model, out_dir):
         imx.save(path)
         refused(model, out_dir, ShapeError, "--imatrix", *words, imatrix=path)
         refused(model, out_dir, ShapeError, "--imatrix", *words, imatrix=path, target_size="3MB", dry_run=True)
+
+
+def test_model_directory_name_that_is_not_utf8(model, tmp_path, monkeypatch):
+    """general.name comes from the directory name; a byte that is not UTF-8 (kept by Python
+    as a lone surrogate) made the GGUF writer fail (internal error 70)."""
+    odd = tmp_path / os.fsdecode(b"\xffmodel")
+    model.rename(odd)
+    monkeypatch.chdir(tmp_path)
+    res = qconvert.quantize(odd, type="Q8_0")
+    assert res.output.name == os.fsdecode(b"\xffmodel-Q8_0.gguf")
+    assert gguf.GGUFReader(res.output).fields["general.name"].contents() == "\ufffdmodel"

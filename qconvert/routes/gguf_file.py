@@ -60,7 +60,9 @@ def paired(src: Source, plan: Plan) -> list[tuple[SourceTensor, TensorPlan]]:
 def add_metadata(src: Source, w: gguf.GGUFWriter, plan: Plan, type_name: str):
     tok = src.write_metadata(w)
     if not src.is_gguf:
-        w.add_name(src.name)
+        # a directory name that is not UTF-8 (Python keeps its bytes as lone surrogates)
+        # cannot be a GGUF string; the bytes that do not decode become U+FFFD
+        w.add_name(os.fsencode(src.name).decode("utf-8", "replace"))
     w.add_file_type(file_type(type_name))
     if any(t.qtype.quantized for t in plan.tensors):
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
