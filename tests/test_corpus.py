@@ -109,3 +109,40 @@ def test_example_model_tokenizer_files():
     with open(EXAMPLE / "model.safetensors", "rb") as f:
         header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
     assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"BF16"}
+
+
+def test_calibration_text_is_tokenized_in_pieces_cut_after_newlines():
+    from qconvert.calib.text import pieces
+
+    text = "first line\n  second, longer line\n" * 40 + "no newline " * 30 + "x" * 70
+    for size in (8, 33, 200, 10_000):
+        ps = pieces(text, size)
+        assert "".join(ps) == text and all(ps)
+        assert all(len(p) <= size for p in ps)
+        # a piece ends after a newline wherever its window held one
+        for p, nxt in zip(ps, ps[1:]):
+            if "\n" in p:
+                assert p.endswith("\n"), (size, p)
+    assert pieces(corpus.split_text("calibration")) == [corpus.split_text("calibration")]
+
+
+def test_bundled_text_tokenizes_as_one_call(tmp_path):
+    """The bundled text is shorter than a piece: its ids are those of one encode call."""
+    from tokenizers import Tokenizer
+
+    from qconvert.calib.text import tokenize
+
+    tok = Tokenizer.from_file(str(Path(__file__).resolve().parents[1] / "examples" / "tiny-llama" / "tokenizer.json"))
+    text = corpus.split_text("calibration")
+    assert tokenize(tok, text) == tok.encode(text, add_special_tokens=False).ids
+
+
+def test_calibration_text_over_the_bound_is_refused_before_reading(tmp_path):
+    from qconvert.calib.text import MAX_TEXT_BYTES, read_text
+    from qconvert.errors import InputError
+
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:  # sparse: costs no disk
+        f.truncate(MAX_TEXT_BYTES + 1)
+    with pytest.raises(InputError, match="big.txt: calibration text is"):
+        read_text(big)

@@ -30,12 +30,19 @@ from ..errors import InputError
 from ..source.input_file import checked_input_file
 from . import corpus
 
+MAX_TEXT_BYTES = 256 * 2**20  # read whole into memory: a bound, far above what calibration uses
+PIECE_CHARS = 1 << 20  # characters per tokenizer call (see tokenize)
+
 
 def read_text(text_file: Optional[Path | str]) -> str:
     """The calibration text: the bundled split, or a user's UTF-8 file."""
     if text_file is None:
         return corpus.split_text("calibration")
     path = checked_input_file(text_file, "calibration text")
+    size = path.stat().st_size
+    if size > MAX_TEXT_BYTES:
+        raise InputError(f"{path}: calibration text is {size:,} bytes; give at most {MAX_TEXT_BYTES:,} "
+                         "(a few MB is plenty: 128 windows of 512 tokens are about 250 kB of text)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -55,11 +62,32 @@ def _is_bare(tokenizer) -> bool:
 def tokenize(tokenizer, text: str) -> list[int]:
     """Token ids of `text` without special tokens, from a transformers tokenizer or a
     `tokenizers.Tokenizer`. A fast tokenizer's backend is used directly: the front end
-    warns about texts longer than the model's context, which is the point here."""
+    warns about texts longer than the model's context, which is the point here.
+
+    A long text is encoded in pieces cut after a newline (see `pieces`): one encode call of
+    a 21 MB line took 3.9 GB and 22 s, and Ctrl-C waits until the call returns."""
     backend = tokenizer if _is_bare(tokenizer) else getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        return backend.encode(text, add_special_tokens=False).ids
-    return list(tokenizer.encode(text, add_special_tokens=False))
+    ids: list[int] = []
+    for piece in pieces(text):
+        if backend is not None:
+            ids += backend.encode(piece, add_special_tokens=False).ids
+        else:
+            ids += list(tokenizer.encode(piece, add_special_tokens=False))
+    return ids
+
+
+def pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
+    """`text` cut into pieces of at most about `size` characters, each ending after a
+    newline where there is one (else after a space, else anywhere), so a text shorter than
+    `size` (the bundled one: 37 kB) is encoded whole, exactly as before."""
+    out, start = [], 0
+    while len(text) - start > size:
+        end = start + size
+        cut = text.rfind("\n", start, end) + 1 or text.rfind(" ", start, end) + 1 or end
+        out.append(text[start:cut])
+        start = cut
+    out.append(text[start:])
+    return out
 
 
 def leading_bos(tokenizer) -> Optional[int]:
