@@ -276,7 +276,7 @@ def mutate_json(rng: random.Random, data: bytes, values=None) -> tuple[bytes, st
     """One JSON mutation; `values(path, rng)` offers values aimed at a path (may be empty)."""
     try:
         doc = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # an earlier mutation nested it too deep to walk
         doc = None
     if doc is None or rng.random() < 0.15:
         return _text_mutation(rng, data)
