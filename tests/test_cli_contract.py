@@ -77,6 +77,17 @@ def test_usage_errors_exit_2_with_clicks_message(args, message):
     assert "Traceback" not in r.stderr and "internal error" not in r.stderr
 
 
+def test_usage_error_shows_the_offending_argument_escaped():
+    """click quotes the user's argument back; a bidi override or a newline in it is shown
+    escaped, like every other message, not acted on by the terminal."""
+    r = run("quantize", "x", "\u202e8GB", "new\nline", "--dry-run")
+    assert r.returncode == 2, r.stderr
+    error = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "\\u202e8GB" in error[0], r.stderr
+    assert "new" in error[0] and "line" in error[0]  # the newline is shown, not obeyed
+    assert "\u202e" not in r.stderr and "Usage:" in r.stderr
+
+
 # --- input errors: one line `error: ...`, exit 2 --------------------------------------------
 
 def test_unknown_type_lists_the_valid_names():

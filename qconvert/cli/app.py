@@ -165,7 +165,14 @@ def _exit_code(e: BaseException, debug: bool) -> int:
     if kind == "exit":  # --help and the like; typer's own main loop turns Ctrl-C into Exit(130)
         return _interrupted() if e.exit_code == EXIT_INTERRUPTED else e.exit_code
     if kind == "usage":
-        e.show()  # click's "Usage: ... Error: No such option: --x"
+        # click's "Usage: ... Error: No such option: --x", each line escaped like our own
+        # messages: the offending argument (a newline, a bidi override) is the user's text
+        import io
+
+        buf = io.StringIO()
+        e.show(file=buf)
+        for line in buf.getvalue().splitlines():
+            _say(_one_line(line))
         return e.exit_code
     if isinstance(e, SystemExit):
         code = e.code

@@ -107,7 +107,10 @@ def read_spm_vocab(model_dir: Path, vocab_size: int | None, tokenizer_config: di
     scores = [_PAD_SCORE] * n_rows
     types = [int(gguf.TokenType.UNUSED)] * n_rows
     for i in range(min(n_pieces, n_rows)):
-        tokens[i] = sp.IdToPiece(i).encode("utf-8")
+        try:
+            tokens[i] = sp.IdToPiece(i).encode("utf-8")
+        except UnicodeDecodeError:  # sentencepiece loads a piece that is not UTF-8, then fails on it
+            raise FormatError(f"{path}: piece {i} is not valid UTF-8; the tokenizer.model is damaged") from None
         scores[i] = sp.GetScore(i)
         types[i] = int(_piece_type(sp, i))
 
