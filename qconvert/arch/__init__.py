@@ -14,16 +14,21 @@ if TYPE_CHECKING:
 
 ARCHS: Registry[type] = Registry("architecture")
 
-_FAMILIES = ("llama", "qwen", "gemma")
+# modules of this package that hold shared machinery, not families; every other module
+# registers one or more families when imported, so a new family is a new file
+_NOT_FAMILIES = frozenset({"base", "hparams", "shape_check"})
+
+
+def _family_modules() -> list[str]:
+    import pkgutil
+
+    return sorted(m.name for m in pkgutil.iter_modules(__path__)
+                  if not m.name.startswith("_") and m.name not in _NOT_FAMILIES)
 
 
 def _load_all() -> None:
-    for fam in _FAMILIES:
-        try:
-            importlib.import_module(f"{__name__}.{fam}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{fam}":
-                raise
+    for fam in _family_modules():
+        importlib.import_module(f"{__name__}.{fam}")
 
 
 def adapter_for(ckpt: "Checkpoint") -> "ArchAdapter":
