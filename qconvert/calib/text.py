@@ -34,23 +34,24 @@ MAX_TEXT_BYTES = 256 * 2**20  # read whole into memory: a bound, far above what 
 PIECE_CHARS = 1 << 20  # characters per tokenizer call (see tokenize)
 
 
-def read_text(text_file: Optional[Path | str]) -> str:
-    """The calibration text: the bundled split, or a user's UTF-8 file."""
+def read_text(text_file: Optional[Path | str], what: str = "calibration text") -> str:
+    """The calibration text: the bundled split, or a user's UTF-8 file (`what` names it
+    in errors: the evaluation text is read the same way)."""
     if text_file is None:
         return corpus.split_text("calibration")
-    path = checked_input_file(text_file, "calibration text")
+    path = checked_input_file(text_file, what)
     size = path.stat().st_size
     if size > MAX_TEXT_BYTES:
-        raise InputError(f"{path}: calibration text is {size:,} bytes; give at most {MAX_TEXT_BYTES:,} "
+        raise InputError(f"{path}: {what} is {size:,} bytes; give at most {MAX_TEXT_BYTES:,} "
                          "(a few MB is plenty: 128 windows of 512 tokens are about 250 kB of text)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise InputError(f"{path}: calibration text is not UTF-8 (byte {e.start}); re-encode it") from None
+        raise InputError(f"{path}: {what} is not UTF-8 (byte {e.start}); re-encode it") from None
     except OSError as e:
-        raise InputError(f"{path}: cannot read calibration text ({e.strerror})") from None
+        raise InputError(f"{path}: cannot read {what} ({e.strerror})") from None
     if not text.strip():
-        raise InputError(f"{path}: calibration text file is empty")
+        raise InputError(f"{path}: {what} file is empty")
     return text
 
 
