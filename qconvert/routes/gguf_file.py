@@ -69,22 +69,35 @@ def add_metadata(src: Source, w: gguf.GGUFWriter, plan: Plan, type_name: str):
     return tok
 
 
-def write_gguf(src: Source, plan: Plan, out: Path, encoder: Encoder, progress) -> Optional[object]:
-    """Write the file atomically; returns the tokenizer facts the metadata step found."""
+def write_gguf(src: Source, plan: Plan, out: Path, encoder: Encoder, progress, split=None) -> Optional[object]:
+    """Write the file atomically (with `split`, a job.Split, the set of files whose first
+    is `out`: routes/gguf_split_out.py); returns the tokenizer facts the metadata step found."""
+    if split is not None:
+        from .gguf_split_out import write_split
+        return write_split(src, plan, out, encoder, progress, split)
     pairs = paired(src, plan)
     with atomic_path(out) as tmp:
-        sink = GGUFSink(tmp, src.arch_name)
-        tok = add_metadata(src, sink.writer, plan, plan.ftype)
-        sink.add_plan(plan)
-        sink.begin()
         with reporter(progress) as rep:
             rep.start(plan.ftype, len(pairs))
-            for s, tp in pairs:
-                data = encoder(tp, s)
-                sink.write(tp, data)
-                del data
-                rep.advance(1, tp.name)
-        sink.close()
+            return write_file(tmp, src, plan, pairs, encoder, rep,
+                              lambda w: add_metadata(src, w, plan, plan.ftype))
+
+
+def write_file(path: Path, src: Source, plan: Plan, pairs: list[tuple[SourceTensor, TensorPlan]],
+               encoder: Encoder, rep, header: Callable[[gguf.GGUFWriter], Optional[object]]) -> Optional[object]:
+    """One GGUF file at `path` (not yet its final name) holding `pairs`, the tensors of
+    `plan` in order: a whole model, or one member of a split set. `header` adds the
+    metadata (the model's, a split member's keys) and returns what add_metadata does."""
+    sink = GGUFSink(path, src.arch_name)
+    tok = header(sink.writer)
+    sink.add_plan(plan)
+    sink.begin()
+    for s, tp in pairs:
+        data = encoder(tp, s)
+        sink.write(tp, data)
+        del data
+        rep.advance(1, tp.name)
+    sink.close()
     return tok
 
 
