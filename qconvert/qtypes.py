@@ -57,10 +57,12 @@ BF16_MAX = 3.3895313892515355e38  # bits 0x7F7F
 MAX_ABS = {"F32": math.inf, "F16": F16_MAX, "BF16": BF16_MAX,
            "Q8_0": 127 * F16_MAX, "Q4_0": 8 * F16_MAX, "Q5_0": 16 * F16_MAX, "Q4_1": F16_MAX, "Q5_1": F16_MAX,
            "Q2_K": 12 * F16_MAX, "Q3_K": 64 * F16_MAX, "Q4_K": 48 * F16_MAX, "Q5_K": 48 * F16_MAX,
-           "Q6_K": 3072 * F16_MAX}
+           "Q6_K": 3072 * F16_MAX,
+           # MXFP4's E8M0 scale reaches 2**127: any finite float32 block encodes finitely
+           "MXFP4": math.inf}
 
 _NAMES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-          "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+          "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "MXFP4"]
 for _n in _NAMES:
     _g = GGMLQuantizationType[_n]
     _bs, _ts = GGML_QUANT_SIZES[_g]
