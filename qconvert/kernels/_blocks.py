@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .flags import JIT, njit
+from .flags import JIT, PARALLEL, njit, prange
 from .half import f16_bits_to_f32, f32_to_f16_bits
 
 
@@ -74,3 +74,29 @@ def get_u32(q, b, off):
     for k in range(4):
         v |= np.int64(q[b, off + k]) << (8 * k)
     return v
+
+
+# ---- importance weighting of the 32-wide types (llama.cpp's quantize_row_q*_impl) ----
+
+
+@njit(**PARALLEL)
+def row_sigma2(rows):
+    """Per row, the mean square sum(x*x)/width, summed left to right in float32 as C's
+    `sum_x2 += x[j]*x[j]` over the whole row does."""
+    n, width = rows.shape
+    out = np.empty(n, np.float32)
+    for r in prange(n):
+        s = np.float32(0.0)
+        for j in range(width):
+            s += rows[r, j] * rows[r, j]
+        out[r] = s / np.float32(width)
+    return out
+
+
+@njit(**JIT)
+def importance_weights(x, qw, sigma2, b, out):
+    """llama.cpp's weight for value j of block b: qw[j] * sqrtf(sigma2 + x[j]*x[j]) —
+    the imatrix entry scaled by the value's size, with the row's mean square keeping
+    small values from counting for nothing."""
+    for j in range(x.shape[1]):
+        out[j] = qw[b, j] * np.sqrt(sigma2[b] + x[b, j] * x[b, j])

@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import KERNELS, Kernel
-from ._blocks import get_f16, inverse, put_f16, signed_absmax
+from ._blocks import get_f16, importance_weights, inverse, put_f16, row_sigma2, signed_absmax
 from .flags import JIT, PARALLEL, njit, prange
+from .kquant_common import make_qx_quants
 from .reference import q4_0 as ref
 
 BLOCK = 32
@@ -28,7 +29,7 @@ def level(v, id_):
 #   off 0..1   d   fp16, little-endian
 #   off 2..17  qs  byte 2 + j: low nibble = q[j], high nibble = q[j + 16]   (j = 0..15)
 @njit(**PARALLEL)
-def encode(x):
+def _encode(x):
     n = x.shape[0]
     out = np.empty((n, TYPE_SIZE), dtype=np.uint8)
     for b in prange(n):
@@ -53,6 +54,38 @@ def decode(q):
             out[b, j] = np.float32((byte & 0x0F) - 8) * d
             out[b, j + BLOCK // 2] = np.float32((byte >> 4) - 8) * d
     return out
+
+
+# With importance (llama.cpp's quantize_row_q4_0_impl, used whenever an imatrix is
+# given): d comes from make_qx_quants' weighted search over 18 scales around
+# max/-8, the weights being importance_weights; L is that search's levels (an
+# all-zero block gets d = 0 and level 0, not 8). Same layout as above.
+@njit(**PARALLEL)
+def _encode_imp(x, imp, sigma2):
+    n = x.shape[0]
+    out = np.empty((n, TYPE_SIZE), dtype=np.uint8)
+    for b in prange(n):
+        weight = np.empty(BLOCK, np.float32)
+        w = np.empty(BLOCK, np.float32)
+        wx = np.empty(BLOCK, np.float32)
+        L = np.empty(BLOCK, np.int8)
+        importance_weights(x, imp, sigma2, b, weight)
+        d = make_qx_quants(BLOCK, 8, x[b], L, weight, True, w, wx)
+        put_f16(out, b, 0, d)
+        for j in range(BLOCK // 2):
+            out[b, 2 + j] = np.uint8(L[j] | (L[j + BLOCK // 2] << 4))
+    return out
+
+
+def encode(x, importance=None, sigma2=None):
+    """Plain rounding, or llama.cpp's importance-weighted search when `importance`
+    (n_blocks, 32) is given; `sigma2` (n_blocks,) is the mean square of each block's
+    row (kernels.encode passes it; each block counts as its own row without it)."""
+    if importance is None:
+        return _encode(x)
+    if sigma2 is None:
+        sigma2 = row_sigma2(x)
+    return _encode_imp(x, importance, sigma2)
 
 
 KERNELS.add("Q4_0", Kernel("Q4_0", encode, decode, ref.encode, ref.decode))

@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import KERNELS, Kernel
-from ._blocks import get_f16, inverse, min_max, put_f16
+from ._blocks import get_f16, importance_weights, inverse, min_max, put_f16, row_sigma2
 from .flags import JIT, PARALLEL, njit, prange
+from .kquant_common import make_qkx_quants
 from .reference import q4_1 as ref
 
 BLOCK = 32
@@ -27,7 +28,7 @@ def level(v, lo, id_):
 #   off 2..3   m   fp16, little-endian (block minimum)
 #   off 4..19  qs  byte 4 + j: low nibble = q[j], high nibble = q[j + 16]   (j = 0..15)
 @njit(**PARALLEL)
-def encode(x):
+def _encode(x):
     n = x.shape[0]
     out = np.empty((n, TYPE_SIZE), dtype=np.uint8)
     for b in prange(n):
@@ -55,6 +56,41 @@ def decode(q):
             out[b, j] = np.float32(byte & 0x0F) * d + m
             out[b, j + BLOCK // 2] = np.float32(byte >> 4) * d + m
     return out
+
+
+# With importance (llama.cpp's quantize_row_q4_1_impl): (d, min) from make_qkx3_quants'
+# weighted least-squares search over 37 inverse scales (-0.9 + 0.05*is + 15)/(max - min),
+# weights from importance_weights; the stored m is the fitted minimum (<= 0). Same layout.
+RMIN = np.float32(-0.9)
+RDELTA = np.float32(0.05)
+
+
+@njit(**PARALLEL)
+def _encode_imp(x, imp, sigma2):
+    n = x.shape[0]
+    out = np.empty((n, TYPE_SIZE), dtype=np.uint8)
+    for b in prange(n):
+        weight = np.empty(BLOCK, np.float32)
+        L = np.empty(BLOCK, np.uint8)
+        Laux = np.empty(BLOCK, np.uint8)
+        importance_weights(x, imp, sigma2, b, weight)
+        d, the_min = make_qkx_quants(BLOCK, 15, x[b], weight, L, Laux, RMIN, RDELTA, 36, False)
+        put_f16(out, b, 0, d)
+        put_f16(out, b, 2, -the_min)
+        for j in range(BLOCK // 2):
+            out[b, 4 + j] = np.uint8(L[j] | (L[j + BLOCK // 2] << 4))
+    return out
+
+
+def encode(x, importance=None, sigma2=None):
+    """Plain rounding, or llama.cpp's importance-weighted search when `importance`
+    (n_blocks, 32) is given; `sigma2` (n_blocks,) is the mean square of each block's
+    row (kernels.encode passes it; each block counts as its own row without it)."""
+    if importance is None:
+        return _encode(x)
+    if sigma2 is None:
+        sigma2 = row_sigma2(x)
+    return _encode_imp(x, importance, sigma2)
 
 
 KERNELS.add("Q4_1", Kernel("Q4_1", encode, decode, ref.encode, ref.decode))

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import KERNELS, Kernel
-from ._blocks import get_f16, get_u32, inverse, min_max, put_f16, put_u32
+from ._blocks import get_f16, get_u32, importance_weights, inverse, min_max, put_f16, put_u32, row_sigma2
 from .flags import JIT, PARALLEL, njit, prange
+from .kquant_common import make_qkx_quants
 from .reference import q5_1 as ref
 
 BLOCK = 32
@@ -29,7 +30,7 @@ def level(v, lo, id_):
 #   off 4..7   qh  uint32, little-endian: bit j = bit 4 of q[j]          (j = 0..31)
 #   off 8..23  qs  byte 8 + j: low nibble = q[j] & 15, high nibble = q[j + 16] & 15
 @njit(**PARALLEL)
-def encode(x):
+def _encode(x):
     n = x.shape[0]
     out = np.empty((n, TYPE_SIZE), dtype=np.uint8)
     for b in prange(n):
@@ -64,6 +65,47 @@ def decode(q):
             out[b, j] = np.float32(q0) * d + m
             out[b, j + BLOCK // 2] = np.float32(q1) * d + m
     return out
+
+
+# With importance (llama.cpp's quantize_row_q5_1_impl): (d, min) from make_qkx3_quants'
+# weighted least-squares search over 37 inverse scales (-0.9 + 0.05*is + 31)/(max - min),
+# weights from importance_weights; the stored m is the fitted minimum (<= 0). Same layout.
+RMIN = np.float32(-0.9)
+RDELTA = np.float32(0.05)
+
+
+@njit(**PARALLEL)
+def _encode_imp(x, imp, sigma2):
+    n = x.shape[0]
+    out = np.empty((n, TYPE_SIZE), dtype=np.uint8)
+    for b in prange(n):
+        weight = np.empty(BLOCK, np.float32)
+        L = np.empty(BLOCK, np.uint8)
+        Laux = np.empty(BLOCK, np.uint8)
+        importance_weights(x, imp, sigma2, b, weight)
+        d, the_min = make_qkx_quants(BLOCK, 31, x[b], weight, L, Laux, RMIN, RDELTA, 36, False)
+        put_f16(out, b, 0, d)
+        put_f16(out, b, 2, -the_min)
+        qh = np.int64(0)
+        for j in range(BLOCK // 2):
+            q0 = np.int64(L[j])
+            q1 = np.int64(L[j + BLOCK // 2])
+            out[b, 8 + j] = np.uint8((q0 & 0x0F) | ((q1 & 0x0F) << 4))
+            qh |= ((q0 >> 4) & 1) << j
+            qh |= ((q1 >> 4) & 1) << (j + BLOCK // 2)
+        put_u32(out, b, 4, qh)
+    return out
+
+
+def encode(x, importance=None, sigma2=None):
+    """Plain rounding, or llama.cpp's importance-weighted search when `importance`
+    (n_blocks, 32) is given; `sigma2` (n_blocks,) is the mean square of each block's
+    row (kernels.encode passes it; each block counts as its own row without it)."""
+    if importance is None:
+        return _encode(x)
+    if sigma2 is None:
+        sigma2 = row_sigma2(x)
+    return _encode_imp(x, importance, sigma2)
 
 
 KERNELS.add("Q5_1", Kernel("Q5_1", encode, decode, ref.encode, ref.decode))

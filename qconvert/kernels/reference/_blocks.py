@@ -86,3 +86,14 @@ def unpack_high_bits(qh: np.ndarray) -> np.ndarray:
     """(n, 4) bytes -> (n, 32) values 0 or 16, inverse of pack_high_bits."""
     h = np.ascontiguousarray(qh).view("<u4").astype(np.uint32).reshape(-1, 1)
     return (((h >> np.arange(32, dtype=np.uint32)) & np.uint32(1)) << np.uint32(4)).astype(np.uint8)
+
+
+def row_sigma2(rows: np.ndarray) -> np.ndarray:
+    """Twin of _blocks.row_sigma2: cumsum adds left to right in float32, as C's loop."""
+    sq = rows.astype(np.float32) * rows.astype(np.float32)
+    return (np.cumsum(sq, axis=1, dtype=np.float32)[:, -1] / np.float32(rows.shape[1])).astype(np.float32)
+
+
+def importance_weights(x: np.ndarray, qw: np.ndarray, sigma2: np.ndarray) -> np.ndarray:
+    """Twin of _blocks.importance_weights for all blocks at once."""
+    return (qw.astype(np.float32) * np.sqrt(sigma2[:, None] + x * x)).astype(np.float32)

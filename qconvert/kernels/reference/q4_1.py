@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._blocks import (f16_bytes, from_f16_bytes, inverse, min_max, pack_nibbles, quiet, trunc_int,
-                      unpack_nibbles)
+from ._blocks import (f16_bytes, from_f16_bytes, importance_weights, inverse, min_max,
+                      pack_nibbles, quiet, row_sigma2, trunc_int, unpack_nibbles)
+from .kquant_common import make_qkx_quants
 
 
 @quiet
-def encode(x: np.ndarray) -> np.ndarray:
+def encode(x: np.ndarray, importance: np.ndarray | None = None,
+           sigma2: np.ndarray | None = None) -> np.ndarray:
+    if importance is not None:
+        return _encode_imp(x, importance, sigma2)
     lo, hi = min_max(x)
     d = ((hi - lo) / np.float32(15.0)).astype(np.float32)
     v = (x - lo[:, None]) * inverse(d)[:, None] + np.float32(0.5)
     q = np.minimum(trunc_int(v), 15)
     return np.concatenate([f16_bytes(d), f16_bytes(lo), pack_nibbles(q)], axis=1)
+
+
+def _encode_imp(x: np.ndarray, imp: np.ndarray, sigma2: np.ndarray | None) -> np.ndarray:
+    """llama.cpp's quantize_row_q4_1_impl (see kernels/q4_1.py)."""
+    w = importance_weights(x, imp, row_sigma2(x) if sigma2 is None else sigma2)
+    L, d, the_min = make_qkx_quants(x, w, 15, -0.9, 0.05, 36, False)
+    return np.concatenate([f16_bytes(d), f16_bytes(-the_min), pack_nibbles(L)], axis=1)
 
 
 def decode(q: np.ndarray) -> np.ndarray:
