@@ -20,9 +20,9 @@ from ..errors import FormatError
 from ..source.source_tensor import SourceTensor
 from .hparams import HParams
 
-# an HF decoder layer's tensors: model.layers.N. (also language_model.model.layers.N.);
-# at most 9 digits, so a hostile name never reaches int() with thousands of them
-_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d{1,9})\.")
+# an HF layer's tensors: model.layers.N. (also language_model.model.layers.N.; BERT's
+# encoder.layer.N.); at most 9 digits, so a hostile name never reaches int() with thousands
+_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d{1,9})\.")
 
 
 class Dim(NamedTuple):
@@ -53,34 +53,52 @@ def check_layer_count(hp: HParams, names: Iterable[str]) -> None:
                           f"{shown} (incomplete download, or a config of another model?)")
 
 
-def expected_shapes(hp: HParams) -> dict[str, tuple[Dim, ...]]:
-    """GGUF tensor name (without blk.N.) -> expected numpy-order shape, for the tensors
-    every decoder of these families has."""
+def dims(hp: HParams) -> dict[str, Dim]:
+    """The sizes a config names, by symbol: E hidden, V vocab, F feed-forward, D head, Q all
+    query heads, KV all key/value heads; F2 and QKV are fused tensors' row counts."""
     e, h, kv, d, f, v = hp.n_embd, hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_ff, hp.vocab_size
     d_label = "head_dim" if hp.get("head_dim") is not None else \
         f"head_dim ({hp.label('n_embd')} / {hp.label('n_head')})"
-    E = Dim(hp.label("n_embd"), str(e), e)
-    V = Dim(hp.label("vocab_size"), str(v), v)
-    F = Dim(hp.label("n_ff"), str(f), f)
-    D = Dim(d_label, str(d), d)
-    Q = Dim(f"{hp.label('n_head')} x {d_label}", f"{h} x {d} = {h * d}", h * d)
-    KV = Dim(f"{hp.label('n_head_kv')} x {d_label}", f"{kv} x {d} = {kv * d}", kv * d)
-    out: dict[str, tuple[Dim, ...]] = {
-        "token_embd.weight": (V, E), "output.weight": (V, E),
-        "attn_q.weight": (Q, E), "attn_q.bias": (Q,),
-        "attn_k.weight": (KV, E), "attn_k.bias": (KV,),
-        "attn_v.weight": (KV, E), "attn_v.bias": (KV,),
-        "attn_output.weight": (E, Q),
-        "ffn_gate.weight": (F, E), "ffn_up.weight": (F, E), "ffn_down.weight": (E, F),
-        "attn_q_norm.weight": (D,), "attn_k_norm.weight": (D,),
+    q_label, kv_label = f"{hp.label('n_head')} x {d_label}", f"{hp.label('n_head_kv')} x {d_label}"
+    return {
+        "E": Dim(hp.label("n_embd"), str(e), e),
+        "V": Dim(hp.label("vocab_size"), str(v), v),
+        "F": Dim(hp.label("n_ff"), str(f), f),
+        "F2": Dim(f"2 x {hp.label('n_ff')}", f"2 x {f} = {2 * f}", 2 * f),
+        "D": Dim(d_label, str(d), d),
+        "Q": Dim(q_label, f"{h} x {d} = {h * d}", h * d),
+        "KV": Dim(kv_label, f"{kv} x {d} = {kv * d}", kv * d),
+        "QKV": Dim(f"({q_label}) + 2 x ({kv_label})", f"{h * d} + 2 x {kv * d} = {(h + 2 * kv) * d}",
+                   (h + 2 * kv) * d),
     }
-    for norm in ("output_norm", "attn_norm", "ffn_norm", "post_attention_norm", "post_ffw_norm"):
-        out[f"{norm}.weight"] = (E,)
-    return out
 
 
-def check_shapes(hp: HParams, tensors: Iterable[SourceTensor]) -> None:
-    table = expected_shapes(hp)
+# GGUF tensor name (without blk.N.) -> numpy-order shape in the symbols of `dims`, for the
+# tensors every decoder of these families has; an adapter overrides entries (fused tensors,
+# norms over all heads at once) with its `shape_overrides`
+SHAPES: dict[str, tuple[str, ...]] = {
+    "token_embd.weight": ("V", "E"), "output.weight": ("V", "E"),
+    "attn_q.weight": ("Q", "E"), "attn_q.bias": ("Q",),
+    "attn_k.weight": ("KV", "E"), "attn_k.bias": ("KV",),
+    "attn_v.weight": ("KV", "E"), "attn_v.bias": ("KV",),
+    "attn_qkv.weight": ("QKV", "E"), "attn_qkv.bias": ("QKV",),
+    "attn_output.weight": ("E", "Q"),
+    "ffn_gate.weight": ("F", "E"), "ffn_up.weight": ("F", "E"), "ffn_down.weight": ("E", "F"),
+    "attn_q_norm.weight": ("D",), "attn_k_norm.weight": ("D",),
+    **{f"{norm}.weight": ("E",) for norm in ("output_norm", "attn_norm", "ffn_norm", "post_attention_norm",
+                                             "post_ffw_norm")},
+}
+
+
+def expected_shapes(hp: HParams, overrides: dict[str, tuple[str, ...]] | None = None) -> dict[str, tuple[Dim, ...]]:
+    """GGUF tensor name (without blk.N.) -> expected numpy-order shape."""
+    d = dims(hp)
+    return {name: tuple(d[s] for s in syms) for name, syms in {**SHAPES, **(overrides or {})}.items()}
+
+
+def check_shapes(hp: HParams, tensors: Iterable[SourceTensor],
+                 overrides: dict[str, tuple[str, ...]] | None = None) -> None:
+    table = expected_shapes(hp, overrides)
     for s in tensors:
         dims = table.get(re.sub(r"^blk\.\d+\.", "", s.name))
         if dims is None:
