@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Optional
 
 from ..qtypes import QType
 
@@ -17,6 +18,9 @@ class TensorPlan:
     reason: str  # the rule that chose the type
     fallback: str = ""  # non-empty when the wanted type could not be used, and why
     scheme: str = "rtn"  # how values are rounded: rtn, importance (imatrix-weighted)...
+    # set on the per-expert entries the writer makes from a stacked (n_expert, rows, cols)
+    # entry (source/expert_stack.py): which slab this is; shape is then the slab's
+    slab: Optional[int] = None
 
     @property
     def n_params(self) -> int:
@@ -28,6 +32,10 @@ class TensorPlan:
     @property
     def nbytes(self) -> int:
         return self.qtype.nbytes(self.shape)
+
+    def slab_plan(self, i: int) -> "TensorPlan":
+        """The entry for slab i of a stacked 3-D tensor (one expert), encoded on its own."""
+        return replace(self, shape=tuple(self.shape[1:]), slab=i)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from ..progress import reporter
 from ..sink.atomic import atomic_path
 from ..sink.gguf import GGUFSink
 from ..sink.output_check import check_output
+from ..source.expert_stack import ExpertStack
 from ..source.model_source import Source
 from ..source.source_tensor import SourceTensor
 
@@ -93,9 +94,12 @@ def write_file(path: Path, src: Source, plan: Plan, pairs: list[tuple[SourceTens
     sink.add_plan(plan)
     sink.begin()
     for s, tp in pairs:
-        data = encoder(tp, s)
-        sink.write(tp, data)
-        del data
+        if isinstance(s, ExpertStack):  # one expert in memory at a time, not the stack
+            sink.write_parts(tp, (encoder(tp.slab_plan(i), part) for i, part in enumerate(s.parts)))
+        else:
+            data = encoder(tp, s)
+            sink.write(tp, data)
+            del data
         rep.advance(1, tp.name)
     sink.close()
     return tok

@@ -4,6 +4,7 @@ tensor at a time, so memory holds one tensor and its encoding, never the model."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import gguf
 import numpy as np
@@ -40,8 +41,14 @@ def encode(tp: TensorPlan, x: np.ndarray, importance: np.ndarray | None = None) 
     if not tp.qtype.quantized:
         return encode_float(tp.qtype.name, x)
     if importance is not None and tp.scheme == "importance":
-        # one weight per input column (llama.cpp's imatrix), repeated down the rows
-        imp = np.broadcast_to(np.asarray(importance, dtype=np.float32), x.shape)
+        # one weight per input column (llama.cpp's imatrix), repeated down the rows;
+        # expert stacks have one row of weights per expert: (n_expert, cols)
+        imp = np.asarray(importance, dtype=np.float32)
+        if imp.ndim == 2 and tp.slab is not None:
+            imp = imp[tp.slab]
+        elif imp.ndim == 2 and x.ndim == 3:
+            imp = imp[:, None, :]
+        imp = np.broadcast_to(imp, x.shape)
         return kernels.encode(tp.qtype.name, x, importance=imp).reshape(-1)
     return kernels.encode(tp.qtype.name, x).reshape(-1)
 
@@ -66,6 +73,28 @@ class GGUFSink:
         if data.nbytes != tp.nbytes:
             raise AssertionError(f"{tp.name}: encoded {data.nbytes} bytes, planned {tp.nbytes}")
         self.writer.write_tensor_data(data)
+
+    def write_parts(self, tp: TensorPlan, parts: Iterable[np.ndarray]) -> None:
+        """One tensor's data written piece after piece (an expert stack, slab by slab), laid
+        out exactly as GGUFWriter.write_tensor_data lays out the whole: padding to the
+        alignment, the bytes, padding after. Uses the writer's own file and tensor-info
+        queue, so the header written from the plan stays the one source of offsets."""
+        w = self.writer
+        fout = w.fout[0]
+        if next(iter(w.tensors[0]), None) != tp.name:
+            raise AssertionError(f"{tp.name}: written out of the header's order")
+        info = w.tensors[0].pop(tp.name)
+        w.write_padding(fout, fout.tell())
+        written = 0
+        for data in parts:
+            data = np.ascontiguousarray(data)
+            data.tofile(fout)
+            written += data.nbytes
+            del data
+        if written != tp.nbytes or info.nbytes != tp.nbytes:
+            raise AssertionError(f"{tp.name}: encoded {written} bytes, planned {tp.nbytes}")
+        w.write_padding(fout, written)
+        w.state = gguf.gguf_writer.WriterState.WEIGHTS
 
     def close(self) -> None:
         self.writer.close()
