@@ -1,55 +1,59 @@
 """The architecture adapter: what one HF `architectures` string means for GGUF.
 
 An adapter turns config.json into GGUF metadata and the checkpoint's tensors into
-`SourceTensor`s: the GGUF name, the shape, and the (lazy) transform llama.cpp expects
-(Llama's q/k row permutation, Gemma's norm offset...). Shapes never change under a
-transform, so the plan can be made from shapes alone."""
+`SourceTensor`s: the GGUF name, the shape, and the (lazy) transform llama.cpp expects.
+It is mostly data: the GGUF architecture (whose gguf-py `TensorNameMap` names the
+tensors), a one-line description for the registry, the named transforms it applies
+(`tensor_rules`: q/k permutation, norm offsets; transforms.py), the config numbers it
+writes (`scalars`; scalars.py), how its fused tensors are shaped (`shape_overrides`), and
+whether its weights sit inside a multimodal wrapper (`text_part`). A llama-like family is
+a few lines; what no data expresses (sliding-window layers, rope factor tables) is a
+method override using the shared pieces (layer_kinds.py, rope.py)."""
 
 from __future__ import annotations
 
-import math
 import re
-from typing import Iterator, Optional
+from typing import ClassVar, Iterator, Optional
 
 import gguf
-import numpy as np
 
 from ..errors import FormatError, UnsupportedError
 from ..source.checkpoint import Checkpoint
-from ..source.safetensors_file import TensorHandle
 from ..source.source_tensor import SourceTensor, Transform  # noqa: F401  (re-exported)
 from .hparams import HParams
+from .rope import generated, llama3_rope_factors  # noqa: F401  (re-exported)
+from .scalars import Scalar
 from .shape_check import check_layer_count, check_shapes
+from .transforms import TensorRule, add_one, unpermute_rope  # noqa: F401  (re-exported)
 
-
-def unpermute_rope(n_head: int) -> Transform:
-    """HF stores q/k rows in rotate-half order (all first halves of a head, then all
-    second halves); llama.cpp's Llama graph rotates interleaved pairs. Reorder rows:
-    (n_head, 2, half, ...) -> (n_head, half, 2, ...)."""
-
-    def t(w: np.ndarray) -> np.ndarray:
-        shape = w.shape
-        return np.ascontiguousarray(
-            w.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
-        )
-
-    return t
-
-
-def add_one(w: np.ndarray) -> np.ndarray:
-    """Gemma's RMSNorm multiplies by (1 + weight); llama.cpp multiplies by weight."""
-    return w + np.float32(1.0)
+# a multimodal wrapper's language model: its prefix -> the text model's own prefix
+# (transformers 5.x: model.language_model.*; 4.x: language_model.model.*)
+TEXT_PART_PREFIXES = (("model.language_model.", "model."), ("language_model.model.", "model."),
+                      ("language_model.lm_head.", "lm_head."))
+# towers and projectors of a multimodal wrapper: not part of the text GGUF
+TOWER_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
 
 
 class ArchAdapter:
     """Base adapter: a standard decoder-only transformer in HF's usual naming."""
 
     gguf_arch: gguf.MODEL_ARCH = gguf.MODEL_ARCH.LLAMA
+    # one line for `qconvert quantize --help` and the README table
+    description: ClassVar[str] = ""
     # HF tensor name suffixes that carry no weights llama.cpp needs
     skip_suffixes: tuple[str, ...] = ("rotary_emb.inv_freq",)
-
     # values a family's config class assumes when config.json leaves them out
     config_defaults: dict = {}
+    # named transforms, applied in order to the HF tensors each names
+    tensor_rules: tuple[TensorRule, ...] = ()
+    # config numbers written as GGUF floats
+    scalars: tuple[Scalar, ...] = ()
+    # "rms" (RMSNorm: layer_norm_rms_epsilon) or "layer" (LayerNorm: layer_norm_epsilon)
+    norm: ClassVar[str] = "rms"
+    # GGUF tensor (without blk.N.) -> shape in shape_check's symbols, where it differs
+    shape_overrides: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # weights may sit in a multimodal wrapper (text_config, model.language_model.*)
+    text_part: ClassVar[bool] = False
 
     def __init__(self, ckpt: Checkpoint, hf_arch: str) -> None:
         self.ckpt = ckpt
@@ -59,6 +63,7 @@ class ArchAdapter:
         # every value checked, and the layer count against the checkpoint, before gguf-py
         # builds its name table: that table has entries for every layer the config claims
         self.hp.check()
+        self.scalar_values = [s.read(self.hp) for s in self.scalars]
         check_layer_count(self.hp, (n for n in ckpt.handles if not self.skip(n)))
         self.name_map = gguf.get_tensor_name_map(self.gguf_arch, self.hp.n_layers)
 
@@ -74,12 +79,14 @@ class ArchAdapter:
         w.add_head_count_kv(hp.n_head_kv)
         eps = hp.norm_eps
         if eps is not None:
-            w.add_layer_norm_rms_eps(eps)
+            (w.add_layer_norm_eps if self.norm == "layer" else w.add_layer_norm_rms_eps)(eps)
         w.add_key_length(hp.head_dim)
         w.add_value_length(hp.head_dim)
         w.add_rope_dimension_count(int(hp.head_dim * hp.rotary_fraction))
         w.add_vocab_size(hp.vocab_size)
         self.write_rope(w)
+        for scalar, value in zip(self.scalars, self.scalar_values):
+            scalar.write(w, self.arch_name, value)
 
     def write_rope(self, w: gguf.GGUFWriter) -> None:
         rp = self.hp.rope()
@@ -111,10 +118,21 @@ class ArchAdapter:
             raise UnsupportedError(f"{self.hp.source}: rope type {rtype!r} is not supported for {self.hf_arch}")
 
     # -- tensors --------------------------------------------------------------------------
+    def text_name(self, hf_name: str) -> str:
+        """The name inside the language model of a multimodal wrapper (`text_part`)."""
+        if self.text_part:
+            for old, new in TEXT_PART_PREFIXES:
+                if hf_name.startswith(old):
+                    return new + hf_name[len(old):]
+        return hf_name
+
     def gguf_name(self, hf_name: str) -> Optional[str]:
-        return self.name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        return self.name_map.get_name(self.text_name(hf_name), try_suffixes=(".weight", ".bias"))
 
     def skip(self, hf_name: str) -> bool:
+        if self.text_part and hf_name.startswith(TOWER_PREFIXES):
+            return True
+        hf_name = self.text_name(hf_name)
         if hf_name.endswith(self.skip_suffixes):
             return True
         # tied embeddings: llama.cpp reuses token_embd when output.weight is absent. When
@@ -122,15 +140,18 @@ class ArchAdapter:
         return hf_name == "lm_head.weight" and bool(self.hp.tied_embeddings)
 
     def transforms(self, gguf_name: str, hf_name: str) -> list[Transform]:
-        return []
+        return [r.make(self) for r in self.tensor_rules if r.applies(hf_name)]
 
     def extra_tensors(self) -> Iterator[SourceTensor]:
         """Tensors llama.cpp needs that the checkpoint does not hold (rope factors...)."""
         rp = self.hp.rope()
         if (rp.get("rope_type") or "").lower() == "llama3":
-            factors = llama3_rope_factors(rp, self.hp.head_dim)
-            h = TensorHandle("rope_freqs", "F32", factors.shape, lambda: factors, "generated")
-            yield SourceTensor("rope_freqs.weight", "(generated)", factors.shape, "F32", h)
+            yield generated("rope_freqs", llama3_rope_factors(rp, self.hp.head_dim))
+
+    def source_tensors(self, name: str, hf_name: str, h) -> list[SourceTensor]:
+        """The GGUF tensor(s) one HF tensor becomes: itself, transformed; a family whose
+        fused tensor llama.cpp wants split returns the parts (transforms.split_rows)."""
+        return [SourceTensor(name, hf_name, h.shape, h.dtype, h, self.transforms(name, hf_name))]
 
     def tensors(self) -> list[SourceTensor]:
         out: list[SourceTensor] = list(self.extra_tensors())
@@ -147,8 +168,8 @@ class ArchAdapter:
             if name in seen:
                 raise FormatError(f"{h.source}: tensors {seen[name]!r} and {hf_name!r} both map to {name}")
             seen[name] = hf_name
-            out.append(SourceTensor(name, hf_name, h.shape, h.dtype, h, self.transforms(name, hf_name)))
-        check_shapes(self.hp, out)
+            out.extend(self.source_tensors(name, hf_name, h))
+        check_shapes(self.hp, out, self.shape_overrides)
         return sorted(out, key=lambda s: _order(s.name))
 
 
@@ -159,26 +180,3 @@ def _order(name: str) -> tuple:
     if m:
         return (1, int(m.group(1)), name)
     return (2 if name.startswith("output") else 0, 0, name)
-
-
-def llama3_rope_factors(rp: dict, head_dim: int) -> np.ndarray:
-    """Per-frequency scale factors of Llama 3.1's rope scaling, as llama.cpp reads them
-    from the rope_freqs tensor: 1 for short wavelengths, `factor` for long ones, and a
-    smooth blend between."""
-    base = float(rp.get("rope_theta", 10000.0))
-    factor = float(rp.get("factor", 8.0))
-    lo = float(rp.get("low_freq_factor", 1.0))
-    hi = float(rp.get("high_freq_factor", 4.0))
-    old_ctx = float(rp.get("original_max_position_embeddings", 8192))
-    freqs = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
-    out = []
-    for f in freqs:
-        wavelen = 2 * math.pi / float(f)
-        if wavelen < old_ctx / hi:
-            out.append(1.0)
-        elif wavelen > old_ctx / lo:
-            out.append(factor)
-        else:
-            smooth = (old_ctx / wavelen - lo) / (hi - lo)
-            out.append(1 / ((1 - smooth) / factor + smooth))
-    return np.asarray(out, dtype=np.float32)

@@ -20,7 +20,9 @@ import gguf
 
 from ..errors import FormatError, UnsupportedError
 from . import ARCHS
-from .base import ArchAdapter, Transform, add_one
+from .base import ArchAdapter
+from .layer_kinds import SlidingWindow
+from .transforms import NORM_PLUS_ONE
 
 # transformers' Gemma3TextConfig defaults. A multimodal 4.x config.json stores only the
 # text_config values that differ from these (google/gemma-3-4b-it gives no head counts), so
@@ -33,26 +35,24 @@ TEXT_DEFAULTS = {
 }
 DEFAULT_PATTERN = 6  # HF's default sliding_window_pattern, and llama.cpp's when no key is written
 
-# multimodal checkpoints: prefix of the language model -> the text model's own prefix
-_LM_PREFIXES = (("model.language_model.", "model."), ("language_model.model.", "model."),
-                ("language_model.lm_head.", "lm_head."))
-_VISION = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
-
 
 @ARCHS.register("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration")
 class Gemma3Adapter(ArchAdapter):
     gguf_arch = gguf.MODEL_ARCH.GEMMA3
+    description = ("Gemma 3 text (also the text part of the multimodal model); norms +1, "
+                   "sliding-window layers, local/global rope bases")
     config_defaults = TEXT_DEFAULTS
+    tensor_rules = NORM_PLUS_ONE
+    text_part = True
 
     def __init__(self, ckpt, hf_arch: str) -> None:
         super().__init__(ckpt, hf_arch)
         self._check_graph_fits()
         # decided here, before anything is written, so a bad config fails a dry run too
-        self.sliding = self.layer_is_sliding()
-        self.window: Optional[int] = None
+        self.swa = SlidingWindow.read(self.hp, DEFAULT_PATTERN)
+        self.sliding = self.swa.layers
         self.local_theta: Optional[float] = None
         if any(self.sliding):
-            self.window = self._window()
             self.local_theta = float(self._local_rope().get("rope_theta", TEXT_DEFAULTS["rope_local_base_freq"]))
 
     # -- what llama.cpp's gemma3 graph can express ---------------------------------------
@@ -72,28 +72,6 @@ class Gemma3Adapter(ArchAdapter):
             raise UnsupportedError(f"{src}: query_pre_attn_scalar {scalar} != {expected}; llama.cpp's gemma3 "
                                    "graph fixes the attention scale to 1/sqrt(head_dim)")
 
-    def layer_is_sliding(self) -> list[bool]:
-        """Which layers use the sliding window: `layer_types` when given (4.5x+, 5.x),
-        else every `sliding_window_pattern`-th layer is global (HF's rule for older configs)."""
-        n = self.hp.n_layers
-        types = self.hp.get("layer_types")
-        if types is not None:
-            if not isinstance(types, list) or len(types) != n:
-                raise FormatError(f"{self.hp.source}: layer_types should list {n} entries")
-            bad = sorted({repr(t)[:40] for t in types if t not in ("sliding_attention", "full_attention")})
-            if bad:
-                raise UnsupportedError(f"{self.hp.source}: layer type(s) {', '.join(bad)} not supported for gemma3")
-            return [t == "sliding_attention" for t in types]
-        period = self.hp.integer("sliding_window_pattern", "_sliding_window_pattern", lo=1, hi=1 << 16,
-                                 default=DEFAULT_PATTERN)
-        return [bool((i + 1) % period) for i in range(n)]
-
-    def _window(self) -> int:
-        window = self.hp.integer("sliding_window", lo=1, hi=2**32 - 1, default=None)
-        if window is None:
-            raise FormatError(f"{self.hp.source}: layers use sliding attention but sliding_window is not set")
-        return window
-
     def _local_rope(self) -> dict:
         local = self.hp.rope("sliding_attention")
         if (local.get("rope_type") or "default").lower() != "default":
@@ -108,30 +86,6 @@ class Gemma3Adapter(ArchAdapter):
         cap = hp.number("final_logit_softcapping")
         if cap:
             w.add_final_logit_softcapping(float(cap))
-        if not any(self.sliding):
-            return  # without the window key llama.cpp treats every layer as global
-        w.add_sliding_window(self.window)
-        default = [i % DEFAULT_PATTERN < DEFAULT_PATTERN - 1 for i in range(hp.n_layers)]
-        if self.sliding != default:
-            # only when needed: llama.cpp builds that lack the per-layer array assume period 6
-            w.add_sliding_window_pattern(self.sliding)
-        w.add_rope_freq_base_swa(self.local_theta)
-
-    # -- tensors ---------------------------------------------------------------------------
-    @staticmethod
-    def _text_name(hf_name: str) -> str:
-        for old, new in _LM_PREFIXES:
-            if hf_name.startswith(old):
-                return new + hf_name[len(old):]
-        return hf_name
-
-    def skip(self, hf_name: str) -> bool:
-        if hf_name.startswith(_VISION):
-            return True
-        return super().skip(self._text_name(hf_name))
-
-    def gguf_name(self, hf_name: str) -> Optional[str]:
-        return super().gguf_name(self._text_name(hf_name))
-
-    def transforms(self, gguf_name: str, hf_name: str) -> list[Transform]:
-        return [add_one] if hf_name.endswith("norm.weight") else []
+        self.swa.write(w, DEFAULT_PATTERN, swa_by_default=False)  # no window: every layer global
+        if any(self.sliding):
+            w.add_rope_freq_base_swa(self.local_theta)

@@ -46,6 +46,7 @@ ROPE_FACTS: dict[str, tuple[bool, float, float, bool]] = {
     "attention_factor": (False, 0.0, 1e6, False),
     "beta_fast": (False, 0.0, 1e6, False),
     "beta_slow": (False, 0.0, 1e6, False),
+    "partial_rotary_factor": (False, 0.0, 1.0, True),
 }
 
 
@@ -198,7 +199,12 @@ class HParams:
 
     @property
     def rotary_fraction(self) -> float:
-        return self.number("partial_rotary_factor", lo=0.0, hi=1.0, default=1.0)
+        """The rotated part of each head: 5.x keeps it among the rope parameters, 4.x beside
+        them (`partial_rotary_factor`, GPT-NeoX-style `rotary_pct`)."""
+        in_rope = self.rope().get("partial_rotary_factor")
+        if in_rope is not None:
+            return float(in_rope)  # checked by rope()
+        return self.number("partial_rotary_factor", "rotary_pct", lo=0.0, hi=1.0, default=1.0)
 
     @property
     def tied_embeddings(self) -> bool | None:
@@ -248,6 +254,14 @@ class HParams:
             out["rope_type"], where["rope_type"] = out["type"], where.get("type", "")
         self._check_rope(out, where)
         return out
+
+    def rope_key_name(self, param: str) -> str:
+        """A rope parameter's key as the file spells it (rope_parameters.x or rope_scaling.x)."""
+        for section in ("rope_parameters", "rope_scaling"):
+            v = self.c.get(section)
+            if isinstance(v, dict) and param in v:
+                return self.key_name(section) + "." + param
+        return self.key_name(param)
 
     def _section(self, key: str, v: Any) -> dict:
         if v is None:

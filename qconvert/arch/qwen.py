@@ -22,6 +22,7 @@ from .base import ArchAdapter
 @ARCHS.register("Qwen2ForCausalLM")
 class Qwen2Adapter(ArchAdapter):
     gguf_arch = gguf.MODEL_ARCH.QWEN2
+    description = "Qwen 2 / 2.5 (q/k/v biases)"
 
     def __init__(self, ckpt, hf_arch: str) -> None:
         super().__init__(ckpt, hf_arch)
@@ -37,3 +38,4 @@ class Qwen2Adapter(ArchAdapter):
 @ARCHS.register("Qwen3ForCausalLM")
 class Qwen3Adapter(ArchAdapter):
     gguf_arch = gguf.MODEL_ARCH.QWEN3
+    description = "Qwen 3 dense (per-head q/k norms)"
