@@ -37,17 +37,17 @@ def get_app():
     if _app is None:
         import typer
 
-        from . import estimate, inspect, quantize
+        from . import estimate, eval, inspect, quantize
 
         app = typer.Typer(
             name="qconvert",
             help="Turn Hugging Face checkpoints into quantized GGUF or safetensors; inspect model files; "
-                 "estimate memory.",
+                 "measure what a quant lost; estimate memory.",
             no_args_is_help=True,
             add_completion=False,
             pretty_exceptions_enable=False,
         )
-        for mod in (quantize, inspect, estimate):
+        for mod in (quantize, inspect, eval, estimate):
             mod.register(app)
         _app = app
     return _app

@@ -83,6 +83,7 @@ class TransformersLogits:
         import torch
         import transformers
 
+        transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar is not ours to show
         major = int(transformers.__version__.split(".")[0])
         kwargs = {"dtype": torch.float32} if major >= 5 else {"torch_dtype": torch.float32}
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ..errors import ShapeError
 from .logits import backend_for, open_logits
@@ -15,8 +15,10 @@ from .windows import Windows
 
 
 def score(model: Path | str, windows: Windows, *, reference: Optional[Reference] = None,
-          backend: Optional[str] = None, threads: int = 1) -> Metrics:
-    """Run `model` on every window; perplexity, and KL/top-1 against `reference` if given."""
+          backend: Optional[str] = None, threads: int = 1,
+          on_window: Optional[Callable[[], None]] = None) -> Metrics:
+    """Run `model` on every window; perplexity, and KL/top-1 against `reference` if given.
+    on_window is called after each window (progress)."""
     t0 = time.perf_counter()
     backend = backend or backend_for(model)
     if reference is not None and reference.windows.digest() != windows.digest():
@@ -37,6 +39,8 @@ def score(model: Path | str, windows: Windows, *, reference: Optional[Reference]
                 else:
                     acc.add(logq, targets[w, rows], reference.logprobs(w, rows), reference.top[w, rows],
                             reference.nll[w, rows])
+            if on_window is not None:
+                on_window()
     finally:
         src.close()
     return acc.result(str(model), f"{backend} ({src.label})", reference.describe() if reference else "",

@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -90,7 +90,8 @@ class Reference:
 
 
 def reference_from(model: Path | str, windows: Windows, workdir: Path | str | None = None, *,
-                   backend: Optional[str] = None, threads: int = 1, dtype=None) -> Reference:
+                   backend: Optional[str] = None, threads: int = 1, dtype=None,
+                   on_window: Optional[Callable[[], None]] = None) -> Reference:
     """Run `model` (a GGUF through llama.cpp, an HF directory through transformers) on the
     windows and store its log-probs in `workdir` (created; default: a temporary directory
     removed by Reference.close()). dtype: np.float32 or np.float16 for the stored
@@ -121,6 +122,8 @@ def reference_from(model: Path | str, windows: Windows, workdir: Path | str | No
                 lp = log_softmax(logits[rows])
                 store[w, rows] = lp
                 acc.add(lp, targets[w, rows])
+            if on_window is not None:
+                on_window()
     finally:
         src.close()
     store.flush()

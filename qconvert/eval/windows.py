@@ -78,26 +78,36 @@ def cut(ids, n_ctx: int, *, bos: Optional[int] = None, first: Optional[int] = No
 
 
 def load_tokenizer(model: Path | str):
-    """The Hugging Face tokenizer of a model directory."""
+    """The tokenizer of a Hugging Face model directory (transformers), or of a GGUF file
+    (llama.cpp's, from the file's own vocabulary)."""
+    path = Path(model)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        from .gguf_tokenizer import GGUFTokenizer
+
+        return GGUFTokenizer(path)
+    if not path.is_dir():
+        raise InputError(f"{path}: evaluation text is tokenized by a Hugging Face model directory or a .gguf "
+                         "file; this is neither")
     from transformers import AutoTokenizer
 
-    path = Path(model)
-    if not path.is_dir():
-        raise InputError(f"{path}: evaluation windows need a Hugging Face model directory for its tokenizer "
-                         "(a GGUF is scored on windows made from the directory it was converted from)")
     return AutoTokenizer.from_pretrained(str(path))
 
 
 def evaluation_windows(model: Path | str, *, n_ctx: int = 512, first: Optional[int] = None,
                        max_windows: Optional[int] = None, text: Optional[str] = None) -> Windows:
     """Windows of `text` (default: the corpus's evaluation split) tokenized by the
-    tokenizer of the HF model directory `model`."""
+    tokenizer of `model`: an HF model directory, or a GGUF file (llama.cpp's tokenizer)."""
     from ..calib import corpus
     from ..calib.text import leading_bos, tokenize
 
     tok = load_tokenizer(model)
     source = "text" if text is not None else "corpus:evaluation"
     text = corpus.split_text("evaluation") if text is None else text
-    ids = tokenize(tok, text)
-    return cut(ids, n_ctx, bos=leading_bos(tok), first=first, max_windows=max_windows,
+    try:
+        ids = tokenize(tok, text)
+        bos = leading_bos(tok)
+    finally:
+        if hasattr(tok, "close"):
+            tok.close()
+    return cut(ids, n_ctx, bos=bos, first=first, max_windows=max_windows,
                source=f"{source} / {Path(model).name} tokenizer")
