@@ -41,6 +41,7 @@ from gguf import GGUFValueType
 
 from .errors import FormatError, InputError
 from .gguf_header import read_gguf_header
+from .gguf_split import read_set
 from .source.input_file import checked_input_file, stat_input
 from .source.safetensors_file import overlaps, read_header, validate_header
 from .source.shard_index import read_index, shard_paths
@@ -91,7 +92,7 @@ class TensorInfo:
     n_elements: int
     n_bytes: int
     offset: int  # absolute byte offset of the tensor's data in its file
-    file: str | None = None  # shard file name, for sharded safetensors
+    file: str | None = None  # shard file name: sharded safetensors, a split GGUF set
 
 
 @dataclass
@@ -195,8 +196,14 @@ def _pick_in_dir(d: Path) -> Path:
 # --- GGUF -------------------------------------------------------------------------------
 
 def _inspect_gguf(path: Path, max_items: int | None) -> Report:
-    h = read_gguf_header(path, max_items)
-    rep = Report(str(path), "gguf", [{"path": str(path), "size": h.file_size}], GGUF_SHAPE_ORDER)
+    """One file, or the whole split set it is a member of (gguf_split.py): metadata and
+    header facts from the first member, tensors and problems from every member (the
+    tensor rows name their file)."""
+    members = read_set(path, lambda p: read_gguf_header(p, max_items), lambda h: {kv.key: kv.value for kv in h.kv},
+                       lambda h: len(h.tensors))
+    h = members[0]
+    rep = Report(str(path), "gguf", [{"path": str(m.path), "size": m.file_size} for m in members],
+                 GGUF_SHAPE_ORDER)
     rep.header = {"version": h.version, "alignment": h.alignment, "data_offset": h.data_offset,
                   "big_endian": h.big_endian}
     # the header's own counts, under the names gguf-py's GGUFReader gives them
@@ -209,8 +216,13 @@ def _inspect_gguf(path: Path, max_items: int | None) -> Report:
                                              kv.length, kv.truncated)
         else:
             rep.metadata[kv.key] = MetaValue(kv.type.name, kv.value)
-    rep.tensors = [TensorInfo(t.name, t.type.name, list(t.ne), t.n_elements, t.n_bytes, t.offset) for t in h.tensors]
-    rep.problems = [{"tensor": p.tensor, "problem": p.problem} for p in h.problems]
+    named = len(members) > 1
+    for m in members:
+        label = m.path.name if named else None
+        rep.tensors += [TensorInfo(t.name, t.type.name, list(t.ne), t.n_elements, t.n_bytes, t.offset, label)
+                        for t in m.tensors]
+        rep.problems += [{"tensor": p.tensor, "problem": f"{label + ': ' if label else ''}{p.problem}"}
+                         for p in m.problems]
     return rep
 
 

@@ -34,6 +34,7 @@ FLAGS = {
     "act_order": "--act-order", "damp": "--damp", "progress": "--progress", "target_vram": "--target-vram",
     "target_size": "--target-size", "target_bpw": "--target-bpw", "context": "--context", "kv_type": "--kv-type",
     "sensitivity_cache": "--sensitivity-cache", "allow_nonfinite": "--allow-nonfinite",
+    "split_max_size": "--split-max-size", "split_max_tensors": "--split-max-tensors",
 }
 
 
@@ -53,6 +54,14 @@ class Budget:
     context: Optional[int] = None
     kv_type: str = "F16"
     sensitivity_cache: Optional[Path] = None
+
+
+@dataclass(frozen=True)
+class Split:
+    """GGUF output as llama.cpp's split set (gguf_split.py): at most `max_bytes` per file
+    (--split-max-size) and/or `max_tensors` tensors per file (--split-max-tensors)."""
+    max_bytes: Optional[int] = None
+    max_tensors: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,7 @@ class Job:
     vocab_pre: Optional[str] = None
     allow_requantize: bool = False
     allow_nonfinite: bool = False
+    split: Optional[Split] = None  # GGUF output as a split set
     force: bool = False
     dry_run: bool = False
     progress: Optional[bool] = False
@@ -176,7 +186,8 @@ def build_job(model: str | Path, output: str | Path | None = None, **options) ->
         overrides=Overrides(tuple(o["tensor_types"] or ()), o["output_tensor_type"], o["token_embedding_type"],
                             bool(o["pure"]), bool(o["no_fallback"])),
         vocab_pre=o["vocab_pre"], allow_requantize=bool(o["allow_requantize"]),
-        allow_nonfinite=bool(o["allow_nonfinite"]), force=bool(o["force"]), dry_run=bool(o["dry_run"]),
+        allow_nonfinite=bool(o["allow_nonfinite"]), split=_split(o), force=bool(o["force"]),
+        dry_run=bool(o["dry_run"]),
         progress=o["progress"] if "progress" in options else False, given=given)
 
 
@@ -228,6 +239,20 @@ def _fraction(name: str, value, lo: float, hi: float, what: str, *, low_ok: bool
         v = math.nan
     if isinstance(value, bool) or not math.isfinite(v) or not (v >= lo if low_ok else v > lo) or v > hi:
         raise InputError(f"{flag(name)} {value!r}: expected {what} to {hi:g}")
+
+
+MAX_SPLIT_TENSORS = 1 << 31  # split.tensors.count is an INT32
+
+
+def _split(o: dict) -> Optional[Split]:
+    from .plan.units import parse_bytes
+
+    size, tensors = o["split_max_size"], o["split_max_tensors"]
+    if size is None and tensors is None:
+        return None
+    if tensors is not None:
+        check_count("--split-max-tensors", tensors, MAX_SPLIT_TENSORS - 1, "a positive number of tensors per file")
+    return Split(None if size is None else parse_bytes(size, "--split-max-size", minimum=1), tensors)
 
 
 def _default(value, default):

@@ -49,6 +49,8 @@ def quantize(
     context: Optional[int] = None,
     kv_type: Optional[str] = None,
     sensitivity_cache: Optional[str | Path] = None,
+    split_max_size: Optional[str | int] = None,
+    split_max_tensors: Optional[int] = None,
 ) -> QuantizeResult:
     """Convert a Hugging Face model directory (or an F32/F16/BF16 GGUF) into a GGUF file or a
     quantized safetensors checkpoint. A keyword left at None takes its default; a keyword
@@ -80,6 +82,10 @@ def quantize(
     (compressed-tensors pack-quantized): `bits` (2, 3, 4 (default), 8), `group_size` (128;
     -1 per channel), `sym` (True), scheme rtn (absmax / min-max rounding) or gptq
     (`act_order` with static groups, `damp`, calibration as above).
+
+    split_max_size ("50GB" or bytes per file) / split_max_tensors (tensors per file): GGUF
+    output as llama.cpp's split set, NAME-00001-of-0000N.gguf ... (the first holds the
+    metadata; llama.cpp loads the set given the first); GGUFResult.files lists the set.
 
     A weight holding NaN or Inf is an error naming the tensor (source/finite.py), before
     anything is written; allow_nonfinite=True converts such weights anyway."""

@@ -24,6 +24,7 @@ class GGUFResult:
     notes: list[str] = field(default_factory=list)
     stats: dict[str, dict] = field(default_factory=dict)  # GPTQ: per-tensor err / rtn_err
     budget: Optional[SizedFigures] = None  # a sized plan's figures
+    files: list[Path] = field(default_factory=list)  # every file written: [output], or a split set's members
 
 
 @dataclass

@@ -640,11 +640,13 @@ def test_gguf_input_strings_are_copied_byte_for_byte(f32_gguf, tmp_path):
     assert shown["tokenizer.ggml.tokens"].value[6] == "\\xff\\xfe\\x41" and shown["test.raw"].value == "caf\\xe9"
 
 
-def test_gguf_input_split_into_parts_is_refused(f32_gguf, tmp_path, out_dir):
+def test_gguf_input_split_member_not_named_as_llama_cpp_finds_it_is_refused(f32_gguf, tmp_path, out_dir):
+    """Split sets are read whole (tests/test_gguf_split.py); a member whose name is not the
+    one llama.cpp derives cannot lead to the others."""
     VT = gguf.GGUFValueType
     src = _rewrite(f32_gguf, tmp_path / "part.gguf", extra={"split.no": (VT.UINT16, 0),
                                                              "split.count": (VT.UINT16, 3)})
-    refused(src, out_dir, UnsupportedError, str(src), "split into 3 files", "merge")
+    refused(src, out_dir, InputError, str(src), "split into 3 files", "-00001-of-00003.gguf")
 
 
 def test_gguf_input_with_overlapping_tensor_data_is_refused(f32_gguf, tmp_path, out_dir):

@@ -33,7 +33,8 @@ VALUES = {"type": "Q4_K_M", "bits": 4, "tensor_types": ["attn_v=Q8_0"], "output_
           "token_embedding_type": "Q8_0", "pure": True, "allow_requantize": True, "no_fallback": True,
           "vocab_pre": "llama-bpe", "imatrix": "x.imatrix", "calibration": True, "calibration_samples": 8,
           "calibration_seqlen": 64, "device": "cpu", "save_imatrix": "s.gguf", "group_size": 64, "sym": False,
-          "act_order": True, "damp": 0.02, "context": 2048, "kv_type": "q8_0", "sensitivity_cache": "c.json"}
+          "act_order": True, "damp": 0.02, "context": 2048, "kv_type": "q8_0", "sensitivity_cache": "c.json",
+          "split_max_size": "50GB", "split_max_tensors": 256}
 WITH_CALIBRATION = {"calibration_samples", "calibration_seqlen", "device", "save_imatrix"}
 C, R = "consumed", "refused"
 #                          gguf sized sized-vram gptq st st-gptq
@@ -60,6 +61,8 @@ TABLE = {
     "context":              (R, R, C, R, R, R),
     "kv_type":              (R, R, C, R, R, R),
     "sensitivity_cache":    (R, C, C, R, R, R),
+    "split_max_size":       (C, C, C, C, R, R),
+    "split_max_tensors":    (C, C, C, C, R, R),
 }
 
 

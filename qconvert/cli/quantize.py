@@ -44,9 +44,13 @@ def summary(res: GGUFResult) -> None:
     plan = res.plan
     for line in totals_lines(plan) + (budget_lines(res.budget) if res.budget else []):
         err_console.print(line)
-    err_console.print(f"wrote {res.output} ({human_bytes(res.file_size)}, {len(plan.tensors)} tensors, "
+    what = str(res.output) if len(res.files) <= 1 else f"a set of {len(res.files)} files"
+    err_console.print(f"wrote {what} ({human_bytes(res.file_size)}, {len(plan.tensors)} tensors, "
                       f"{res.file_size * 8 / max(1, plan.n_params):.3f} bits/weight incl. metadata) "
                       f"in {res.seconds:.1f}s")
+    if len(res.files) > 1:
+        for f in res.files:
+            err_console.print(f"  {f} ({human_bytes(f.stat().st_size)})")
 
 
 def show(res: QuantizeResult, dry_run: bool) -> None:
@@ -73,6 +77,8 @@ def register(app: typer.Typer) -> None:
         dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel=OUT, help="Print the per-tensor plan and exit without writing.")] = False,
         format_: Annotated[Optional[str], typer.Option("--format", rich_help_panel=OUT, help="gguf (llama.cpp; default) or safetensors (int-N checkpoint transformers loads: compressed-tensors pack-quantized).")] = None,
         progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", rich_help_panel=OUT, help="Progress bar on stderr (default: when stderr is a terminal).")] = None,
+        split_max_size: Annotated[Optional[str], typer.Option("--split-max-size", rich_help_panel=OUT, help="GGUF as llama.cpp's split set, NAME-00001-of-0000N.gguf ..., each file at most this size (e.g. 50GB, Hugging Face's limit); llama.cpp loads the set given the first file.")] = None,
+        split_max_tensors: Annotated[Optional[int], typer.Option("--split-max-tensors", rich_help_panel=OUT, help="GGUF as a split set with at most this many tensors per file.")] = None,
         allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite", rich_help_panel=OUT, help="Convert weights holding NaN or Inf, or too large for their output type (written as Inf), instead of refusing them.")] = False,
         type_: Annotated[Optional[str], typer.Option("--type", "-t", rich_help_panel=TYPES, help="llama-quantize preset (Q4_K_M, Q5_K_S, Q8_0, Q4_0, F16...; default Q4_K_M) or a plain type (Q4_K...) for every matrix.")] = None,
         bits: Annotated[Optional[int], typer.Option("--bits", "-b", rich_help_panel=TYPES, help="GGUF shorthand: 2 Q2_K, 3 Q3_K_M, 4 Q4_K_M, 5 Q5_K_M, 6 Q6_K, 8 Q8_0, 16 F16, 32 F32. Safetensors: 2, 3, 4 (default) or 8.")] = None,
@@ -110,5 +116,6 @@ def register(app: typer.Typer) -> None:
                        device=device, save_imatrix=save_imatrix, scheme=scheme, damp=damp, format=format_,
                        group_size=group_size, sym=sym, act_order=act_order, progress=progress,
                        target_vram=target_vram, target_size=target_size, target_bpw=target_bpw, context=context,
-                       kv_type=kv_type, sensitivity_cache=sensitivity_cache)
+                       kv_type=kv_type, sensitivity_cache=sensitivity_cache, split_max_size=split_max_size,
+                       split_max_tensors=split_max_tensors)
         show(res, dry_run)

@@ -23,6 +23,8 @@ from ..job import Job
 # show progress, the choice of format itself, and whether NaN/Inf weights are refused
 COMMON = frozenset({"output", "force", "dry_run", "progress", "format", "allow_nonfinite"})
 CALIBRATION_RUN = frozenset({"calibration_samples", "calibration_seqlen", "device"})
+# every GGUF route: the output as a split set
+GGUF_OUTPUT = frozenset({"split_max_size", "split_max_tensors"})
 
 # where an option does belong, for the refusal message
 BELONGS = {
@@ -36,6 +38,7 @@ BELONGS = {
     "damp": "--scheme gptq", "target_vram": "GGUF output", "target_size": "GGUF output", "target_bpw": "GGUF output",
     "context": "--target-vram", "kv_type": "--target-vram", "sensitivity_cache": "--target-size/-bpw/-vram",
     "no_fallback": "GGUF output", "vocab_pre": "GGUF output from a model directory",
+    "split_max_size": "GGUF output", "split_max_tensors": "GGUF output",
 }
 
 P = TypeVar("P")  # what plan() returns

@@ -15,8 +15,8 @@ from ..results import GGUFResult
 from ..schemes.importance import importance_for, importance_plan
 from ..sink.gguf import encode
 from ..source.model_source import Source, open_source
-from .base import CALIBRATION_RUN, Route
-from .gguf_file import output_path, write_gguf
+from .base import CALIBRATION_RUN, GGUF_OUTPUT, Route
+from .gguf_file import output_path, write_gguf, written
 from .statistics import (check_calibration_source, checked_save_path, collected_importance, loaded_importance,
                          statistics_reads)
 
@@ -64,9 +64,8 @@ def write_with_importance(job: Job, planned: GGUFPlanned, plan: Plan, imx, out: 
     def encoder(tp, s):
         return encode(tp, s.load(), importance_for(imx, tp.name))
 
-    tok = write_gguf(planned.src, plan, out, encoder, job.progress)
-    return GGUFResult(out, plan, file_size=out.stat().st_size, tokenizer=tok, notes=list(notes),
-                      budget=planned.budget)
+    tok = write_gguf(planned.src, plan, out, encoder, job.progress, job.split)
+    return GGUFResult(out, plan, tokenizer=tok, notes=list(notes), budget=planned.budget, **written(out, job.split))
 
 
 class PresetRoute(Route[GGUFPlanned, GGUFResult]):
@@ -74,7 +73,7 @@ class PresetRoute(Route[GGUFPlanned, GGUFResult]):
     title = "GGUF output with a preset or plain type"
 
     def consumes(self, job: Job) -> frozenset[str]:
-        return PRESET_OPTIONS | {"allow_requantize"} | importance_options(job)
+        return PRESET_OPTIONS | GGUF_OUTPUT | {"allow_requantize"} | importance_options(job)
 
     def plan(self, job: Job) -> GGUFPlanned:
         src = open_source(job.source, vocab_pre=job.vocab_pre, allow_requantize=job.allow_requantize)
@@ -91,7 +90,8 @@ class PresetRoute(Route[GGUFPlanned, GGUFResult]):
         return GGUFPlanned(src, plan, type_name, notes, imx)
 
     def output_path(self, job: Job, planned: GGUFPlanned) -> Path:
-        return output_path(planned.src, job.output, planned.label, job.force, statistics_reads(job.calibration))
+        return output_path(planned.src, job.output, planned.label, job.force, statistics_reads(job.calibration),
+                           job.split, planned.plan)
 
     def prepare(self, job: Job, planned: GGUFPlanned, scratch: Optional[Path]):
         """The calibration pass, when asked: statistics and the plan they mark."""

@@ -38,10 +38,26 @@ def default_output(src: Source, label: str) -> Path:
     return Path.cwd() / f"{src.name}-{label}.gguf"
 
 
-def output_path(src: Source, output: Optional[Path], label: str, force: bool, reads=()) -> Path:
-    """The checked output file (sink/output_check.py), never one of the files the run reads."""
+def output_path(src: Source, output: Optional[Path], label: str, force: bool, reads=(), split=None,
+                plan: Optional[Plan] = None) -> Path:
+    """The checked output file (sink/output_check.py), never one of the files the run reads.
+    With `split` (a job.Split), every member of the set `plan` makes is checked, and the
+    first member's path is returned (routes/gguf_split_out.py)."""
     out = output if output is not None else default_output(src, label)
-    return check_output(out, force, reads=(src.path, *reads))
+    reads = (src.path, *src.files, *reads)
+    if split is not None:
+        from .gguf_split_out import checked_set
+        return checked_set(src, plan, out, split, force, reads)[0]
+    return check_output(out, force, reads=reads)
+
+
+def written(out: Path, split=None) -> dict:
+    """GGUFResult's `files` and `file_size` for a finished write: `out`, or every member of
+    the split set whose first member `out` is."""
+    from .gguf_split_out import output_files
+
+    files = output_files(out, split)
+    return {"files": files, "file_size": sum(f.stat().st_size for f in files)}
 
 
 def paired(src: Source, plan: Plan) -> list[tuple[SourceTensor, TensorPlan]]:

@@ -15,9 +15,9 @@ from ..results import GGUFResult
 from ..schemes.gptq_driver import gptq_plan
 from ..sink.gguf import encode
 from ..source.model_source import open_source
-from .base import CALIBRATION_RUN, Route
+from .base import CALIBRATION_RUN, GGUF_OUTPUT, Route
 from .gguf import PRESET_OPTIONS, GGUFPlanned, preset_plan_of
-from .gguf_file import output_path, write_gguf
+from .gguf_file import output_path, write_gguf, written
 from .statistics import statistics_reads
 
 DRY_NOTE = "dry run: calibration not run; the plan's types do not depend on it"
@@ -32,7 +32,7 @@ class GPTQRoute(Route[GGUFPlanned, GGUFResult]):
         return True
 
     def consumes(self, job: Job) -> frozenset[str]:
-        return PRESET_OPTIONS | {"damp", "calibration"} | CALIBRATION_RUN
+        return PRESET_OPTIONS | GGUF_OUTPUT | {"damp", "calibration"} | CALIBRATION_RUN
 
     def plan(self, job: Job) -> GGUFPlanned:
         src = open_source(job.source, vocab_pre=job.vocab_pre)
@@ -44,7 +44,8 @@ class GPTQRoute(Route[GGUFPlanned, GGUFResult]):
         return GGUFPlanned(src, plan, type_name, notes)
 
     def output_path(self, job: Job, planned: GGUFPlanned) -> Path:
-        return output_path(planned.src, job.output, planned.label, job.force, statistics_reads(job.calibration))
+        return output_path(planned.src, job.output, planned.label, job.force, statistics_reads(job.calibration),
+                           job.split, planned.plan)
 
     def prepare(self, job: Job, planned: GGUFPlanned, scratch: Optional[Path]) -> tuple[dict[str, dict], Path]:
         """GPTQ over the calibration pass; blocks land in `scratch`. Returns its statistics
@@ -66,9 +67,9 @@ class GPTQRoute(Route[GGUFPlanned, GGUFResult]):
                 return encode(tp, s.load(), np.load(scratch / f"{tp.name}.imp.npy"))
             return encode(tp, s.load())
 
-        tok = write_gguf(planned.src, planned.plan, out, encoder, job.progress)
-        return GGUFResult(out, planned.plan, file_size=out.stat().st_size, tokenizer=tok,
-                          notes=list(planned.notes) + gptq_notes(stats), stats=stats)
+        tok = write_gguf(planned.src, planned.plan, out, encoder, job.progress, job.split)
+        return GGUFResult(out, planned.plan, tokenizer=tok, notes=list(planned.notes) + gptq_notes(stats),
+                          stats=stats, **written(out, job.split))
 
     def dry_result(self, job: Job, planned: GGUFPlanned) -> GGUFResult:
         return GGUFResult(None, planned.plan, notes=list(planned.notes))

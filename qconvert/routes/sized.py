@@ -14,7 +14,7 @@ from ..results import GGUFResult
 from ..schemes.importance import check_importance, importance_plan
 from ..sink.output_check import check_parent
 from ..source.model_source import open_source
-from .base import Route
+from .base import GGUF_OUTPUT, Route
 from .gguf import GGUFPlanned, importance_options, requantize_notes, write_with_importance
 from .gguf_file import default_output, header_layout, output_path
 from .statistics import checked_save_path, collected_importance, loaded_importance, statistics_reads
@@ -34,7 +34,7 @@ class SizedRoute(Route[GGUFPlanned, GGUFResult]):
             own.add("scheme")
         if b is not None and b.vram is not None:
             own |= {"context", "kv_type"}
-        return frozenset(own) | importance_options(job)
+        return frozenset(own) | GGUF_OUTPUT | importance_options(job)
 
     def plan(self, job: Job) -> GGUFPlanned:
         from ..plan.sensitivity import check_cache_path
@@ -48,10 +48,10 @@ class SizedRoute(Route[GGUFPlanned, GGUFResult]):
         # name depends on the plan, so then only its directory can be checked up front
         check_cache_path(b.sensitivity_cache, writing=not job.dry_run)
         if not job.dry_run:
-            if job.output is not None:
+            if job.output is not None and job.split is None:  # a set's names depend on the plan
                 output_path(src, job.output, "", job.force, statistics_reads(job.calibration))
             else:
-                check_parent(default_output(src, "sized"))
+                check_parent(job.output or default_output(src, "sized"))
         imx = self._statistics(job, src)
         label = "--imatrix" if job.calibration.imatrix is not None else "--calibration"
         if imx is not None:  # another model's statistics: refused before they weight any measurement
@@ -76,7 +76,8 @@ class SizedRoute(Route[GGUFPlanned, GGUFResult]):
         return collected_importance(src, job.calibration, job.progress, save_to)
 
     def output_path(self, job: Job, planned: GGUFPlanned) -> Path:
-        return output_path(planned.src, job.output, planned.label, job.force, statistics_reads(job.calibration))
+        return output_path(planned.src, job.output, planned.label, job.force, statistics_reads(job.calibration),
+                           job.split, planned.plan)
 
     def write(self, job: Job, planned: GGUFPlanned, prepared, out: Path) -> GGUFResult:
         return write_with_importance(job, planned, planned.plan, planned.imatrix, out, planned.notes)

@@ -11,7 +11,11 @@ problems.
 Metadata is carried over key by key, except what describes the file rather than the
 model: the keys the writer sets anew (_OWN_KEYS), the data alignment (the writer lays out
 the new file with its own), and a split file's `split.*` keys (the output is one file;
-copied, they would make llama.cpp look for shards that do not exist)."""
+copied, they would make llama.cpp look for shards that do not exist).
+
+A split set (gguf_split.py) is read whole, given any of its members: the metadata from the
+first member, the tensors from every member in order, each member checked to be the one
+its name says."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import numpy as np
 
 from ..errors import FormatError, InputError, UnsupportedError
 from ..gguf_header import GGUFHeader, KV, TensorInfo, read_gguf_header, stored_bytes
+from ..gguf_split import read_set
 from .finite import check_finite
 from .safetensors_file import TensorHandle
 from .source_tensor import SourceTensor
@@ -130,32 +135,50 @@ def _plain(kv: KV, path: Path) -> Any:
     return kv.value
 
 
+def _read(path: Path) -> GGUFHeader:
+    try:
+        # every array in full, strings exactly as stored: the metadata is copied
+        header = read_gguf_header(path, exact_strings=True)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    refuse_layout_problems(header)
+    return header
+
+
+def kv_values(header: GGUFHeader) -> dict:
+    return {kv.key: kv.value for kv in header.kv}
+
+
 class GGUFInput:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        try:
-            # every array in full, strings exactly as stored: the metadata is copied
-            self.header = read_gguf_header(self.path, exact_strings=True)
-        except OSError as e:
-            raise InputError(f"{self.path}: cannot read ({e.strerror})") from None
-        refuse_layout_problems(self.header)
+        # a split set's members, first first; [the file] otherwise
+        self.members = read_set(self.path, _read, kv_values, lambda h: len(h.tensors))
+        self.header = self.members[0]  # the metadata
         self.kv = {kv.key: kv for kv in self.header.kv}
-        self.data = GGUFData(self.header)
+        self.data = [GGUFData(h) for h in self.members]
         arch = self.kv.get("general.architecture")
         if arch is None:
             raise FormatError(f"{self.path}: GGUF has no general.architecture key")
         if arch.type != _VT.STRING or not arch.value or not _is_text(arch.value):
             raise FormatError(f"{self.path}: general.architecture should be a non-empty UTF-8 string")
         self.arch_name = arch.value
-        self._check_split()
+        self._check_unique()
 
-    def _check_split(self) -> None:
-        count = self.value("split.count", 1)
-        if not isinstance(count, int) or isinstance(count, bool):
-            raise FormatError(f"{self.path}: split.count should be an integer")
-        if count > 1:
-            raise UnsupportedError(f"{self.path}: part of a GGUF split into {count} files; merge it first "
-                                   "(llama-gguf-split --merge) and convert the merged file")
+    @property
+    def files(self) -> list[Path]:
+        return [h.path for h in self.members]
+
+    def _all(self) -> list[tuple[GGUFData, TensorInfo]]:
+        return [(d, t) for d in self.data for t in d.h.tensors]
+
+    def _check_unique(self) -> None:
+        seen: dict[str, Path] = {}
+        for d, t in self._all():
+            if t.name in seen:
+                raise FormatError(f"{d.h.path}: tensor {t.name!r} is also in {seen[t.name]}; the split set's "
+                                  "files do not belong together")
+            seen[t.name] = d.h.path
 
     def value(self, key: str, default=None):
         kv = self.kv.get(key)
@@ -176,12 +199,12 @@ class GGUFInput:
         return v
 
     def quantized_tensors(self) -> list[str]:
-        return [t.name for t in self.header.tensors if t.type.name not in FLOAT_TYPES and len(t.ne) > 1]
+        return [t.name for _, t in self._all() if t.type.name not in FLOAT_TYPES and len(t.ne) > 1]
 
     def check_requantize(self, allow: bool) -> None:
         q = set(self.quantized_tensors())
         if q and not allow:
-            kinds = sorted({t.type.name for t in self.header.tensors if t.name in q})
+            kinds = sorted({t.type.name for _, t in self._all() if t.name in q})
             raise InputError(
                 f"{self.path}: {len(q)} tensors are already quantized ({', '.join(kinds)}); requantizing "
                 "compounds rounding error (quality below quantizing the original weights). "
@@ -190,9 +213,9 @@ class GGUFInput:
 
     def tensors(self) -> list[SourceTensor]:
         out = []
-        for t in self.header.tensors:
-            shape = tuple(int(d) for d in reversed(t.ne))
-            h = TensorHandle(t.name, t.type.name, shape, self.data.loader(t), str(self.path))
+        for d, t in self._all():
+            shape = tuple(int(n) for n in reversed(t.ne))
+            h = TensorHandle(t.name, t.type.name, shape, d.loader(t), str(d.h.path))
             out.append(SourceTensor(t.name, t.name, shape, t.type.name, h))
         return out
 

@@ -29,6 +29,7 @@ class Source:
     write_metadata: Callable[[gguf.GGUFWriter], Optional[object]]
     is_gguf: bool = False
     requantized: int = 0  # tensors of a GGUF input that were already quantized
+    files: tuple[Path, ...] = ()  # every file read besides `path` (the other members of a split GGUF set)
 
 
 def open_hf(model_dir: Path, vocab_pre: Optional[str]) -> Source:
@@ -53,6 +54,7 @@ def open_hf(model_dir: Path, vocab_pre: Optional[str]) -> Source:
 
 
 def open_gguf(path: Path, allow_requantize: bool) -> Source:
+    from ..gguf_split import prefix_of
     from .gguf_input import GGUFInput
 
     g = GGUFInput(path)
@@ -64,10 +66,11 @@ def open_gguf(path: Path, allow_requantize: bool) -> Source:
 
     head = g.arch_int("attention.head_count", 0, first_of_array=True)
     head_kv = g.arch_int("attention.head_count_kv", head, first_of_array=True)
-    stem = re.sub(r"[-_.](F32|F16|BF16|f32|f16|bf16)$", "", path.stem)
+    base = prefix_of(g.files[0]).name if len(g.files) > 1 else path.stem  # a set: its shared prefix
+    stem = re.sub(r"[-_.](F32|F16|BF16|f32|f16|bf16)$", "", base)
     return Source(path, stem, g.arch_name, g.tensors(), g.arch_int("block_count", 0), head, head_kv,
                   g.arch_int("expert_count", 0), write_metadata, is_gguf=True,
-                  requantized=len(g.quantized_tensors()))
+                  requantized=len(g.quantized_tensors()), files=tuple(g.files))
 
 
 def open_source(path: Path | str, *, vocab_pre: Optional[str] = None, allow_requantize: bool = False) -> Source:

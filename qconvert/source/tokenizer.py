@@ -1,13 +1,17 @@
 """Write a model directory's tokenizer as the tokenizer.ggml.* keys llama.cpp reads.
 
-Two vocabularies are handled:
+Three vocabularies are handled:
   bpe  byte-level BPE from tokenizer.json (GPT-2, Llama 3, Qwen2, SmolLM): model "gpt2",
-       tokens, types, merges and the pre-tokenizer name (pretokenizer.py);
+       tokens, types, merges and the pre-tokenizer name (pretokenizer.py), derived from
+       the pipeline transformers 5 really runs (tokenizer_class.py: some classes rebuild
+       it and ignore the file's pre_tokenizer);
   spm  SentencePiece from tokenizer.model (Llama 2, TinyLlama, Mistral v0.1, Gemma):
        model "llama", tokens, scores, types and whether a space is prefixed; or the same
        from a SentencePiece-style tokenizer.json when no tokenizer.model is there
-       (transformers 5 saves only that; spm_json_vocab.py).
-Both then get special ids, add-BOS/EOS flags and the chat template (special_tokens.py).
+       (transformers 5 saves only that; spm_json_vocab.py);
+  wpm  WordPiece (BERT) from tokenizer.json or vocab.txt: model "bert", word-start
+       tokens, types and the normaliser flags (wpm_vocab.py).
+All then get special ids, add-BOS/EOS flags and the chat template (special_tokens.py).
 Nothing here needs transformers.
 """
 
@@ -26,7 +30,9 @@ from .pretokenizer import choose_pre
 from .special_tokens import read_json, special_vocab
 from .spm_json_vocab import is_spm_style, read_spm_json_vocab
 from .spm_vocab import read_spm_vocab
+from .tokenizer_class import REBUILT_WORDPIECE, as_transformers_runs, effective_class
 from .tokenizer_schema import check_tokenizer_json
+from .wpm_vocab import is_wordpiece, read_vocab_txt, read_wpm_vocab, write_normalizer
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +47,7 @@ SPM_FIRST_ARCHES = frozenset({
 
 @dataclass(frozen=True)
 class TokenizerInfo:
-    kind: Literal["bpe", "spm"]
+    kind: Literal["bpe", "spm", "wpm"]
     n_tokens: int
     pre: str | None  # tokenizer.ggml.pre; "default" for SentencePiece
     special: dict[str, int] = field(default_factory=dict)
@@ -59,6 +65,8 @@ def _is_sentencepiece(path: Path) -> bool:
 
 
 def _choose_kind(model_dir: Path, arch: str, tokenizer_json: dict | None) -> str:
+    if is_wordpiece(tokenizer_json) or (tokenizer_json is None and (model_dir / "vocab.txt").is_file()):
+        return "wpm"
     has_model = _is_sentencepiece(model_dir / "tokenizer.model")
     byte_level = tokenizer_json is not None and is_byte_level(tokenizer_json)
     if has_model and (arch in SPM_FIRST_ARCHES or not byte_level):
@@ -101,10 +109,16 @@ def add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, *, config: dict,
     tokenizer_config = read_json(model_dir / "tokenizer_config.json")
     kind = _choose_kind(model_dir, arch, tokenizer_json)
 
+    if kind == "wpm":
+        return _add_wordpiece(writer, model_dir, tokenizer_json, tokenizer_config, config, vocab_size)
     if kind == "bpe":
         _warn_normalizer(tokenizer_json, json_path)
         vocab = read_bpe_vocab(tokenizer_json, vocab_size, str(json_path))
-        pre = choose_pre(tokenizer_json, tokenizer_config, vocab_pre, str(json_path))
+        runs, cls = as_transformers_runs(tokenizer_json, tokenizer_config, config)
+        pre = choose_pre(runs, tokenizer_config, vocab_pre, str(json_path))
+        if cls is not None:
+            log.info("%s: transformers builds this tokenizer as %s, which replaces the file's "
+                     "pre-tokenizer; tokenizer.ggml.pre %s follows the class", json_path, cls, pre)
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(pre)
         writer.add_token_list(vocab.tokens)
@@ -132,7 +146,31 @@ def add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, *, config: dict,
         # Without a post-processor template or add_bos_token, HF adds no BOS; say so, since
         # llama.cpp otherwise adds one for some names (llama-bpe, tekken).
         sv.add_special_token.setdefault("bos", False)
+    sv.special_token_ids.pop("cls", None)  # no GGUF key for it (only BERT's tokenizer uses one, as BOS)
     sv.add_to_gguf(writer, quiet=True)
     return TokenizerInfo(kind="bpe" if kind == "bpe" else "spm", n_tokens=len(tokens), pre=pre,
                          special=dict(sv.special_token_ids),
                          add_bos=sv.add_special_token.get("bos"), source=source)
+
+
+def _add_wordpiece(writer: gguf.GGUFWriter, model_dir: Path, tokenizer_json: dict | None,
+                   tokenizer_config: dict, config: dict, vocab_size: int | None) -> TokenizerInfo:
+    """The "bert" vocabulary: word-start tokens, normaliser flags, special ids; BERT adds
+    [CLS] ... [SEP] around every text (llama.cpp: BOS = CLS, then SEP)."""
+    source = model_dir / ("tokenizer.json" if tokenizer_json is not None else "vocab.txt")
+    spec = tokenizer_json if tokenizer_json is not None else read_vocab_txt(source)
+    rebuilt = effective_class(config, tokenizer_config, spec) in REBUILT_WORDPIECE
+    vocab = read_wpm_vocab(spec, tokenizer_config, vocab_size, rebuilt=rebuilt, source=str(source))
+    writer.add_tokenizer_model("bert")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.types)
+    write_normalizer(writer, vocab)
+    sv = special_vocab(model_dir, vocab.tokens, merges=False, tokenizer_config=tokenizer_config)
+    if "bos" not in sv.special_token_ids and "cls" in sv.special_token_ids:
+        sv.special_token_ids["bos"] = sv.special_token_ids["cls"]
+    sv.special_token_ids.pop("cls", None)  # no GGUF key; llama.cpp's BOS is the CLS token
+    sv.add_to_gguf(writer, quiet=True)
+    return TokenizerInfo(kind="wpm", n_tokens=len(vocab.tokens), pre="default",
+                         special=dict(sv.special_token_ids), add_bos=sv.add_special_token.get("bos"),
+                         source=str(source))
