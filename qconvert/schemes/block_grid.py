@@ -60,7 +60,7 @@ def _crumbs(codes: np.ndarray) -> np.ndarray:
 # ---- per type: parse (raw -> step, offset, each (n, block) float32) and pack --------
 
 
-def _parse_d_only(raw):  # Q8_0, Q4_0: one fp16 d for the whole 32-weight block
+def _parse_d_only(raw):  # Q8_0, Q4_0, Q5_0: one fp16 d for the whole 32-weight block
     d = np.broadcast_to(_f16(raw, 0), (raw.shape[0], 32))
     return d, np.zeros_like(d)
 
@@ -72,6 +72,34 @@ def _pack_q8_0(raw, codes):
 def _pack_q4_0(raw, codes):
     q = codes.astype(np.uint8)
     raw[:, 2:18] = q[:, :16] | (q[:, 16:] << 4)
+
+
+def _parse_d_m(raw):  # Q4_1, Q5_1: d * q + m, i.e. step d and offset -m (exact negation)
+    d = np.broadcast_to(_f16(raw, 0), (raw.shape[0], 32))
+    return d, np.broadcast_to(-_f16(raw, 2), (raw.shape[0], 32))
+
+
+def _pack_q4_1(raw, codes):
+    q = codes.astype(np.uint8)
+    raw[:, 4:20] = q[:, :16] | (q[:, 16:] << 4)
+
+
+def _qh_bytes(codes):
+    """The little-endian uint32 whose bit j is bit 4 of code j (Q5_0/Q5_1's qh)."""
+    bits = ((codes.astype(np.uint32) >> 4) & 1) << np.arange(32, dtype=np.uint32)
+    return bits.sum(axis=1, dtype=np.uint32).astype("<u4").view(np.uint8).reshape(-1, 4)
+
+
+def _pack_q5_0(raw, codes):
+    q = codes.astype(np.uint8) & 0xF
+    raw[:, 2:6] = _qh_bytes(codes)
+    raw[:, 6:22] = q[:, :16] | (q[:, 16:] << 4)
+
+
+def _pack_q5_1(raw, codes):
+    q = codes.astype(np.uint8) & 0xF
+    raw[:, 4:8] = _qh_bytes(codes)
+    raw[:, 8:24] = q[:, :16] | (q[:, 16:] << 4)
 
 
 def _parse_k4(raw):  # Q4_K, Q5_K: step = d*sc, offset = dmin*m per 32-weight sub-block
@@ -165,7 +193,10 @@ class BlockGrid:
 
 GRIDS: Registry[BlockGrid] = Registry("GPTQ block grid")
 GRIDS.add("Q8_0", BlockGrid("Q8_0", 32, 128, 255, _parse_d_only, _pack_q8_0, False))
-GRIDS.add("Q4_0", BlockGrid("Q4_0", 32, 8, 15, _parse_d_only, _pack_q4_0, False))
+GRIDS.add("Q4_0", BlockGrid("Q4_0", 32, 8, 15, _parse_d_only, _pack_q4_0, True))
+GRIDS.add("Q5_0", BlockGrid("Q5_0", 32, 16, 31, _parse_d_only, _pack_q5_0, True))
+GRIDS.add("Q4_1", BlockGrid("Q4_1", 32, 0, 15, _parse_d_m, _pack_q4_1, True))
+GRIDS.add("Q5_1", BlockGrid("Q5_1", 32, 0, 31, _parse_d_m, _pack_q5_1, True))
 GRIDS.add("Q4_K", BlockGrid("Q4_K", 256, 0, 15, _parse_k4, _pack_q4_k, True))
 GRIDS.add("Q5_K", BlockGrid("Q5_K", 256, 0, 31, _parse_k4, _pack_q5_k, True))
 GRIDS.add("Q6_K", BlockGrid("Q6_K", 256, 32, 63, _parse_q6_k, _pack_q6_k, True))

@@ -16,8 +16,7 @@ import numpy as np
 from ..errors import InputError
 from ..plan.tensor_plan import Plan
 from ..source.model_source import Source
-
-GRID_TYPES = frozenset({"Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q3_K", "Q2_K"})
+from .block_grid import GRIDS
 
 
 def gptq_plan(plan: Plan, src: Source) -> tuple[Plan, dict[str, str]]:
@@ -32,7 +31,7 @@ def gptq_plan(plan: Plan, src: Source) -> tuple[Plan, dict[str, str]]:
             continue
         if not tp.qtype.quantized:
             continue
-        schemes[s.name] = "gptq" if tp.qtype.name in GRID_TYPES else "importance"
+        schemes[s.name] = "gptq" if tp.qtype.name in GRIDS else "importance"
         linears[s.hf_name[: -len(".weight")]] = s.name
     if not linears:
         raise InputError(f"{src.path}: no quantized decoder linear weights to run GPTQ on")

@@ -1,5 +1,5 @@
-"""GPTQ onto ggml block grids (Q4_0, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): the GGUF bytes come out
-directly, with error feedback while rounding.
+"""GPTQ onto ggml block grids (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K):
+the GGUF bytes come out directly, with error feedback while rounding.
 
 The walk is GPTQ's (see gptq.py), in natural column order — a ggml block is a run of
 32 or 256 consecutive weights of a row, so act-order would scatter blocks. When the
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import kernels
+from ..kernels._blocks import row_sigma2
 from ..errors import ShapeError
 from ..qtypes import qtype
 from .block_grid import block_grid
@@ -44,9 +45,9 @@ def gptq_gguf(W: np.ndarray, H: np.ndarray, type_name: str, damp: float = 0.01,
     """Quantize W (out, in) to ggml type `type_name` with GPTQ against Hessian H (in, in).
 
     `importance` (in,) or (out, in), e.g. diag(H), is handed to the kernel's scale
-    search for the K-quants (llama.cpp's imatrix path); Q4_0/Q8_0 kernels have no such
-    search and ignore it. `device` runs the solver's torch part elsewhere (the kernels
-    always run on the host).
+    search (llama.cpp's imatrix path) for every type but Q8_0, which has none; the
+    32-wide legacy types weigh with each row's mean square, taken from W's own rows.
+    `device` runs the solver's torch part elsewhere (the kernels always run on the host).
 
     Returns (blocks uint8 (out * in / block, type_size) in GGUF row-major order,
     dequantized float32 (out, in) equal to decoding those blocks, stats) with stats
@@ -64,6 +65,9 @@ def gptq_gguf(W: np.ndarray, H: np.ndarray, type_name: str, damp: float = 0.01,
         raise ShapeError(f"GPTQ {type_name}: Hessian shape {np.shape(H)} does not match weight "
                          f"{W.shape}; expected ({n_in}, {n_in})")
     imp = _importance(importance, W.shape) if grid.takes_importance else None
+    # the legacy types' weighting needs the whole row's mean square (kernels.ROW_SIGMA2_TYPES);
+    # the walk encodes one block column at a time, so it is taken once from W
+    sig = row_sigma2(W) if imp is not None and type_name in kernels.ROW_SIGMA2_TYPES else None
     dev = torch.device(device) if device is not None else torch.device("cpu")
 
     H64 = torch.as_tensor(np.asarray(H), dtype=torch.float64, device=dev)
@@ -87,7 +91,8 @@ def gptq_gguf(W: np.ndarray, H: np.ndarray, type_name: str, damp: float = 0.01,
         for b0 in range(0, i2 - i1, B):
             c0 = i1 + b0
             cur = W1[:, b0:b0 + B].cpu().numpy()
-            raw = kernels.encode(type_name, cur, importance=None if imp is None else imp[:, c0:c0 + B])
+            raw = kernels.encode(type_name, cur, importance=None if imp is None else imp[:, c0:c0 + B],
+                                 row_sigma2=sig)
             step, offset = (torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in grid.parse(raw))
             live = step != 0  # a zero step (flat or all-zero sub-block) has a single value
             safe = torch.where(live, step, 1.0)

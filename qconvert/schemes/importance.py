@@ -1,7 +1,7 @@
-"""The importance-weighted scheme for GGUF: K-quant scale searches weighted by the mean
-squared activation of each input channel (llama.cpp's importance matrix). A new plan
-marks which tensors use it; tensors without statistics, or of types whose llama.cpp encoder
-ignores them, stay round-to-nearest and the plan says so."""
+"""The importance-weighted scheme for GGUF: K-quant and 32-wide legacy scale searches
+weighted by the mean squared activation of each input channel (llama.cpp's importance
+matrix). A new plan marks which tensors use it; tensors without statistics, or of types
+whose llama.cpp encoder ignores them, stay round-to-nearest and the plan says so."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def importance_plan(plan: Plan, imatrix, source: str = "--imatrix") -> tuple[Pla
                      "they are rounded to nearest")
     if plain_types:
         notes.append(f"importance is not used for {', '.join(sorted(plain_types))} "
-                     "(qconvert's encoders for these types have no importance path)")
+                     "(llama.cpp's encoders for these types ignore it too)")
     return replace(plan, tensors=tensors), notes
 
 

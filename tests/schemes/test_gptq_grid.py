@@ -18,8 +18,8 @@ from qconvert.schemes.block_grid import block_grid
 from qconvert.schemes.gptq_grid import gptq_gguf
 from qconvert.schemes.hessian import output_error
 
-TYPES = ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q3_K", "Q2_K"]
-K_TYPES = [t for t in TYPES if t.endswith("_K")]
+TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q3_K", "Q2_K"]
+IMP_TYPES = [t for t in TYPES if t != "Q8_0"]  # llama.cpp's Q8_0 has no importance path
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -81,8 +81,8 @@ def test_gptq_beats_the_rtn_kernel(type_name):
     assert stats["retries"] == 0 and not stats["importance_used"]
 
 
-@pytest.mark.parametrize("type_name", K_TYPES)
-def test_importance_reaches_the_k_quant_scale_search(type_name):
+@pytest.mark.parametrize("type_name", IMP_TYPES)
+def test_importance_reaches_the_scale_search(type_name):
     W, H = problem()
     blocks, deq, stats = solved(type_name, True)
     assert stats["importance_used"]
@@ -98,7 +98,7 @@ def test_importance_reaches_the_k_quant_scale_search(type_name):
 def test_diagonal_hessian_is_round_to_nearest(type_name):
     """With H diagonal no error is passed on, so each block's scales are the RTN
     kernel's and each weight goes to the nearest point of that grid: the K-quant
-    kernels' last pass does exactly that, so the result is theirs; Q4_0/Q8_0 round
+    kernels' last pass does exactly that, so the result is theirs; the 32-wide types round
     with the float32 scale before it is stored as fp16, so there we are never worse."""
     W, H = problem()
     blocks, deq, stats = gptq_gguf(W, np.diag(np.diag(H)), type_name)
