@@ -54,8 +54,11 @@ BF16_MAX = 3.3895313892515355e38  # bits 0x7F7F
 # the first Inf/NaN decoded at 14.4 (Q2_K), 89 (Q3_K), 61 (Q4_K, Q5_K) and 3900 (Q6_K) x
 # F16_MAX over random, one-signed and +-amax blocks; the bounds below keep a quarter of
 # headroom, which also covers GPTQ's error feedback moving weights within a step.
+# Q4_0/Q5_0/Q4_1/Q5_1 with importance search their scale and minimum as well: the first
+# Inf came at 6.4, 14.3 and 0.99 (both _1 types) x F16_MAX, hence the lower bounds here.
 MAX_ABS = {"F32": math.inf, "F16": F16_MAX, "BF16": BF16_MAX,
-           "Q8_0": 127 * F16_MAX, "Q4_0": 8 * F16_MAX, "Q5_0": 16 * F16_MAX, "Q4_1": F16_MAX, "Q5_1": F16_MAX,
+           "Q8_0": 127 * F16_MAX, "Q4_0": 5 * F16_MAX, "Q5_0": 11 * F16_MAX, "Q4_1": 0.75 * F16_MAX,
+           "Q5_1": 0.75 * F16_MAX,
            "Q2_K": 12 * F16_MAX, "Q3_K": 64 * F16_MAX, "Q4_K": 48 * F16_MAX, "Q5_K": 48 * F16_MAX,
            "Q6_K": 3072 * F16_MAX,
            # MXFP4's E8M0 scale reaches 2**127: any finite float32 block encodes finitely
