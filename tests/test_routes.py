@@ -46,7 +46,7 @@ TABLE = {
     "token_embedding_type": (C, R, R, C, R, R),
     "pure":                 (C, R, R, C, R, R),
     "allow_requantize":     (C, C, C, R, R, R),
-    "no_fallback":          (C, C, C, C, R, R),
+    "no_fallback":          (C, C, C, C, C, C),
     "vocab_pre":            (C, C, C, C, R, R),
     "imatrix":              (C, C, C, R, R, R),
     "calibration":          (C, C, C, C, R, C),

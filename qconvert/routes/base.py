@@ -37,7 +37,7 @@ BELONGS = {
     "group_size": "--format safetensors", "sym": "--format safetensors", "act_order": "--format safetensors --scheme gptq",
     "damp": "--scheme gptq", "target_vram": "GGUF output", "target_size": "GGUF output", "target_bpw": "GGUF output",
     "context": "--target-vram", "kv_type": "--target-vram", "sensitivity_cache": "--target-size/-bpw/-vram",
-    "no_fallback": "GGUF output", "vocab_pre": "GGUF output from a model directory",
+    "no_fallback": "GGUF output and --format safetensors", "vocab_pre": "GGUF output from a model directory",
     "split_max_size": "GGUF output", "split_max_tensors": "GGUF output",
 }
 

@@ -36,7 +36,7 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
         return job.scheme.name == "gptq"
 
     def consumes(self, job: Job) -> frozenset[str]:
-        own = {"bits", "group_size", "sym", "scheme"}
+        own = {"bits", "group_size", "sym", "scheme", "no_fallback"}
         if job.scheme.name == "gptq":
             own |= {"damp", "act_order", "calibration"} | CALIBRATION_RUN
         return frozenset(own)
@@ -54,12 +54,14 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
         ckpt = Checkpoint(job.source)
         check_config(ckpt)  # bounds and tensor shapes, before calibration builds a model from it
         s = job.scheme
-        splan = plan_safetensors(ckpt, bits=bits, group_size=s.group_size, sym=s.sym)
+        splan = plan_safetensors(ckpt, bits=bits, group_size=s.group_size, sym=s.sym,
+                                 no_fallback=job.overrides.no_fallback)
         check_some_quantized(job, splan)
         label = f"W{bits}A16-{'G' + str(s.group_size) if s.group_size > 0 else 'CH'}{'' if s.sym else '-ASYM'}"
-        note = (f"{sum(it.quantize for it in splan.items)} projections quantized ({label}, {s.name}); "
-                f"{len(splan.ignore)} names kept dense: {', '.join(splan.ignore[:6])}")
-        return SafetensorsPlanned(ckpt, splan, bits, label, (note,))
+        notes = [f"{sum(it.quantize for it in splan.items)} projections quantized ({label}, {s.name}); "
+                 f"{len(splan.ignore)} names kept dense: {', '.join(splan.ignore[:6])}"]
+        notes += fallback_notes(splan)
+        return SafetensorsPlanned(ckpt, splan, bits, label, tuple(notes))
 
     def output_path(self, job: Job, planned: SafetensorsPlanned) -> Path:
         from ..sink.output_check import check_output_dir
@@ -78,7 +80,8 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
         stats = run_gptq_int(job.source, scratch, targets=targets, bits=planned.bits, group_size=s.group_size,
                              sym=s.sym, act_order=s.act_order, damp=s.damp, scale_dtype=splan.scale_dtype,
                              text_file=c.text_file, n_samples=c.samples, seqlen=c.seqlen, device=c.device,
-                             progress=job.progress)
+                             progress=job.progress,
+                             group_sizes={it.hf_name: it.group_size for it in splan.items if it.quantize})
         return staged_results(scratch), stats
 
     def write(self, job: Job, planned: SafetensorsPlanned, prepared, out: Path) -> SafetensorsResult:
@@ -88,7 +91,8 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
         s = job.scheme
         write_quantized_safetensors(planned.ckpt, out, bits=planned.bits, group_size=s.group_size, sym=s.sym,
                                     scheme="absmax", quantized=quantized, force=job.force, progress=job.progress,
-                                    actorder="weight" if s.act_order else None)
+                                    actorder="weight" if s.act_order else None,
+                                    no_fallback=job.overrides.no_fallback)
         return SafetensorsResult(out, planned.plan, planned.label,
                                  file_size=sum(f.stat().st_size for f in out.glob("*.safetensors")),
                                  notes=list(planned.notes) + gptq_int_notes(stats), stats=stats)
@@ -97,16 +101,25 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
         return SafetensorsResult(None, planned.plan, planned.label, notes=list(planned.notes))
 
 
+def fallback_notes(splan) -> list[str]:
+    """One line per fallback group size, as the GGUF plan reports its type fallbacks."""
+    by_group: dict[int, list] = {}
+    for it in splan.fallbacks:
+        by_group.setdefault(it.group_size, []).append(it)
+    out = []
+    for g, items in sorted(by_group.items(), reverse=True):
+        widths = sorted({it.shape[1] for it in items})
+        what = "one scale per output channel" if g == -1 else f"groups of {g}"
+        out.append(f"{len(items)} projections with {', '.join(map(str, widths))} input columns (not a multiple of "
+                   f"{splan.group_size}) use {what}; --no-fallback makes this an error")
+    return out
+
+
 def check_some_quantized(job: Job, splan) -> None:
-    """A group size that divides none of the projections' input widths would write a copy
-    of the model with nothing quantized: refused, naming --group-size."""
+    """A checkpoint with no decoder projection would be copied with nothing quantized:
+    refused. (A group size that does not divide a width falls back, see fit_group_size.)"""
     if any(it.quantize for it in splan.items):
         return
-    widths = sorted({it.shape[1] for it in splan.items if it.reason.startswith("kept: ") and "group size" in it.reason})
-    if widths:
-        raise InputError(f"--group-size {job.scheme.group_size}: no projection's input width "
-                         f"({', '.join(map(str, widths))}) is a multiple of it, so nothing would be quantized; "
-                         "choose a divisor of them or -1 (one scale per output channel)")
     raise InputError(f"{job.source}: no decoder-layer projection (q/k/v/o, gate/up/down) to quantize")
 
 

@@ -97,19 +97,25 @@ def module_arrays(prefix: str, qweight: np.ndarray, scales: np.ndarray, zeros: n
 
 
 def quantization_config(*, bits: int, group_size: int, sym: bool, targets: list[str], ignore: list[str],
-                        actorder: str | None = None) -> dict:
+                        actorder: str | None = None, fallback_groups: dict[int, list[str]] | None = None) -> dict:
     """config.json's `quantization_config`: one scheme for the modules `targets` names
     (class names such as "Linear", or "re:" + a regex of module names) minus `ignore`,
     built with compressed-tensors' own config models (so they validate what we claim, and
-    the dump is the form its loader parses back)."""
+    the dump is the form its loader parses back). `fallback_groups` (group size -> module
+    names) adds a scheme per other group size, targeting those modules by exact name:
+    compressed-tensors gives an exact-name target precedence over a regex."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
-    weights = QuantizationArgs(num_bits=bits, type="int", symmetric=sym,
-                               group_size=None if group_size == -1 else group_size,
-                               strategy="channel" if group_size == -1 else "group", dynamic=False,
-                               observer="minmax", actorder=actorder)
-    scheme = QuantizationScheme(targets=targets, weights=weights, format=FORMAT)
-    config = QuantizationConfig(config_groups={"group_0": scheme}, format=FORMAT, quantization_status="compressed",
+    def scheme(targets: list[str], g: int) -> QuantizationScheme:
+        weights = QuantizationArgs(num_bits=bits, type="int", symmetric=sym, group_size=None if g == -1 else g,
+                                   strategy="channel" if g == -1 else "group", dynamic=False,
+                                   observer="minmax", actorder=actorder)
+        return QuantizationScheme(targets=targets, weights=weights, format=FORMAT)
+
+    groups = {"group_0": scheme(targets, group_size)}
+    for i, (g, modules) in enumerate(sorted((fallback_groups or {}).items(), reverse=True), start=1):
+        groups[f"group_{i}"] = scheme(sorted(modules), g)
+    config = QuantizationConfig(config_groups=groups, format=FORMAT, quantization_status="compressed",
                                 ignore=ignore).model_dump()
     if not sym:
         # A loader option of transformers' CompressedTensorsConfig, not part of the scheme:

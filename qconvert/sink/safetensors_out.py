@@ -59,6 +59,8 @@ class Item:
     quantize: bool
     reason: str
     outputs: list[Entry] = field(default_factory=list)
+    group_size: int = 0  # of a quantized projection: the plan's, or the fallback that divides its width
+    out_dtype: str = ""  # of a dense tensor: the dtype written (the stored one, or the config's)
 
 
 @dataclass
@@ -75,6 +77,19 @@ class SafetensorsPlan:
         # exactly the projections, not "Linear": a Linear we keep dense (an MoE router, a
         # vision tower's) would otherwise be expected in packed form and fail to load
         return ["re:" + QUANTIZED_MODULE]
+
+    @property
+    def fallback_groups(self) -> dict[int, list[str]]:
+        """group size -> the modules whose width took it instead of the plan's group size."""
+        out: dict[int, list[str]] = {}
+        for it in self.items:
+            if it.quantize and it.group_size != self.group_size:
+                out.setdefault(it.group_size, []).append(it.hf_name[: -len(".weight")])
+        return out
+
+    @property
+    def fallbacks(self) -> list[Item]:
+        return [it for it in self.items if it.quantize and it.group_size != self.group_size]
 
     @property
     def entries(self) -> list[Entry]:
@@ -101,8 +116,43 @@ def resolve_scale_dtype(name: Optional[str], config: dict, handles) -> str:
         raise UnsupportedError(f"scale dtype {name!r}: choose bfloat16, float16 or float32") from None
 
 
+MIN_FALLBACK_GROUP = 16
+
+
+def fit_group_size(n_in: int, group_size: int) -> int:
+    """The group size a projection with `n_in` input columns gets: the plan's when it
+    divides n_in, else the largest of group_size/2, /4, ... (down to 16) that does, else
+    one scale per output channel (-1), which is also what a group wider than the row means. Halving keeps the power-of-two sizes GPU kernels
+    (vLLM's Marlin and Machete) take: 576 columns and groups of 128 give groups of 64."""
+    if group_size == -1 or n_in % group_size == 0:
+        return group_size
+    if group_size > n_in:  # one group would span the row: that is one scale per channel
+        return -1
+    g = group_size // 2
+    while g >= MIN_FALLBACK_GROUP:
+        if n_in % g == 0:
+            return g
+        g //= 2
+    return -1
+
+
+def dense_dtype(stored: str, config: dict) -> str:
+    """The dtype a tensor kept dense is written in: the model's own (config.json's
+    `dtype` / `torch_dtype`) when the checkpoint stores it wider — a float32 file of a
+    bfloat16 model — so the quantized checkpoint is not mostly float32; never widened."""
+    want = SCALE_DTYPES.get(str(config.get("dtype") or config.get("torch_dtype") or "").lower()
+                            .removeprefix("torch."))
+    return want if stored == "F32" and want in ("BF16", "F16") else stored
+
+
+def _group_label(g: int) -> str:
+    return "per channel" if g == -1 else f"groups of {g}"
+
+
 def plan_safetensors(ckpt: Checkpoint, *, bits: int, group_size: int, sym: bool,
-                     scale_dtype: Optional[str] = None) -> SafetensorsPlan:
+                     scale_dtype: Optional[str] = None, no_fallback: bool = False) -> SafetensorsPlan:
+    """Which tensors are quantized and how. A projection whose width the group size does
+    not divide gets `fit_group_size`'s group (no_fallback: an error naming it)."""
     check_grid(bits, group_size)
     sd = resolve_scale_dtype(scale_dtype, ckpt.config, ckpt.handles.values())
     items: list[Item] = []
@@ -112,15 +162,19 @@ def plan_safetensors(ckpt: Checkpoint, *, bits: int, group_size: int, sym: bool,
         it = Item(name, tuple(h.shape), h.dtype, False, "kept: not a decoder-layer projection")
         if module is not None and len(h.shape) == 2 and re.fullmatch(QUANTIZED_MODULE, module):
             n_in = h.shape[1]
-            if group_size != -1 and n_in % group_size:
-                it.reason = f"kept: {n_in} input columns are not a multiple of group size {group_size}"
-                ignore.append(module)
-            else:
-                it.quantize, it.reason = True, f"{bits}-bit " + ("per channel" if group_size == -1
-                                                                  else f"groups of {group_size}")
-                it.outputs = [Entry(*t) for t in ct.module_tensors(module, h.shape, bits, group_size, sym, sd)]
+            g = fit_group_size(n_in, group_size)
+            if g != group_size and no_fallback:
+                raise InputError(f"{name}: {n_in} input columns are not a multiple of --group-size {group_size} "
+                                 f"(it would get {_group_label(g)}); choose a group size that divides every "
+                                 "projection's width, or drop --no-fallback")
+            it.quantize, it.group_size = True, g
+            it.reason = f"{bits}-bit {_group_label(g)}"
+            if g != group_size:
+                it.reason += f" ({n_in} input columns are not a multiple of {group_size})"
+            it.outputs = [Entry(*t) for t in ct.module_tensors(module, h.shape, bits, g, sym, sd)]
         if not it.quantize:
-            it.outputs = [Entry(name, h.dtype, tuple(h.shape))]
+            it.out_dtype = dense_dtype(h.dtype, ckpt.config) if len(h.shape) else h.dtype
+            it.outputs = [Entry(name, it.out_dtype, tuple(h.shape))]
         items.append(it)
     return SafetensorsPlan(items, bits, group_size, sym, sd, ignore)
 
@@ -139,16 +193,16 @@ def _supplier(scheme: str, quantized: Optional[Supplier], plan: SafetensorsPlan)
     return quantized.get
 
 
-def _check_result(name: str, r: Result, shape: tuple[int, int], plan: SafetensorsPlan) -> None:
+def _check_result(name: str, r: Result, shape: tuple[int, int], plan: SafetensorsPlan, group_size: int) -> None:
     n_out, n_in = shape
-    gs = n_in if plan.group_size == -1 else plan.group_size
+    gs = n_in if group_size == -1 else group_size
     n_groups = n_in // gs
     what = f"{name}: quantized result"
     if tuple(r.qweight.shape) != shape:
         raise ShapeError(f"{what} has codes of shape {tuple(r.qweight.shape)}, the weight is {shape}")
     if tuple(r.scales.shape) != (n_out, n_groups) or tuple(r.zeros.shape) != (n_out, n_groups):
         raise ShapeError(f"{what} has scales {tuple(r.scales.shape)} / zeros {tuple(r.zeros.shape)}; "
-                         f"group size {plan.group_size} needs ({n_out}, {n_groups})")
+                         f"group size {group_size} needs ({n_out}, {n_groups})")
     if int(r.qweight.max()) >= 2**plan.bits or int(r.zeros.max()) >= 2**plan.bits or int(r.zeros.min()) < 0:
         raise ShapeError(f"{what} has codes or zero points outside 0..{2**plan.bits - 1} ({plan.bits} bits)")
     if plan.sym and bool((r.zeros != 2 ** (plan.bits - 1)).any()):
@@ -170,16 +224,16 @@ def quantize_item(it: Item, ckpt: Checkpoint, plan: SafetensorsPlan, supply: Cal
         w = ckpt[it.hf_name].load()  # the HF weight as stored, widened to float32 (NaN/Inf checked)
         check_grid_holds(it.hf_name, w, plan.bits, sd_torch)
         W = torch.from_numpy(w)
-        r = rtn_grid(W, bits=plan.bits, group_size=plan.group_size, sym=plan.sym, scale_dtype=sd_torch)
+        r = rtn_grid(W, bits=plan.bits, group_size=it.group_size, sym=plan.sym, scale_dtype=sd_torch)
         del W
     else:
-        _check_result(it.hf_name, r, it.shape, plan)
+        _check_result(it.hf_name, r, it.shape, plan, it.group_size)
     qweight = torch.as_tensor(r.qweight).cpu().to(torch.uint8)
     zeros = torch.as_tensor(r.zeros).cpu().to(torch.int32)
     scales = torch.as_tensor(r.scales).cpu().to(sd_torch)
     deq = None
     if with_dequant:
-        gs = it.shape[1] if plan.group_size == -1 else plan.group_size
+        gs = it.shape[1] if it.group_size == -1 else it.group_size
         deq = dequantize(qweight, scales.to(torch.float32), zeros, torch.arange(it.shape[1]) // gs)
     raw_scales = scales.view(torch.int16).numpy().view(np.uint16) if plan.scale_dtype == "BF16" else scales.numpy()
     arrays = ct.module_arrays(it.hf_name[:-len(".weight")], qweight.numpy(), raw_scales, zeros.numpy(),
@@ -202,7 +256,7 @@ def write_quantized_safetensors(model, out_dir: Union[str, Path], *, bits: int =
                                 sym: bool = True, scheme: str = "absmax", quantized: Optional[Supplier] = None,
                                 shard_bytes: int = DEFAULT_SHARD_BYTES, force: bool = False,
                                 scale_dtype: Optional[str] = None, actorder: Optional[str] = None,
-                                progress: Optional[bool] = False) -> Path:
+                                progress: Optional[bool] = False, no_fallback: bool = False) -> Path:
     """Write a quantized copy of an HF model directory (path, Checkpoint or Source) to
     out_dir. Decoder-layer projections are rounded with `scheme` unless `quantized`
     (hf name -> GPTQResult-like, or a callable returning one or None) supplies them.
@@ -212,13 +266,14 @@ def write_quantized_safetensors(model, out_dir: Union[str, Path], *, bits: int =
     if actorder not in (None, "weight", "static"):
         raise UnsupportedError(f"actorder {actorder!r}: compressed-tensors reads 'weight' (act-order with static "
                                "groups, g_idx = column // group_size) or none")
-    plan = plan_safetensors(ckpt, bits=bits, group_size=group_size, sym=sym, scale_dtype=scale_dtype)
+    plan = plan_safetensors(ckpt, bits=bits, group_size=group_size, sym=sym, scale_dtype=scale_dtype,
+                            no_fallback=no_fallback)
     supply = _supplier(scheme, quantized, plan)
     out = check_output_dir(out, force, input_dir=ckpt.dir)  # a link's target; never the model or what holds it
     config = dict(ckpt.config)
     config["quantization_config"] = ct.quantization_config(bits=bits, group_size=group_size, sym=sym,
                                                            targets=plan.targets, ignore=plan.ignore,
-                                                           actorder=actorder)
+                                                           actorder=actorder, fallback_groups=plan.fallback_groups)
     with atomic_dir(out) as tmp, reporter(progress) as rep:
         rep.start(f"W{bits} {ct.FORMAT}", len(plan.items))
         writer = ShardedWriter(tmp, plan.entries, shard_bytes)
@@ -228,10 +283,13 @@ def write_quantized_safetensors(model, out_dir: Union[str, Path], *, bits: int =
                     arrays, _ = quantize_item(it, ckpt, plan, supply)
                     for name, arr in arrays.items():
                         writer.write(name, arr)
-                else:  # the stored bytes in the original dtype
+                elif it.out_dtype == it.src_dtype:  # the stored bytes in the original dtype
                     f = _file_of(ckpt, it.hf_name)
                     writer.write(it.hf_name, f.raw(it.hf_name))
                     f.release(it.hf_name)
+                    arrays = None
+                else:  # a float32 copy of a bf16/f16 model: written in the model's dtype
+                    writer.write(it.hf_name, _narrowed(ckpt, it))
                     arrays = None
                 del arrays
                 rep.advance(1, it.hf_name)
@@ -243,6 +301,17 @@ def write_quantized_safetensors(model, out_dir: Union[str, Path], *, bits: int =
             if (ckpt.dir / name).is_file():
                 shutil.copy2(ckpt.dir / name, tmp / name)
     return out
+
+
+def _narrowed(ckpt: Checkpoint, it: Item) -> np.ndarray:
+    """A float32 tensor as the raw bytes of `it.out_dtype` (BF16 as uint16, round to nearest
+    even, as torch casts). A value F16 cannot hold is an error naming the tensor."""
+    w = torch.from_numpy(ckpt[it.hf_name].load())
+    t = w.to(TORCH_DTYPES[it.out_dtype])
+    if it.out_dtype == "F16" and bool(torch.isinf(t).any()) and not bool(torch.isinf(w).any()):
+        raise UnsupportedError(f"{it.hf_name}: values up to {float(w.abs().max()):.4g} do not fit float16, the "
+                               "model's dtype in config.json; set its dtype to bfloat16 or float32")
+    return t.view(torch.int16).numpy().view(np.uint16) if it.out_dtype == "BF16" else t.numpy()
 
 
 def _file_of(ckpt: Checkpoint, name: str) -> SafetensorsFile:
