@@ -28,18 +28,22 @@ def unpermute_rope(n_head: int) -> Transform:
     second halves); llama.cpp's Llama graph rotates interleaved pairs. Reorder rows:
     (n_head, 2, half, ...) -> (n_head, half, 2, ...)."""
 
-    def t(w: np.ndarray) -> np.ndarray:
+    def t(w: np.ndarray, full_rows: int | None = None) -> np.ndarray:
+        # full_rows: w is a slice of whole heads of a tensor with that many rows
         shape = w.shape
-        return np.ascontiguousarray(
-            w.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
-        )
+        half = (shape[0] if full_rows is None else full_rows) // n_head // 2
+        return np.ascontiguousarray(w.reshape(-1, 2, half, *shape[1:]).swapaxes(1, 2).reshape(shape))
 
+    t.row_group = lambda shape: shape[0] // n_head  # a head's rows (source/source_tensor.py)
     return t
 
 
-def add_one(w: np.ndarray) -> np.ndarray:
+def add_one(w: np.ndarray, full_rows: int | None = None) -> np.ndarray:
     """Gemma's RMSNorm multiplies by (1 + weight); llama.cpp multiplies by weight."""
     return w + np.float32(1.0)
+
+
+add_one.row_group = lambda shape: 1  # elementwise
 
 
 def rows(start: int, stop: int) -> Transform:
@@ -48,6 +52,7 @@ def rows(start: int, stop: int) -> Transform:
     def t(w: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(w[start:stop])
 
+    t.row_range = (start, stop)  # read by rows (source/source_tensor.py)
     return t
 
 

@@ -13,7 +13,7 @@ from ..plan.tensor_plan import Plan
 from ..plan.type_plan import make_quant_plan, resolve_type
 from ..results import GGUFResult
 from ..schemes.importance import importance_for, importance_plan
-from ..sink.gguf import encode
+from ..sink.encoded_chunks import pieces
 from ..source.model_source import Source, open_source
 from .base import CALIBRATION_RUN, GGUF_OUTPUT, Route
 from .gguf_file import output_path, write_gguf, written
@@ -62,7 +62,7 @@ def preset_plan_of(job: Job, src: Source) -> tuple[str, Plan]:
 
 def write_with_importance(job: Job, planned: GGUFPlanned, plan: Plan, imx, out: Path, notes) -> GGUFResult:
     def encoder(tp, s):
-        return encode(tp, s.load(), importance_for(imx, tp.name))
+        return pieces(tp, s, importance_for(imx, tp.name))
 
     tok = write_gguf(planned.src, plan, out, encoder, job.progress, job.split)
     return GGUFResult(out, plan, tokenizer=tok, notes=list(notes), budget=planned.budget, **written(out, job.split))

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import gguf
-import numpy as np
 
 from ..errors import InputError
 from ..plan.tensor_plan import Plan, TensorPlan
@@ -18,11 +17,9 @@ from ..progress import reporter
 from ..sink.atomic import atomic_path
 from ..sink.gguf import GGUFSink
 from ..sink.output_check import check_output
-from ..source.expert_stack import ExpertStack
+from ..sink.tensor_pipeline import Encoder, write_tensors
 from ..source.model_source import Source
 from ..source.source_tensor import SourceTensor
-
-Encoder = Callable[[TensorPlan, SourceTensor], np.ndarray]
 
 
 def file_type(type_name: str) -> gguf.LlamaFileType:
@@ -109,14 +106,7 @@ def write_file(path: Path, src: Source, plan: Plan, pairs: list[tuple[SourceTens
     tok = header(sink.writer)
     sink.add_plan(plan)
     sink.begin()
-    for s, tp in pairs:
-        if isinstance(s, ExpertStack):  # one expert in memory at a time, not the stack
-            sink.write_parts(tp, (encoder(tp.slab_plan(i), part) for i, part in enumerate(s.parts)))
-        else:
-            data = encoder(tp, s)
-            sink.write(tp, data)
-            del data
-        rep.advance(1, tp.name)
+    write_tensors(sink, pairs, encoder, rep)  # slice by slice, reading/encoding/writing overlapped
     sink.close()
     return tok
 

@@ -13,7 +13,7 @@ from ..errors import InputError
 from ..job import Job
 from ..results import GGUFResult
 from ..schemes.gptq_driver import gptq_plan
-from ..sink.gguf import encode
+from ..sink.encoded_chunks import pieces, staged
 from ..source.model_source import open_source
 from .base import CALIBRATION_RUN, GGUF_OUTPUT, Route
 from .gguf import PRESET_OPTIONS, GGUFPlanned, preset_plan_of
@@ -61,11 +61,11 @@ class GPTQRoute(Route[GGUFPlanned, GGUFResult]):
         stats, scratch = prepared
 
         def encoder(tp, s):
-            if tp.scheme == "gptq":
-                return np.load(scratch / f"{tp.name}.npy")
+            if tp.scheme == "gptq":  # staged blocks, copied a slice at a time
+                return staged(np.load(scratch / f"{tp.name}.npy", mmap_mode="r"))
             if tp.scheme == "importance":
-                return encode(tp, s.load(), np.load(scratch / f"{tp.name}.imp.npy"))
-            return encode(tp, s.load())
+                return pieces(tp, s, np.load(scratch / f"{tp.name}.imp.npy"))
+            return pieces(tp, s)
 
         tok = write_gguf(planned.src, planned.plan, out, encoder, job.progress, job.split)
         return GGUFResult(out, planned.plan, tokenizer=tok, notes=list(planned.notes) + gptq_notes(stats),

@@ -14,12 +14,12 @@ import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from ..errors import FormatError, UnsupportedError
-from .finite import check_finite
+from .finite import NonFiniteError, check_finite
 from .json_text import parse_json
 
 # safetensors dtype name -> numpy dtype of the stored bytes (the ones qconvert can read)
@@ -68,6 +68,9 @@ class TensorHandle:
     shape: tuple[int, ...]
     loader: Callable[[], np.ndarray]
     source: str = ""
+    # rows start..stop of axis 0 as float32, read without touching the rest (None: the
+    # handle can only load the whole tensor, and the writer encodes it in one piece)
+    rows: Optional[Callable[[int, int], np.ndarray]] = None
 
     @property
     def n_elements(self) -> int:
@@ -224,30 +227,57 @@ class SafetensorsFile:
         check_finite(arr, e.dtype, f"{self.path}: tensor {name!r}")
         return arr
 
-    def release(self, name: str) -> None:
-        """Drop a tensor's mapped pages from this process's resident set. They are clean
-        file pages, so the kernel would reclaim them anyway, but RSS would count every page
-        ever touched: converting a 100 GB model would look like using 100 GB."""
+    def release(self, name: str, start: int = 0, stop: Optional[int] = None) -> None:
+        """Drop a tensor's mapped pages (bytes start..stop of it, default all) from this
+        process's resident set. They are clean file pages, so the kernel would reclaim them
+        anyway, but RSS would count every page ever touched: converting a 100 GB model
+        would look like using 100 GB."""
         if self._mm is None or not hasattr(mmap, "MADV_DONTNEED"):
             return
         e = self.entries[name]
-        start = (self.data_start + e.begin) // mmap.PAGESIZE * mmap.PAGESIZE
-        stop = self.data_start + e.end
+        first = (self.data_start + e.begin + start) // mmap.PAGESIZE * mmap.PAGESIZE
+        end = self.data_start + (e.end if stop is None else e.begin + stop)
         try:
-            self._mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
+            self._mm.madvise(mmap.MADV_DONTNEED, first, end - first)
         except (OSError, ValueError):
             pass
+
+    def _check_float(self, name: str) -> Entry:
+        e = self.entries[name]
+        if e.dtype not in FLOAT_DTYPES:
+            raise UnsupportedError(
+                f"{self.path}: tensor {name!r} has dtype {e.dtype}; only F32, F16 and BF16 weights are supported"
+            )
+        return e
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop (axis 0) of a float tensor as float32, read from the mmap and
+        checked for NaN/Inf; only their pages are touched, and released after."""
+        e = self._check_float(name)
+        dt = DTYPES[e.dtype]
+        row = math.prod(e.shape[1:])
+        arr = np.frombuffer(self._map(), dtype=dt, count=(stop - start) * row,
+                            offset=self.data_start + e.begin + start * row * dt.itemsize)
+        arr = arr.reshape((stop - start, *e.shape[1:]))
+        try:
+            check_finite(arr, e.dtype, f"{self.path}: tensor {name!r}")
+        except NonFiniteError:
+            self.raw(name)  # the counts of the whole tensor, as a whole-tensor read reports them
+            raise
+        out = _widen(arr, e.dtype)  # a copy: the mapped pages can go
+        self.release(name, start * row * dt.itemsize, stop * row * dt.itemsize)
+        return out
 
     def handle(self, name: str) -> TensorHandle:
         e = self.entries[name]
 
         def load() -> np.ndarray:
-            if e.dtype not in FLOAT_DTYPES:
-                raise UnsupportedError(
-                    f"{self.path}: tensor {name!r} has dtype {e.dtype}; only F32, F16 and BF16 weights are supported"
-                )
+            self._check_float(name)
             arr = _widen(self.raw(name), e.dtype)  # a copy: the mapped pages can go
             self.release(name)
             return arr
 
-        return TensorHandle(name, e.dtype, e.shape, load, str(self.path))
+        def rows(start: int, stop: int) -> np.ndarray:
+            return self.rows(name, start, stop)
+
+        return TensorHandle(name, e.dtype, e.shape, load, str(self.path), rows if e.shape else None)

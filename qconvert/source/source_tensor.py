@@ -1,12 +1,26 @@
 """One input tensor as the planner and the writer see it: its GGUF name, shape and source
 dtype, and a lazy load that applies the architecture's transforms. Its own module because
 both the readers (source/) and the architecture adapters (arch/) make these, and neither
-should import the other to name the type."""
+should import the other to name the type.
+
+Reading rows: the writer encodes a tensor a slice of rows at a time (`load_rows`), so a
+tensor never needs to be in memory whole. That works when the handle can read rows
+(`TensorHandle.rows`) and every transform says how it treats rows, by one of two marks:
+
+    t.row_group(shape) -> int   t keeps the shape and mixes values only within runs of that
+                                many consecutive rows (1: elementwise; a head's rows: the
+                                rope permutation); on a slice of whole runs it is called as
+                                t(w, full_rows=rows of the whole input)
+    t.row_range = (start, stop) t takes rows start..stop-1 (a part of a fused tensor)
+
+Row ranges come first in the list, then row groups; any other transform, or another order,
+makes the tensor load whole (`row_group()` is None)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -29,9 +43,53 @@ class SourceTensor:
         try:
             arr = self.handle.load()
         except NonFiniteError as e:  # name the tensor as the user will meet it in the GGUF too
-            where = f"{self.handle.source}: " if self.handle.source else ""
-            label = self.name if self.hf_name == self.name else f"{self.name} ({self.hf_name})"
-            raise e.relabel(f"{where}{label}") from None
+            raise self._relabel(e) from None
         for t in self.transforms:
             arr = t(arr)
         return arr
+
+    def _row_layout(self) -> Optional[tuple[int, int, int]]:
+        """(first handle row, row count, rows per group) when rows can be read in slices."""
+        shape = self.handle.shape
+        if self.handle.rows is None or len(shape) < 1 or len(self.shape) < 1:
+            return None
+        offset, n_rows, group, ranges_done = 0, shape[0], 1, False
+        for t in self.transforms:
+            rr = getattr(t, "row_range", None)
+            if rr is not None and not ranges_done:
+                start, stop = rr
+                offset, n_rows = offset + start, stop - start
+            elif hasattr(t, "row_group"):
+                ranges_done = True
+                group = math.lcm(group, max(1, int(t.row_group((n_rows, *shape[1:])))))
+            else:
+                return None
+        if n_rows != self.shape[0]:
+            return None
+        return offset, n_rows, group
+
+    def row_group(self) -> Optional[int]:
+        """Slices of `load_rows` must start and end on multiples of this (the last may be
+        shorter); None when the tensor can only be loaded whole."""
+        layout = self._row_layout()
+        return None if layout is None else layout[2]
+
+    def load_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1 (axis 0) of what `load()` returns, reading only those."""
+        layout = self._row_layout()
+        if layout is None:
+            raise ValueError(f"{self.name}: its rows cannot be read apart")
+        offset, n_rows, _ = layout
+        try:
+            arr = self.handle.rows(offset + start, offset + stop)
+        except NonFiniteError as e:
+            raise self._relabel(e) from None
+        for t in self.transforms:
+            if getattr(t, "row_range", None) is None:
+                arr = t(arr, full_rows=n_rows)
+        return arr
+
+    def _relabel(self, e: NonFiniteError) -> NonFiniteError:
+        where = f"{self.handle.source}: " if self.handle.source else ""
+        label = self.name if self.hf_name == self.name else f"{self.name} ({self.hf_name})"
+        return e.relabel(f"{where}{label}")
