@@ -1,0 +1,317 @@
+"""Mixture-of-experts families convert, load in llama.cpp and compute what transformers
+computes; expert stacks are written expert by expert, with llama.cpp's own bytes.
+
+Fixtures: tests/fixtures/moe_models.py (transformers' own classes, bf16, 2 shards).
+References:
+- F32/F16: transformers' float32 forward over the bf16 checkpoint, as in
+  test_architectures.py.
+- Q8_0/Q4_K_M: transformers' forward over the weights decoded back out of our GGUF
+  (gguf-py's dequantizers, mapped back to HF names): rounding is then the same on both
+  sides and what remains is the conversion. Against the original weights a quantized MoE
+  cannot be held to a bound: rounding moves router logits, a token's top-k flips, and
+  that token's output changes by whole units (Q8_0 of the Qwen3-MoE fixture: 3.5).
+A top-k choice near a tie (the k-th and (k+1)-th router logits within MIN_GAP) may go
+either way in llama.cpp's arithmetic and move that token's logits by units; the float
+comparisons hold tightly the tokens before the first such choice (compare) and the
+quantized ones bound the typical token (compare_quantized).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+import qconvert
+from qconvert.errors import FormatError, UnsupportedError
+from fixtures.moe_models import SPECS, build
+from ggml_oracle import ggml_quantize
+
+PROMPT = "The return statement leaves the current function call with the expression list (or None)"
+N_TOKENS = 24
+GGUF_ARCH = {"qwen3_moe": "qwen3moe", "mixtral": "llama", "qwen2_moe": "qwen2moe"}
+# max |llama.cpp - reference| as a fraction of the reference logits' std (see the docstring)
+TOLERANCE = {"F32": 0.01, "F16": 0.02}
+MIN_GAP = 0.01  # router logits (spread ~4); llama.cpp's f16 KV cache moves them by a few 1e-3
+FAMILIES = list(SPECS)
+
+
+@pytest.fixture(scope="session")
+def moe(tmp_path_factory):
+    from fixtures.tiny_models import train_tokenizer
+
+    tok = train_tokenizer()
+    root = tmp_path_factory.mktemp("moe_models")
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            made[name] = build(name, root / name, tok)
+        return made[name]
+
+    return get
+
+
+def prompt_ids(model_dir: Path) -> list[int]:
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(str(model_dir))(PROMPT)["input_ids"][:N_TOKENS]
+    assert len(ids) == N_TOKENS
+    return ids
+
+
+def hf_logits(model_dir: Path, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(transformers' float32 logits, per token the smallest top-k router gap over the layers:
+    the k-th minus the (k+1)-th router logit)."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(2)
+    transformers.utils.logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    k = model.config.num_experts_per_tok
+    gaps: list[np.ndarray] = []
+
+    def hook(_m, _inp, out):
+        logits = (out[0] if isinstance(out, tuple) else out).detach()
+        top = torch.topk(logits.reshape(-1, logits.shape[-1]), k + 1, dim=-1).values
+        gaps.append((top[:, k - 1] - top[:, k]).numpy())
+
+    handles = [layer.mlp.gate.register_forward_hook(hook) for layer in model.model.layers
+               if hasattr(layer.mlp, "gate") and not isinstance(layer.mlp.gate, torch.nn.Linear)]
+    with torch.no_grad():
+        out = model(torch.tensor([ids])).logits[0].numpy()
+    for h in handles:
+        h.remove()
+    assert handles, "no router found"
+    return out, np.min(gaps, axis=0)
+
+
+def llama_logits(path: Path, ids: list[int]) -> np.ndarray:
+    from qconvert.eval.llama_model import open_llama
+
+    llm = open_llama(path, n_ctx=128, logits_all=True, n_threads=2)
+    llm.eval(ids)
+    out = np.array(llm.scores[: len(ids)], dtype=np.float32)
+    llm.close()
+    return out
+
+
+def reference_from_gguf(model_dir: Path, gguf_path: Path, out: Path) -> Path:
+    """A checkpoint holding the weights our GGUF decodes to, in the HF names and float32:
+    each GGUF tensor goes back through the source tensor it came from (expert stacks split
+    into their experts; Mixtral's q/k rope permutation undone)."""
+    from safetensors.numpy import save_file
+
+    from qconvert.source.expert_stack import ExpertStack
+    from qconvert.source.model_source import open_source
+
+    src = open_source(model_dir)
+    by_name = {s.name: s for s in src.tensors}
+    permuted = src.arch_name == "llama"
+    cfg = json.loads((model_dir / "config.json").read_text())
+    heads = {"attn_q": cfg["num_attention_heads"], "attn_k": cfg["num_key_value_heads"]}
+    tensors: dict[str, np.ndarray] = {}
+    for t in gguf.GGUFReader(str(gguf_path)).tensors:
+        w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        s = by_name[t.name]
+        w = w.reshape(s.shape)
+        kind = t.name.split(".")[-2] if t.name.startswith("blk.") else ""
+        if permuted and kind in heads:
+            n = heads[kind]
+            w = w.reshape(n, w.shape[0] // n // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+        if isinstance(s, ExpertStack):
+            for part, slab in zip(s.parts, w):
+                tensors[part.hf_name] = np.ascontiguousarray(slab)
+        else:
+            tensors[s.hf_name] = np.ascontiguousarray(w)
+    out.mkdir()
+    save_file(tensors, str(out / "model.safetensors"))
+    for f in model_dir.iterdir():
+        if f.suffix == ".json" and not f.name.startswith("model.safetensors"):
+            shutil.copy(f, out / f.name)
+    return out
+
+
+def check_metadata(path: Path, name: str, model_dir: Path) -> None:
+    cfg = json.loads((model_dir / "config.json").read_text())
+    r = gguf.GGUFReader(str(path))
+    kv = {k: f.contents() for k, f in r.fields.items() if not k.startswith("tokenizer.")}
+    a = GGUF_ARCH[name]
+    assert kv["general.architecture"] == a
+    n_expert = cfg.get("num_experts") or cfg.get("num_local_experts")
+    assert kv[f"{a}.expert_count"] == n_expert
+    assert kv[f"{a}.expert_used_count"] == cfg["num_experts_per_tok"]
+    if "moe_intermediate_size" in cfg:
+        assert kv[f"{a}.expert_feed_forward_length"] == cfg["moe_intermediate_size"]
+    if "shared_expert_intermediate_size" in cfg:
+        assert kv[f"{a}.expert_shared_feed_forward_length"] == cfg["shared_expert_intermediate_size"]
+    shapes = {t.name: tuple(int(d) for d in t.shape) for t in r.tensors}  # GGML order: ne0 first
+    ff = cfg.get("moe_intermediate_size") or cfg["intermediate_size"]
+    e = cfg["hidden_size"]
+    for layer in range(cfg["num_hidden_layers"]):
+        assert shapes[f"blk.{layer}.ffn_gate_exps.weight"] == (e, ff, n_expert)
+        assert shapes[f"blk.{layer}.ffn_up_exps.weight"] == (e, ff, n_expert)
+        assert shapes[f"blk.{layer}.ffn_down_exps.weight"] == (ff, e, n_expert)
+        assert shapes[f"blk.{layer}.ffn_gate_inp.weight"] == (e, n_expert)
+        assert (f"blk.{layer}.ffn_gate_shexp.weight" in shapes) == (name == "qwen2_moe")
+
+
+def stable_tokens(gaps: np.ndarray, min_gap: float) -> int:
+    """How many leading tokens have every router choice (every layer) at least `min_gap`
+    from a tie. Attention is causal, so a flipped choice at token p changes p and later
+    tokens only: the tokens before it must match tightly."""
+    fragile = np.flatnonzero(gaps < min_gap)
+    return int(fragile[0]) if fragile.size else len(gaps)
+
+
+def compare(got: np.ndarray, ref: np.ndarray, gaps: np.ndarray, label: str, type_name: str) -> float:
+    """F32/F16 against transformers on the same weights: every token before the first
+    near-tie within TOLERANCE of the logits' std (at least 8 of them), and argmax agreement
+    over all tokens."""
+    n = stable_tokens(gaps, MIN_GAP)
+    assert n >= 8, f"{label}: a router choice at token {n} is within {gaps[n]:.4f} of a tie; reseed the fixture"
+    per_token = np.abs(got - ref).max(-1)
+    diff = float(per_token[:n].max())
+    agree = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+    print(f"{label}: max |dlogit| {diff:.4f} over {n} tokens (logit std {ref.std():.2f}, {diff / ref.std():.4f} "
+          f"of it; all {len(gaps)} tokens: {per_token.max():.4f}), argmax agreement {agree:.3f}")
+    assert diff <= TOLERANCE[type_name] * ref.std(), diff
+    assert agree >= 0.9
+    return diff
+
+
+def compare_quantized(got: np.ndarray, ref: np.ndarray, label: str) -> None:
+    """llama.cpp's quantized matmuls round their activations too (to Q8_0/Q8_K blocks), so
+    against the decoded weights each token's logits differ by ~0.05-0.2 of their std, and a
+    router choice within ~0.3 of a tie may flip (one token at ~1-2 std). A conversion
+    mistake (an expert out of place, gate and up swapped) moves every token by about the
+    std. So: the typical token within 0.25 std, 80% of tokens within 0.35, argmax mostly
+    kept."""
+    rel = np.abs(got - ref).max(-1) / ref.std()
+    agree = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+    print(f"{label}: per-token max |dlogit| / std: median {np.median(rel):.3f}, max {rel.max():.3f} "
+          f"(max |dlogit| {np.abs(got - ref).max():.3f}), argmax agreement {agree:.3f}")
+    assert np.median(rel) <= 0.25
+    assert np.mean(rel <= 0.35) >= 0.8
+    assert agree >= 0.85
+
+
+@pytest.mark.parametrize("type_name", ["F32", "F16"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_float_conversion_matches_transformers(name, type_name, moe, tmp_path):
+    d = moe(name)
+    ids = prompt_ids(d)
+    ref, gaps = hf_logits(d, ids)
+    out = tmp_path / f"{name}-{type_name}.gguf"
+    qconvert.quantize(d, out, type=type_name)
+    check_metadata(out, name, d)
+    compare(llama_logits(out, ids), ref, gaps, f"{name} {type_name}", type_name)
+
+
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_K_M"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_quantized_conversion_matches_transformers_on_its_weights(name, type_name, moe, tmp_path):
+    d = moe(name)
+    ids = prompt_ids(d)
+    out = tmp_path / f"{name}-{type_name}.gguf"
+    res = qconvert.quantize(d, out, type=type_name)
+    exps = [tp for tp in res.plan.tensors if "_exps." in tp.name]
+    assert exps and all(tp.qtype.quantized for tp in exps)
+    ref, _ = hf_logits(reference_from_gguf(d, out, tmp_path / "decoded"), ids)
+    compare_quantized(llama_logits(out, ids), ref, f"{name} {type_name} (decoded weights)")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_q4_k_m_expert_bytes_equal_llama_cpp(name, moe, tmp_path):
+    """Every expert stack of the Q4_K_M file, slab by slab, is what ggml_quantize_chunk
+    (llama-quantize's own function) makes of that expert's weights at the planned type;
+    the mix's expert rules (Q4_K gate/up, Q6_K down where use_more_bits says) are used."""
+    from qconvert.source.expert_stack import ExpertStack
+    from qconvert.source.model_source import open_source
+
+    d = moe(name)
+    out = tmp_path / "q4km.gguf"
+    res = qconvert.quantize(d, out, type="Q4_K_M")
+    plan = {tp.name: tp for tp in res.plan.tensors}
+    stacks = {s.name: s for s in open_source(d).tensors if isinstance(s, ExpertStack)}
+    assert stacks
+    types = set()
+    for t in gguf.GGUFReader(str(out)).tensors:
+        s = stacks.get(t.name)
+        if s is None:
+            continue
+        tp = plan[t.name]
+        assert t.tensor_type.name == tp.qtype.name
+        types.add((t.name.split(".")[-2], int(t.name.split(".")[1]), tp.qtype.name))
+        slabs = np.asarray(t.data).reshape(len(s.parts), -1)
+        for i, (part, got) in enumerate(zip(s.parts, slabs)):
+            want = ggml_quantize(tp.qtype.name, part.load()).reshape(-1)
+            assert np.array_equal(got, want), f"{t.name} expert {i}"
+    assert {k for k, _, _ in types} == {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"}
+    # llama.cpp's Q4_K_M: gate/up experts at Q4_K; down experts at Q6_K in the layers its
+    # use_more_bits(i, n) picks -- of 2 layers, layer 1 (i >= 7n/8) -- Q4_K elsewhere
+    assert {t for k, _, t in types if k != "ffn_down_exps"} == {"Q4_K"}
+    assert {(i, t) for k, i, t in types if k == "ffn_down_exps"} == {(0, "Q4_K"), (1, "Q6_K")}
+
+
+def test_writer_streams_expert_by_expert(moe, tmp_path, monkeypatch):
+    """The GGUF writer never builds a whole expert stack: it pulls one expert at a time."""
+    from qconvert.source.expert_stack import ExpertStack
+
+    def whole(self):
+        raise AssertionError(f"{self.name}: the whole stack was loaded")
+
+    monkeypatch.setattr(ExpertStack, "_stacked", whole)
+    loads = []
+    real = ExpertStack.slabs
+    monkeypatch.setattr(ExpertStack, "slabs", lambda self: (loads.append(self.name), real(self))[1])
+    res = qconvert.quantize(moe("qwen3_moe"), tmp_path / "x.gguf", type="Q4_K_M")
+    assert res.output.stat().st_size > 0 and not loads
+
+
+# ----------------------------------------------------------------------- refusals
+
+def _copy(moe, name: str, tmp_path: Path) -> Path:
+    d = tmp_path / name
+    shutil.copytree(moe(name), d)
+    return d
+
+
+def _edit_config(d: Path, **changes) -> None:
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(changes)
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("name,key,value,needle", [
+    ("qwen3_moe", "norm_topk_prob", False, "norm_topk_prob"),
+    ("qwen2_moe", "norm_topk_prob", True, "norm_topk_prob"),
+    ("qwen3_moe", "mlp_only_layers", [1], "dense"),
+    ("qwen3_moe", "decoder_sparse_step", 2, "dense"),
+])
+def test_routing_llama_cpp_cannot_express_is_refused(name, key, value, needle, moe, tmp_path):
+    d = _copy(moe, name, tmp_path)
+    _edit_config(d, **{key: value})
+    with pytest.raises(UnsupportedError, match=needle):
+        qconvert.quantize(d, tmp_path / "x.gguf", type="F32", dry_run=True)
+
+
+def test_missing_expert_names_it(moe, tmp_path):
+    d = _copy(moe, "mixtral", tmp_path)
+    _edit_config(d, num_local_experts=9)
+    with pytest.raises(FormatError, match=r"9 experts.*no expert 8"):
+        qconvert.quantize(d, tmp_path / "x.gguf", type="F32", dry_run=True)
+
+
+def test_expert_width_checked_against_config(moe, tmp_path):
+    d = _copy(moe, "qwen3_moe", tmp_path)
+    _edit_config(d, moe_intermediate_size=128)
+    with pytest.raises(FormatError, match="moe_intermediate_size 128"):
+        qconvert.quantize(d, tmp_path / "x.gguf", type="F32", dry_run=True)
