@@ -22,8 +22,13 @@ def write_bf16_safetensors(path: Path, tensors: dict[str, tuple[int, ...]], rng)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob)
         for shape in tensors.values():
-            x = (rng.standard_normal(shape, dtype=np.float32) * 0.02).view(np.uint32)
-            f.write((x >> 16).astype(np.uint16).tobytes())
+            # made a slice of rows at a time: a 16384 x 128256 embedding never in memory whole
+            rows = shape[0] if len(shape) > 1 else 1
+            per = max(1, (8 << 20) // max(1, int(np.prod(shape)) // rows))
+            for r in range(0, rows, per):
+                part = (min(per, rows - r), *shape[1:]) if len(shape) > 1 else shape
+                x = (rng.standard_normal(part, dtype=np.float32) * 0.02).view(np.uint32)
+                f.write((x >> 16).astype(np.uint16).tobytes())
 
 
 def write_spm_tokenizer(d: Path, vocab: int = 1000) -> None:
@@ -42,12 +47,16 @@ def write_spm_tokenizer(d: Path, vocab: int = 1000) -> None:
          "tokenizer_class": "LlamaTokenizer"}))
 
 
-def make_checkpoint(d: Path, layers: int = 24, hidden: int = 1024, vocab: int = 32000) -> tuple[int, int]:
-    """Write the checkpoint into d; return (largest tensor bytes, total tensor bytes)."""
+def make_checkpoint(d: Path, layers: int = 24, hidden: int = 1024, vocab: int = 32000, ff: int | None = None,
+                    kv: int | None = None) -> tuple[int, int]:
+    """Write the checkpoint into d; return (largest tensor bytes, total tensor bytes).
+    ff (feed-forward width) defaults to 2.75 x hidden, kv (rows of k and of v; heads are 64
+    wide) to hidden / 4. The tensor shapes of Llama-3-8B: hidden 4096, ff 14336, kv 1024,
+    vocab 128256; of Llama-3.1-405B: hidden 16384, ff 53248, kv 1024, vocab 128256."""
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    ff = hidden * 11 // 4 // 256 * 256
-    kv = hidden // 4
+    ff = ff or hidden * 11 // 4 // 256 * 256
+    kv = kv or hidden // 4
     cfg = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=hidden,
                intermediate_size=ff, num_hidden_layers=layers, num_attention_heads=hidden // 64,
                num_key_value_heads=kv // 64, vocab_size=vocab, max_position_embeddings=4096,

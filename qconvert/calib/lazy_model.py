@@ -125,7 +125,7 @@ class LazyWeights:
         """Checkpoint name of model tensor `name` (or of a parameter tied to it)."""
         for n in self.tied.get(name, [name]):
             k = self._direct(n)
-            if k in self.files:
+            if k in self.files or k in self.ckpt.decoded:
                 return k
         return None
 
@@ -155,6 +155,8 @@ class LazyWeights:
         k = self.key(name)
         if k is None:
             raise UnsupportedError(f"{self.ckpt.dir}: {name!r} is not in the checkpoint")
+        if k in self.ckpt.decoded:  # stored quantized (FP8, GPTQ...): the float weight it stands for
+            return torch.from_numpy(self.ckpt.handles[k].load()).to(dtype)
         f = self.files[k]
         stored = f.header[k]["dtype"]
         if stored not in TORCH_DTYPES:
@@ -223,6 +225,11 @@ def load_lazy(model_dir: Path | str, stack_of) -> tuple[Optional[nn.Module], str
 
     ckpt = Checkpoint(model_dir)
     config = transformers.AutoConfig.from_pretrained(str(model_dir))
+    if ckpt.decoded and hasattr(config, "quantization_config"):
+        # weights stored quantized are read decoded (source/quantized_input.py): the model
+        # is built as the float model they stand for, not with the quantized layers
+        # (which would need their kernels: optimum for GPTQ, a GPU for FP8)
+        del config.quantization_config
     dtype = _dtype_of(config, ckpt)
     major = int(transformers.__version__.split(".")[0])
     kwargs = {"dtype" if major >= 5 else "torch_dtype": dtype}

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import FormatError, InputError, UnsupportedError
 from .json_text import parse_json
 from .safetensors_file import FLOAT_DTYPES, SafetensorsFile, TensorHandle
+from .quantized_input import dequantized
 from .shard_index import INDEX, read_index, shard_paths
 
 SINGLE = "model.safetensors"
@@ -85,8 +86,10 @@ class Checkpoint:
                     raise FormatError(
                         f"{self.dir / shard}: tensor {name!r} is listed in {INDEX} but absent from the shard"
                     )
+        # modules stored quantized (FP8, GPTQ, AWQ, compressed-tensors): one float handle each
+        self.handles, self.decoded = dequantized(self.config, self.handles, self.files)
         for h in self.handles.values():
-            if h.dtype not in FLOAT_DTYPES:
+            if h.dtype not in FLOAT_DTYPES and h.name not in self.decoded:
                 raise UnsupportedError(
                     f"{h.source}: tensor {h.name!r} has dtype {h.dtype}; qconvert converts F32/F16/BF16 "
                     "checkpoints (is this model already quantized?)"

@@ -28,7 +28,7 @@ class Source:
     n_expert: int
     write_metadata: Callable[[gguf.GGUFWriter], Optional[object]]
     is_gguf: bool = False
-    requantized: int = 0  # tensors of a GGUF input that were already quantized
+    requantized: int = 0  # tensors stored quantized that are decoded to be quantized again
     files: tuple[Path, ...] = ()  # every file read besides `path` (the other members of a split GGUF set)
 
 
@@ -50,7 +50,7 @@ def open_hf(model_dir: Path, vocab_pre: Optional[str]) -> Source:
     return Source(model_dir, model_dir.resolve().name, adapter.arch_name, adapter.tensors(),
                   hp.n_layers, hp.n_head, hp.n_head_kv,
                   hp.integer("num_local_experts", "num_experts", "n_routed_experts", lo=0, hi=1 << 16, default=0),
-                  write_metadata)
+                  write_metadata, requantized=len(ckpt.decoded))
 
 
 def open_gguf(path: Path, allow_requantize: bool) -> Source:

@@ -28,6 +28,7 @@ DTYPES: dict[str, np.dtype] = {
     "BF16": np.dtype("<u2"),  # raw bits; widened to f32 on load
     "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
     "U8": np.dtype("u1"), "U16": np.dtype("<u2"), "U32": np.dtype("<u4"), "U64": np.dtype("<u8"),
+    "F8_E4M3": np.dtype("u1"), "F8_E5M2": np.dtype("u1"),  # raw bits; decoded by fp8.py
     "BOOL": np.dtype("?"),
 }
 # bits per element of every dtype the format defines (safetensors 0.6), readable or not:

@@ -1,0 +1,271 @@
+"""Checkpoints whose linear weights are already quantized, read as float weights.
+
+Each quantized module P becomes one handle named P.weight with the (out, in) shape of
+the weight it stands for, decoded on the fly a slice of rows at a time; the tensors it is
+stored as (scales, zero points, packed codes, g_idx, shape) are consumed, never emitted.
+The converter then quantizes it like any float weight, so both roundings' errors add up
+(the plan says so, as for requantizing a GGUF).
+
+    FP8      P.weight F8_E4M3 / F8_E5M2 with a float scale it is multiplied by:
+             P.weight_scale_inv in blocks (DeepSeek-V3, Qwen3-FP8: weight_block_size
+             from quantization_config, 128x128 by default), or P.weight_scale / _inv per
+             tensor, per output channel or per group of input columns
+    int8     P.weight I8 with P.weight_scale (and P.weight_zero_point): compressed-tensors
+             int-quantized
+    packed   P.weight_packed (compressed-tensors pack-quantized), P.qweight (AutoGPTQ or
+             AutoAWQ, told apart by quantization_config.quant_method or the shapes):
+             source/int_packed.py
+
+Activation and KV-cache scales (input_scale, k_scale, v_scale) describe how a runtime
+would quantize activations; they carry no weight and are dropped."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..errors import FormatError, UnsupportedError
+from . import int_packed
+from .finite import check_finite
+from .fp8 import FP8_DTYPES, decode
+from .safetensors_file import FLOAT_DTYPES, SafetensorsFile, TensorHandle
+
+RUNTIME_SCALES = (".input_scale", ".k_scale", ".v_scale", ".q_scale", ".kv_scale")
+DEFAULT_BLOCK = (128, 128)
+
+
+@dataclass
+class Quantized:
+    """One quantized module found in the checkpoint."""
+    name: str  # the weight it stands for: P.weight
+    shape: tuple[int, int]
+    dtype: str  # the stored codes: F8_E4M3, I8, I4...
+    kind: str  # for messages: "FP8 (128x128 block scales)", "GPTQ int4"...
+    parts: tuple[str, ...]  # every stored tensor it consumes
+    rows: Callable[[int, int], np.ndarray]
+
+
+class Parts:
+    """The stored tensors of one checkpoint, by name: float ones through their handles,
+    integer and FP8 ones as stored (read-only views of the mmap)."""
+
+    def __init__(self, handles: dict[str, TensorHandle], files: list[SafetensorsFile], config: dict) -> None:
+        self.handles = handles
+        self.file = {name: f for f in files for name in f.names()}
+        q = config.get("quantization_config")
+        self.qc = q if isinstance(q, dict) else {}
+        self.method = str(self.qc.get("quant_method", "")).lower()
+
+    def has(self, name: str) -> bool:
+        return name in self.handles
+
+    def raw(self, name: str) -> np.ndarray:
+        return self.file[name].raw(name)
+
+    def floats(self, name: str) -> np.ndarray:
+        h = self.handles[name]
+        if h.dtype not in FLOAT_DTYPES:
+            raise FormatError(f"{h.source}: tensor {name!r} should hold float scales, not {h.dtype}")
+        return h.load()
+
+    def need(self, owner: str, name: str) -> str:
+        if name not in self.handles:
+            h = self.handles[owner]
+            raise FormatError(f"{h.source}: tensor {owner!r} is stored quantized, but {name!r} (its "
+                              f"{name.rsplit('.', 1)[-1]}) is not in the checkpoint")
+        return name
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.handles[name].shape)
+
+    def where(self, name: str) -> str:
+        return f"{self.handles[name].source}: tensor {name!r}"
+
+
+def _block(parts: Parts) -> tuple[int, int]:
+    b = parts.qc.get("weight_block_size")
+    if isinstance(b, list) and len(b) == 2 and all(isinstance(x, int) and x > 0 for x in b):
+        return b[0], b[1]
+    return DEFAULT_BLOCK
+
+
+def scale_grid(scale_shape: tuple[int, ...], shape: tuple[int, int], block: tuple[int, int],
+               what: str) -> tuple[int, int]:
+    """(rows, columns) of the weight each scale covers, from the scale's shape: one for
+    the tensor, per output channel, per block (ceil(out/b0), ceil(in/b1)), per group."""
+    n_out, n_in = shape
+    size = math.prod(scale_shape)
+    s2 = tuple(scale_shape) if len(scale_shape) == 2 else (size, 1) if len(scale_shape) == 1 else (1, 1)
+    if size == 1:
+        return n_out, n_in
+    if s2 == (n_out, 1):
+        return 1, n_in
+    if s2 == (-(-n_out // block[0]), -(-n_in // block[1])):
+        return block
+    if s2[0] == n_out and n_in % s2[1] == 0:
+        return 1, n_in // s2[1]
+    raise FormatError(f"{what}: scale shape {list(scale_shape)} fits none of the layouts of a "
+                      f"{list(shape)} weight (one scale, per output channel, {block[0]}x{block[1]} blocks, "
+                      "per group of columns)")
+
+
+def grid_words(grid: tuple[int, int], shape: tuple[int, int]) -> str:
+    if grid == shape:
+        return "one scale"
+    if grid == (1, shape[1]):
+        return "per-channel scales"
+    return f"scales per {grid[1]} columns" if grid[0] == 1 else f"{grid[0]}x{grid[1]} block scales"
+
+
+def grid_rows(codes: Callable[[int, int], np.ndarray], scale: np.ndarray, zero: Optional[np.ndarray],
+              grid: tuple[int, int], start: int, stop: int) -> np.ndarray:
+    """Rows start..stop of (codes - zero) * scale, with scale and zero 2-D arrays on `grid`
+    (one value per grid[0] x grid[1] cell), one column of cells at a time: no temporary
+    the size of the rows."""
+    x = codes(start, stop)
+    br, bc = grid
+    r = np.arange(start, stop) // br
+    for c in range(scale.shape[1]):
+        cols = slice(c * bc, (c + 1) * bc)
+        if zero is not None:
+            x[:, cols] -= zero[r, c][:, None]
+        x[:, cols] *= scale[r, c][:, None]
+    return x
+
+
+def _fp8(parts: Parts, p: str) -> Optional[Quantized]:
+    w = p + ".weight"
+    dtype = parts.handles[w].dtype
+    for suffix in (".weight_scale_inv", ".weight_scale"):
+        if parts.has(p + suffix):
+            s_name = p + suffix
+            break
+    else:
+        raise FormatError(f"{parts.where(w)} is {dtype} without a scale (weight_scale_inv or weight_scale); "
+                          "qconvert cannot tell its values")
+    shape = parts.shape(w)
+    if len(shape) != 2:
+        raise UnsupportedError(f"{parts.where(w)}: {dtype} tensors of {len(shape)} dimensions are not supported")
+    grid = scale_grid(parts.shape(s_name), shape, _block(parts), parts.where(s_name))
+    scale = parts.floats(s_name).reshape(-(-shape[0] // grid[0]), -(-shape[1] // grid[1]))
+
+    def codes(a: int, b: int) -> np.ndarray:
+        return decode(parts.raw(w)[a:b], dtype)
+
+    kind = f"FP8 {dtype[3:]} ({grid_words(grid, shape)})"
+    return Quantized(w, shape, dtype, kind, (w, s_name),
+                     lambda a, b: grid_rows(codes, scale, None, grid, a, b))
+
+
+def _int8(parts: Parts, p: str) -> Quantized:
+    w, s_name, z_name = p + ".weight", p + ".weight_scale", p + ".weight_zero_point"
+    shape = parts.shape(w)
+    grid = scale_grid(parts.shape(s_name), shape, _block(parts), parts.where(s_name))
+    scale = parts.floats(s_name).reshape(-(-shape[0] // grid[0]), -(-shape[1] // grid[1]))
+    zero = parts.raw(z_name).astype(np.float32).reshape(scale.shape) if parts.has(z_name) else None
+    used = (w, s_name) + ((z_name,) if zero is not None else ())
+    return Quantized(w, shape, "I8", "int8 (compressed-tensors)", used,
+                     lambda a, b: grid_rows(lambda a, b: parts.raw(w)[a:b].astype(np.float32), scale, zero, grid, a, b))
+
+
+def _packed(parts: Parts, p: str) -> Quantized:
+    """compressed-tensors pack-quantized."""
+    names = {k: p + ".weight_" + k for k in ("packed", "scale", "zero_point", "shape", "g_idx")}
+    parts.need(names["packed"], names["scale"])
+    parts.need(names["packed"], names["shape"])
+    shape = tuple(int(x) for x in parts.raw(names["shape"]).reshape(-1))
+    words = parts.shape(names["packed"])
+    bits = next((b for b in (2, 3, 4, 5, 6, 7, 8) if len(shape) == 2 and words == (shape[0], -(-shape[1] * b // 32))),
+                None)
+    if bits is None:
+        raise FormatError(f"{parts.where(names['packed'])}: shape {list(words)} is no packing of a {list(shape)} "
+                          "weight (weight_shape)")
+    scale = parts.floats(names["scale"])
+    zp = parts.raw(names["zero_point"]) if parts.has(names["zero_point"]) else None
+    g_idx = parts.raw(names["g_idx"]) if parts.has(names["g_idx"]) else None
+    used = tuple(n for n in names.values() if parts.has(n))
+    kind = f"compressed-tensors int{bits} ({'asymmetric' if zp is not None else 'symmetric'})"
+    return Quantized(p + ".weight", shape, f"I{bits}", kind, used,
+                     lambda a, b: int_packed.ct_rows(parts.raw(names["packed"]), scale, zp, g_idx, bits, shape, a, b))
+
+
+def _qweight(parts: Parts, p: str) -> Quantized:
+    """AutoGPTQ or AutoAWQ."""
+    qw, qz, sc, gi = (p + s for s in (".qweight", ".qzeros", ".scales", ".g_idx"))
+    for n in (qz, sc):
+        parts.need(qw, n)
+    (r, c), (n_groups, n_out) = parts.shape(qw), parts.shape(sc)
+    awq = parts.method == "awq" or (parts.method != "gptq" and c * 8 == n_out)
+    scales = parts.floats(sc)
+    if awq:
+        if str(parts.qc.get("version", "gemm")).lower() != "gemm" or c * 8 != n_out:
+            raise UnsupportedError(f"{parts.where(qw)}: AWQ layout {parts.qc.get('version')!r} with qweight "
+                                   f"{[r, c]} is not supported (AutoAWQ GEMM 4-bit is)")
+        shape, group = (n_out, r), r // n_groups
+        return Quantized(p + ".weight", shape, "I4", f"AWQ int4 (groups of {group})", (qw, qz, sc),
+                         lambda a, b: int_packed.awq_rows(parts.raw(qw), parts.raw(qz), scales, group, a, b))
+    g_idx = parts.raw(gi) if parts.has(gi) else None
+    bits = parts.qc.get("bits", 4)
+    n_in = len(g_idx) if g_idx is not None else r * 32 // bits if isinstance(bits, int) and bits else 0
+    if n_in and r * 32 % n_in == 0:
+        bits = r * 32 // n_in
+    if bits not in (2, 4, 8) or c != n_out or n_in == 0:
+        raise UnsupportedError(f"{parts.where(qw)}: GPTQ qweight {[r, c]} with scales {[n_groups, n_out]} is not "
+                               "a supported layout (AutoGPTQ 2, 4 or 8 bits)")
+    zero_offset = 0 if str(parts.qc.get("checkpoint_format", "gptq")).lower() == "gptq_v2" else 1
+    group = n_in // n_groups
+    used = (qw, qz, sc) + ((gi,) if g_idx is not None else ())
+    return Quantized(p + ".weight", (n_out, n_in), f"I{bits}", f"GPTQ int{bits} (groups of {group})", used,
+                     lambda a, b: int_packed.gptq_rows(parts.raw(qw), parts.raw(qz), scales, g_idx, bits, group,
+                                                       zero_offset, a, b))
+
+
+def find_quantized(parts: Parts) -> list[Quantized]:
+    found = []
+    for name, h in parts.handles.items():
+        if name.endswith(".weight_packed"):
+            found.append(_packed(parts, name[:-len(".weight_packed")]))
+        elif name.endswith(".qweight"):
+            found.append(_qweight(parts, name[:-len(".qweight")]))
+        elif name.endswith(".weight") and h.dtype in FP8_DTYPES:
+            found.append(_fp8(parts, name[:-len(".weight")]))
+        elif name.endswith(".weight") and h.dtype == "I8" and parts.has(name + "_scale"):
+            found.append(_int8(parts, name[:-len(".weight")]))
+    return found
+
+
+def handle_of(q: Quantized, source: str) -> TensorHandle:
+    what = f"{source}: tensor {q.name!r} (decoded from {q.dtype})"
+
+    def rows(start: int, stop: int) -> np.ndarray:
+        out = q.rows(start, stop)
+        check_finite(out, "F32", what)  # a NaN code (FP8) or a non-finite scale
+        return out
+
+    h = TensorHandle(q.name, q.dtype, q.shape, lambda: rows(0, q.shape[0]), source)
+    h.rows = rows  # read a slice of rows at a time (source_tensor.py)
+    return h
+
+
+def dequantized(config: dict, handles: dict[str, TensorHandle],
+                files: list[SafetensorsFile]) -> tuple[dict[str, TensorHandle], dict[str, str]]:
+    """`handles` with every quantized module's stored tensors replaced by one float handle
+    (in the place of its first part) and runtime scales dropped; and {weight name: kind}
+    of those decoded."""
+    parts = Parts(handles, files, config)
+    found = find_quantized(parts)
+    if not found:
+        return handles, {}
+    first = {q.parts[0]: q for q in found}
+    used = {n for q in found for n in q.parts}
+    out: dict[str, TensorHandle] = {}
+    for name, h in handles.items():
+        if name in first:
+            q = first[name]
+            out[q.name] = handle_of(q, h.source)
+        elif name not in used and not name.endswith(RUNTIME_SCALES):
+            out[name] = h
+    return out, {q.name: q.kind for q in found}
