@@ -1,0 +1,221 @@
+"""Sentence-embedding models: llama.cpp's embeddings of our GGUF equal sentence-transformers'.
+
+Fixtures (fixtures/embedding_models.py) are tiny seeded BERT and ModernBERT checkpoints,
+bf16 and sharded, with the sentence-transformers files (modules.json, the Pooling config,
+Normalize). The reference is sentence-transformers itself loading the directory in float32
+(`SentenceTransformer.encode`, pooling as the config says, unnormalised); llama.cpp pools
+by the GGUF's pooling type. Measured minimum cosines over the eight texts (minilm / bge /
+modernbert): F32 and F16 1.000000 (to six places) for all three; Q8_0 0.999888 / 0.999945 /
+0.999755 (Q4_K_M, not tested: 0.99598 / 0.99817 / 0.99373). The threshold 0.999 is far
+above what a conversion mistake scores: the right GGUF pooled the wrong way (CLS instead
+of the configured mean) scores below 0.95 (test below), ModernBERT's window ignored 0.985.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import gguf
+import numpy as np
+import pytest
+
+import qconvert
+from qconvert.errors import UnsupportedError
+from qconvert.eval.llama_model import open_llama
+from fixtures.embedding_models import SPECS, build
+from tokenizer_builders import STRINGS
+
+TEXTS = [
+    "Hello world",
+    "The return statement leaves the current function call with the expression list.",
+    "Café naïve résumé Ångström façade",
+    "我想在apple工作1314151天",
+    "e-mail: someone@example.com; (see §3.2) 42 3.14159",
+    "unknownwordzzqx blorfington xylophonist",
+    "Привет, мир! Ελληνικά — «quotes»",
+    "A longer passage: " + " ".join(f"word{i} and, more; text" for i in range(8)),  # < 128 tokens
+]
+MIN_COSINE = 0.999
+TYPES = ("F32", "F16", "Q8_0")
+# more strings for tokenization agreement: accents, cases, CJK, punctuation and symbols,
+# unknown words, control and zero-width characters, full-width forms, special tokens in text
+TOKEN_STRINGS = STRINGS + [
+    "Café naïve résumé Ångström façade", "ÉCOLE Über STRASSE straße", "我想在apple工作1314151天，你好！",
+    "don't stop—it's 3.14 (approx.) [sic] {x} <y> a/b\\c", "unknownwordzzqx blorfington xylophonist",
+    "tab\there\x00null\x07bell\u200bzero-width", "ﬁ ligature ² superscript ① circled", "$100 + 50% = ~^`|",
+    "the [MASK] token [SEP] inside", "naïve ñ ç ø æ œ ß", "a\u0301 e\u0300 combining", "\u00a0nbsp\u2003emspace",
+    "ＡＢＣ full-width １２３", "e-mail: someone@example.com", "日本語のテキスト",
+]
+# where llama.cpp's WordPiece tokenizer itself differs from transformers (not the conversion):
+# - a word over 100 characters: HF's WordPiece gives [UNK] (max_input_chars_per_word), llama.cpp
+#   splits it into pieces;
+# - Hangul with accent stripping (uncased BERT): llama.cpp's NFD keeps only the leading jamo of
+#   each syllable, HF keeps all three.
+LONG_WORD = "supercalifragilistic" * 6
+
+
+def known_different(name: str, strings: list[str]) -> set[str]:
+    if name == "modernbert":
+        return set()
+    hangul = SPECS[name].lowercase  # accents stripped with lower-casing
+    return {t for t in strings if LONG_WORD in t or (hangul and any("\uac00" <= c <= "\ud7a3" for c in t))}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("embedding_models")
+    made: dict[str, object] = {}
+
+    def get(name: str):
+        if name not in made:
+            made[name] = build(name, root / name)
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def reference(models):
+    """name -> sentence-transformers' embeddings of TEXTS (float32 compute, unnormalised)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(2)
+    done: dict[str, np.ndarray] = {}
+
+    def get(name: str) -> np.ndarray:
+        if name not in done:
+            st = SentenceTransformer(str(models(name)), device="cpu", model_kwargs={"dtype": torch.float32})
+            done[name] = st.encode(TEXTS, normalize_embeddings=False, convert_to_numpy=True).astype(np.float64)
+        return done[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def converted(models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("embedding_gguf")
+    done: dict[tuple[str, str], object] = {}
+
+    def get(name: str, type_name: str):
+        if (name, type_name) not in done:
+            path = out / f"{name}-{type_name}.gguf"
+            qconvert.quantize(models(name), path, type=type_name)
+            done[name, type_name] = path
+        return done[name, type_name]
+
+    return get
+
+
+def llama_embeddings(path, **kwargs) -> np.ndarray:
+    llm = open_llama(path, embedding=True, n_ctx=256, n_batch=256, n_ubatch=256, n_threads=2, **kwargs)
+    try:
+        return np.array([llm.embed(text, normalize=False) for text in TEXTS], dtype=np.float64)
+    finally:
+        llm.close()
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("name", list(SPECS))
+def test_llama_cpp_embeddings_match_sentence_transformers(name, type_name, converted, reference):
+    ours = llama_embeddings(converted(name, type_name))
+    ref = reference(name)
+    assert ours.shape == ref.shape
+    cos = cosines(ours, ref)
+    assert cos.min() >= MIN_COSINE, f"{name} {type_name}: cosines {np.round(cos, 6)}"
+    # the texts' embeddings differ from each other (mean pooling leaves a large common part:
+    # 0.91-0.97 between texts), so an embedding that ignored the text would fail
+    assert cosines(ref, np.roll(ref, 1, axis=0)).max() < 0.99
+
+
+def test_wrong_pooling_is_caught(converted, reference):
+    """The same GGUF pooled by CLS instead of the configured mean: the test above would fail."""
+    import llama_cpp
+
+    ours = llama_embeddings(converted("minilm", "F32"), pooling_type=llama_cpp.LLAMA_POOLING_TYPE_CLS)
+    assert cosines(ours, reference("minilm")).min() < 0.95
+
+
+def read(path) -> dict:
+    r = gguf.GGUFReader(str(path))
+    return {k: f.contents() for k, f in r.fields.items()}
+
+
+@pytest.mark.parametrize("name,arch,pooling,lower", [
+    ("minilm", "bert", gguf.PoolingType.MEAN, True),
+    ("bge", "bert", gguf.PoolingType.CLS, False),
+    ("modernbert", "modern-bert", gguf.PoolingType.MEAN, None),
+])
+def test_metadata(name, arch, pooling, lower, converted):
+    kv = read(converted(name, "F32"))
+    assert kv["general.architecture"] == arch
+    assert kv[f"{arch}.pooling_type"] == pooling.value
+    assert kv[f"{arch}.attention.causal"] is False
+    if arch == "bert":
+        assert kv["tokenizer.ggml.model"] == "bert"
+        assert kv["tokenizer.ggml.normalizer.lowercase"] is lower
+        assert kv["tokenizer.ggml.normalizer.strip_accents"] is lower  # BertNormalizer: follows lowercase
+        assert kv["tokenizer.ggml.token_type_count"] == 2
+        tokens = kv["tokenizer.ggml.tokens"]
+        assert tokens[kv["tokenizer.ggml.bos_token_id"]] == "[CLS]"
+        assert tokens[kv["tokenizer.ggml.seperator_token_id"]] == "[SEP]"
+        assert any(t.startswith("\u2581") for t in tokens) and not any(t.startswith("##") for t in tokens)
+    else:
+        assert kv["modern-bert.attention.sliding_window"] == 8
+        assert kv["modern-bert.rope.freq_base"] == 160000.0
+        assert kv["modern-bert.rope.freq_base_swa"] == 10000.0
+        # layers 0 and 3 global: llama.cpp's default period of 3, so no per-layer array
+        assert "modern-bert.attention.sliding_window_pattern" not in kv
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_tokenization_matches_transformers(name, models, converted):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(models(name))
+    llm = open_llama(converted(name, "F32"), vocab_only=True)
+    strings = TOKEN_STRINGS + [LONG_WORD, "한국어 텍스트"]
+    differ = {text for text in strings
+              if llm.tokenize(text.encode(), add_bos=True, special=True) != tok(text)["input_ids"]}
+    assert differ == known_different(name, strings)
+
+
+def _copy(models, name, tmp_path):
+    d = tmp_path / name
+    shutil.copytree(models(name), d)
+    return d
+
+
+def test_pooling_llama_cpp_cannot_apply_is_refused(models, tmp_path):
+    d = _copy(models, "minilm", tmp_path)
+    (d / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "max"}))
+    with pytest.raises(UnsupportedError, match="1_Pooling.*'max'"):
+        qconvert.quantize(d, tmp_path / "a.gguf", type="F32", dry_run=True)
+    modules = json.loads((d / "modules.json").read_text())
+    modules.append({"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"})
+    (d / "modules.json").write_text(json.dumps(modules))
+    (d / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "mean"}))
+    with pytest.raises(UnsupportedError, match="modules.json.*Dense"):
+        qconvert.quantize(d, tmp_path / "b.gguf", type="F32", dry_run=True)
+
+
+def test_without_sentence_transformers_files_no_pooling_is_written(models, tmp_path):
+    d = _copy(models, "bge", tmp_path)
+    (d / "modules.json").unlink()
+    out = tmp_path / "plain.gguf"
+    qconvert.quantize(d, out, type="F32")
+    assert "bert.pooling_type" not in read(out)
+
+
+def test_activation_llama_cpp_does_not_run_is_refused(models, tmp_path):
+    d = _copy(models, "bge", tmp_path)
+    config = json.loads((d / "config.json").read_text())
+    config["hidden_act"] = "relu"
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedError, match="hidden_act 'relu'"):
+        qconvert.quantize(d, tmp_path / "a.gguf", type="F32", dry_run=True)
