@@ -36,6 +36,17 @@ TEXT_DEFAULTS = {
 DEFAULT_PATTERN = 6  # HF's default sliding_window_pattern, and llama.cpp's when no key is written
 
 
+def check_query_scale(hp, arch: str, n_layers_27b: int) -> None:
+    """llama.cpp hard-codes Gemma's query scale: 1/sqrt(head_dim), or 1/sqrt(n_embd/n_head)
+    for the 27B model (told apart by its layer count); HF uses query_pre_attn_scalar**-0.5.
+    A config where the two disagree would convert into a model that computes something else."""
+    expected = hp.n_embd // hp.n_head if hp.n_layers == n_layers_27b else hp.head_dim
+    scalar = hp.number("query_pre_attn_scalar")
+    if scalar is not None and scalar != float(expected):
+        raise UnsupportedError(f"{hp.source}: {hp.key_name('query_pre_attn_scalar')} {scalar:g} != {expected}; "
+                               f"llama.cpp's {arch} graph fixes the attention scale to 1/sqrt({expected})")
+
+
 @ARCHS.register("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration")
 class Gemma3Adapter(ArchAdapter):
     gguf_arch = gguf.MODEL_ARCH.GEMMA3
@@ -63,14 +74,7 @@ class Gemma3Adapter(ArchAdapter):
                                    "(this looks like a Gemma 2 config)")
         if hp.get("use_bidirectional_attention"):
             raise UnsupportedError(f"{src}: bidirectional attention (EmbeddingGemma) is not supported")
-        # llama.cpp hard-codes the query scale: 1/sqrt(head_dim), or 1/sqrt(n_embd/n_head) for
-        # the 62-layer 27B model; HF uses query_pre_attn_scalar**-0.5. A config where the two
-        # disagree would convert into a model that computes something else.
-        expected = hp.n_embd // hp.n_head if hp.n_layers == 62 else hp.head_dim
-        scalar = hp.number("query_pre_attn_scalar")
-        if scalar is not None and scalar != float(expected):
-            raise UnsupportedError(f"{src}: query_pre_attn_scalar {scalar} != {expected}; llama.cpp's gemma3 "
-                                   "graph fixes the attention scale to 1/sqrt(head_dim)")
+        check_query_scale(hp, "gemma3", n_layers_27b=62)
 
     def _local_rope(self) -> dict:
         local = self.hp.rope("sliding_attention")

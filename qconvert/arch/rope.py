@@ -53,13 +53,15 @@ class LongRope:
     """LongRoPE facts of a config, checked: the two factor tables, the original context
     and the attention factor."""
 
-    def __init__(self, hp: HParams, rope_dims: int) -> None:
+    def __init__(self, hp: HParams, n_pairs: int) -> None:
         rp = hp.rope()
-        self.long = self._table(hp, rp, "long_factor", rope_dims)
-        self.short = self._table(hp, rp, "short_factor", rope_dims)
-        orig = rp.get("original_max_position_embeddings")
-        if orig is None:  # 4.x Phi-3 keeps it beside rope_scaling
-            orig = hp.integer("original_max_position_embeddings", lo=1, hi=2**32 - 1, default=None)
+        self.long = self._table(hp, rp, "long_factor", n_pairs)
+        self.short = self._table(hp, rp, "short_factor", n_pairs)
+        # Phi-3 keeps it beside the rope parameters; transformers 5 copies that value over
+        # the one inside them, so it wins
+        orig = hp.integer("original_max_position_embeddings", lo=1, hi=2**32 - 1, default=None)
+        if orig is None:
+            orig = rp.get("original_max_position_embeddings")  # checked by rope()
         if orig is None:
             raise FormatError(f"{hp.source}: longrope needs original_max_position_embeddings")
         self.original_context = int(orig)
@@ -89,8 +91,8 @@ def is_longrope(rp: dict) -> bool:
     return (rp.get("rope_type") or "").lower() in ("longrope", "su")
 
 
-def optional_longrope(hp: HParams, rope_dims: int) -> Optional[LongRope]:
+def optional_longrope(hp: HParams, n_pairs: int) -> Optional[LongRope]:
     rp = hp.rope()
     if not is_longrope(rp):
         return None
-    return LongRope(hp, rope_dims)
+    return LongRope(hp, n_pairs)

@@ -13,14 +13,11 @@ SourceTensor (`split_rows`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..source.source_tensor import SourceTensor, Transform
-
-if TYPE_CHECKING:
-    from .base import ArchAdapter
 
 
 def unpermute_rope(n_head: int) -> Transform:
@@ -76,7 +73,7 @@ class TensorRule:
 
     name: str  # for docs and the registry listing
     suffixes: tuple[str, ...]
-    make: Callable[["ArchAdapter"], Transform]
+    make: Callable[[Any], Transform]  # adapter -> transform (base imports this module, not back)
 
     def applies(self, hf_name: str) -> bool:
         return hf_name.endswith(self.suffixes)

@@ -69,7 +69,9 @@ def show(res: QuantizeResult, dry_run: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("quantize", help=HELP)
+    from ..arch.catalog import help_text  # the registry's own list, never a stale copy
+
+    @app.command("quantize", help=HELP + "\n" + help_text())
     def quantize_cmd(
         model_dir: Annotated[str, typer.Argument(help="Hugging Face model directory (config.json + safetensors), or an F32/F16/BF16 .gguf.")],
         output: Annotated[Optional[str], typer.Option("--output", "-o", rich_help_panel=OUT, help="Output .gguf file, or directory for safetensors (default: ./<model>-<TYPE>.gguf).")] = None,

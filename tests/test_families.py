@@ -1,0 +1,293 @@
+"""The dense families beyond Llama/Qwen/Gemma 3 convert, load in llama.cpp and compute what
+transformers computes; their config values are checked with one-line errors; the registry
+lists them.
+
+Fixtures (fixtures/family_models.py) are tiny seeded bf16 checkpoints written by
+transformers' own classes, sharded, with each family's quirks switched on. The reference
+is transformers' float32 forward (eager attention) over 24 tokens; llama.cpp runs each
+GGUF over the same ids. Tolerances are fractions of the reference logits' std (1.5-3.1):
+F32 keeps every weight exact, so what remains is llama.cpp's arithmetic (f16 KV cache):
+measured max |diff| 0.0006-0.003 x std, bound 0.01. F16 measured <= 0.005, bound 0.02.
+Q8_0 measured max 0.06-0.16 and mean 0.011-0.028 x std (correlation >= 0.999), bounds
+0.3 / 0.05. Q4_K_M on random weights loses far more (mean 0.06-0.25 x std, correlation
+>= 0.95), bounds mean 0.4 and correlation 0.9. A conversion mistake costs far more than
+the F32/F16 bounds (below)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+import qconvert
+from qconvert.errors import FormatError, UnsupportedError
+from fixtures.family_models import FAMILIES, build, llama_logits, reference
+
+TYPES = ("F32", "F16", "Q8_0", "Q4_K_M")
+MAX_REL = {"F32": 0.01, "F16": 0.02, "Q8_0": 0.3}  # max |diff| / std
+MEAN_REL = {"Q8_0": 0.05, "Q4_K_M": 0.4}  # mean |diff| / std
+MIN_CORR = {"Q8_0": 0.999, "Q4_K_M": 0.9}
+# F32 max |diff| / std with one quirk undone (measured once by patching the adapter; each is
+# 16-800x the F32 bound): Gemma 2 norm +1 off 2.6, attention soft-cap left to llama.cpp's
+# default 0.16, window ignored 1.4; Granite multipliers at 1: 8.1; LongRoPE long/short
+# tables swapped 3.1, attention factor left at 1: 1.7; SmolLM3 q/k unpermuted 2.9; GLM-4
+# rope over the whole head 3.4; Cohere2 sliding pattern of period 2: 2.4; OLMo 3 window
+# ignored 4.2; Mistral 3 q/k unpermuted 2.4.
+
+
+@pytest.fixture(scope="session")
+def family(tmp_path_factory):
+    """name -> (model dir, token ids, transformers logits), built once per session."""
+    from fixtures.tiny_models import train_tokenizer
+
+    tok = train_tokenizer()
+    root = tmp_path_factory.mktemp("family_models")
+    made: dict[str, tuple] = {}
+
+    def get(name: str):
+        if name not in made:
+            d = build(name, root / name, tok)
+            made[name] = (d, *reference(name, d))
+        return made[name]
+
+    return get
+
+
+def fields(path: Path) -> tuple[dict, dict]:
+    r = gguf.GGUFReader(str(path))
+    kv = {k: f.contents() for k, f in r.fields.items() if not k.startswith("tokenizer.")}
+    return kv, {t.name: t for t in r.tensors}
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_converts_and_matches_transformers(name, type_name, family, tmp_path):
+    d, ids, ref = family(name)
+    out = tmp_path / f"{name}-{type_name}.gguf"
+    qconvert.quantize(d, out, type=type_name)
+    kv, _ = fields(out)
+    assert kv["general.architecture"] == FAMILIES[name].gguf_arch
+
+    got = llama_logits(out, ids)
+    diff = np.abs(got - ref)
+    std = float(ref.std())
+    corr = float(np.corrcoef(got.ravel(), ref.ravel())[0, 1])
+    agree = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+    print(f"{name} {type_name}: max |diff| {diff.max():.5f}, mean {diff.mean():.5f} (logit std {std:.2f}), "
+          f"correlation {corr:.5f}, argmax agreement {agree:.3f}")
+    if type_name in MAX_REL:
+        assert diff.max() <= MAX_REL[type_name] * std, diff.max()
+    if type_name in MEAN_REL:
+        assert diff.mean() <= MEAN_REL[type_name] * std, diff.mean()
+        assert corr >= MIN_CORR[type_name], corr
+    if type_name in ("F32", "F16"):
+        assert agree == 1.0
+
+
+# ----------------------------------------------------------------------- metadata
+
+def _config(d: Path) -> dict:
+    return json.loads((d / "config.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def f32(family, tmp_path_factory):
+    """name -> (GGUF fields, tensors, transformers config) of the family's F32 GGUF."""
+    import transformers
+
+    root = tmp_path_factory.mktemp("family_f32")
+    done: dict[str, tuple] = {}
+
+    def get(name: str):
+        if name not in done:
+            d = family(name)[0]
+            out = qconvert.quantize(d, root / f"{name}.gguf", type="F32").output
+            done[name] = (*fields(out), transformers.AutoConfig.from_pretrained(d))
+        return done[name]
+
+    return get
+
+
+def test_phi3_longrope_tables(f32):
+    kv, tensors, cfg = f32("phi_longrope")
+    rp = cfg.rope_parameters
+    np.testing.assert_allclose(tensors["rope_factors_long.weight"].data, rp["long_factor"], rtol=1e-6)
+    np.testing.assert_allclose(tensors["rope_factors_short.weight"].data, rp["short_factor"], rtol=1e-6)
+    assert kv["phi3.rope.scaling.original_context_length"] == cfg.original_max_position_embeddings == 16
+    assert kv["phi3.rope.scaling.attn_factor"] == pytest.approx(np.sqrt(1 + np.log(64 / 16) / np.log(16)))
+    # fused as llama.cpp reads them: q, k, v rows; gate rows then up rows
+    h = cfg.hidden_size
+    assert tensors["blk.0.attn_qkv.weight"].shape.tolist() == [h, h + 2 * 2 * 64]
+    assert tensors["blk.0.ffn_up.weight"].shape.tolist() == [h, 2 * cfg.intermediate_size]
+    kv4, tensors4, _ = f32("phi4")
+    assert kv4["phi3.attention.sliding_window"] == 0 and "rope_factors_long.weight" not in tensors4
+
+
+def test_gemma2_caps_window_and_pattern(f32):
+    kv, tensors, cfg = f32("gemma2")
+    assert kv["gemma2.attn_logit_softcapping"] == pytest.approx(cfg.attn_logit_softcapping)
+    assert kv["gemma2.final_logit_softcapping"] == pytest.approx(cfg.final_logit_softcapping)
+    assert kv["gemma2.attention.sliding_window"] == cfg.sliding_window
+    # the 4.x config gives no layer types: sliding first, alternating, as llama.cpp assumes
+    assert "gemma2.attention.sliding_window_pattern" not in kv
+    assert cfg.layer_types == ["sliding_attention", "full_attention"]
+    assert "output.weight" not in tensors
+
+
+def test_granite_multipliers(f32):
+    kv, _, cfg = f32("granite")
+    assert kv["granite.embedding_scale"] == pytest.approx(cfg.embedding_multiplier)
+    assert kv["granite.residual_scale"] == pytest.approx(cfg.residual_multiplier)
+    assert kv["granite.attention.scale"] == pytest.approx(cfg.attention_multiplier)
+    assert kv["granite.logit_scale"] == pytest.approx(cfg.logits_scaling)
+
+
+def test_olmo_norms_and_sliding_layers(f32):
+    kv, tensors, cfg = f32("olmo2")
+    assert tensors["blk.0.attn_q_norm.weight"].shape.tolist() == [cfg.hidden_size]
+    assert "olmo2.attention.sliding_window" not in kv
+    kv3, _, cfg3 = f32("olmo3")
+    assert kv3["olmo2.attention.sliding_window"] == cfg3.sliding_window
+    assert list(kv3.get("olmo2.attention.sliding_window_pattern", [True, True, True, False])) == \
+        [t == "sliding_attention" for t in cfg3.layer_types]
+
+
+def test_glm4_and_cohere2_metadata(f32):
+    kv, tensors, cfg = f32("glm4")
+    assert kv["glm4.rope.dimension_count"] == 32  # half of head_dim 64
+    assert "blk.0.attn_q.bias" in tensors and "blk.0.post_ffw_norm.weight" in tensors
+    kv, tensors, cfg = f32("cohere2")
+    assert kv["cohere2.logit_scale"] == pytest.approx(cfg.logit_scale)
+    assert kv["cohere2.attention.layer_norm_epsilon"] == pytest.approx(cfg.layer_norm_eps)
+    assert "cohere2.attention.layer_norm_rms_epsilon" not in kv
+    assert kv["cohere2.attention.sliding_window"] == cfg.sliding_window
+
+
+def test_mistral3_text_part_only(f32):
+    kv, tensors, cfg = f32("mistral3")
+    assert kv["mistral3.attention.key_length"] == cfg.text_config.head_dim == 32
+    assert not [n for n in tensors if "vision" in n or "projector" in n or "patch" in n]
+    assert kv["mistral3.block_count"] == cfg.text_config.num_hidden_layers
+
+
+# ----------------------------------------------------------------------- config checks
+
+def _edited(family, name: str, tmp_path: Path, **changes) -> Path:
+    d = tmp_path / name
+    shutil.copytree(family(name)[0], d)
+    cfg = _config(d)
+    for key, value in changes.items():
+        if value is _DROP:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+_DROP = object()
+
+
+def _refused(d: Path, err: type, *needles: str, tmp_path: Path) -> None:
+    with pytest.raises(err) as e:
+        qconvert.quantize(d, tmp_path / "x.gguf", type="F32", dry_run=True)
+    msg = str(e.value)
+    assert "\n" not in msg and "config.json" in msg, msg
+    for n in needles:
+        assert n in msg, msg
+
+
+@pytest.mark.parametrize("name,changes,err,needles", [
+    ("phi_longrope", {"rope_scaling": {"type": "longrope", "long_factor": [1.0] * 3, "short_factor": [1.0] * 32}},
+     FormatError, ("rope_scaling.long_factor", "32 positive numbers")),
+    ("phi_longrope", {"rope_scaling": {"type": "longrope", "long_factor": ["x"] * 32, "short_factor": [1.0] * 32}},
+     FormatError, ("rope_scaling.long_factor",)),
+    ("gemma2", {"attn_logit_softcapping": None}, UnsupportedError, ("attn_logit_softcapping", "soft-caps")),
+    ("gemma2", {"final_logit_softcapping": -3}, FormatError, ("final_logit_softcapping", "-3")),
+    ("gemma2", {"query_pre_attn_scalar": 256}, UnsupportedError, ("query_pre_attn_scalar",)),
+    ("gemma2", {"tie_word_embeddings": False}, UnsupportedError, ("tie_word_embeddings",)),
+    ("granite", {"embedding_multiplier": "12"}, FormatError, ("embedding_multiplier", "'12'")),
+    ("granite", {"logits_scaling": 10**400}, FormatError, ("logits_scaling",)),
+    ("granite", {"residual_multiplier": 0}, FormatError, ("residual_multiplier",)),
+    ("olmo2", {"tie_word_embeddings": True}, UnsupportedError, ("tie_word_embeddings",)),
+    ("olmo3", {"layer_types": ["sliding_attention"] * 3}, FormatError, ("layer_types", "4 entries")),
+    ("olmo3", {"layer_types": ["sliding_attention"] * 3 + ["chunked_attention"]}, UnsupportedError,
+     ("layer_types", "chunked_attention")),
+    ("olmo3", {"sliding_window": 0}, FormatError, ("sliding_window",)),
+    ("smollm3", {"no_rope_layers": [1, 1, 0, 1]}, UnsupportedError, ("no_rope_layers", "every 4th")),
+    ("smollm3", {"no_rope_layers": [1, 1, 1, 2]}, FormatError, ("no_rope_layers", "0 or 1")),
+    ("smollm3", {"no_rope_layers": _DROP, "no_rope_layer_interval": 3}, UnsupportedError,
+     ("no_rope_layer_interval",)),
+    ("smollm3", {"use_sliding_window": "yes"}, FormatError, ("use_sliding_window",)),
+    ("glm4", {"partial_rotary_factor": 1.5}, FormatError, ("partial_rotary_factor",)),
+    ("cohere2", {"logit_scale": -1}, FormatError, ("logit_scale",)),
+    ("cohere2", {"sliding_window_pattern": 0}, FormatError, ("sliding_window_pattern",)),
+    ("cohere2", {"attention_bias": True}, UnsupportedError, ("attention_bias",)),
+    ("cohere2", {"layer_norm_eps": 2.0}, FormatError, ("layer_norm_eps",)),
+])
+def test_config_values_checked(name, changes, err, needles, family, tmp_path):
+    _refused(_edited(family, name, tmp_path, **changes), err, *needles, tmp_path=tmp_path)
+
+
+def test_mistral3_other_text_model_refused(family, tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(family("mistral3")[0], d)
+    cfg = _config(d)
+    cfg["text_config"]["model_type"] = "mistral4"
+    (d / "config.json").write_text(json.dumps(cfg))
+    _refused(d, UnsupportedError, "text_config.model_type", "mistral4", tmp_path=tmp_path)
+    cfg["text_config"]["model_type"] = "mistral"
+    cfg["text_config"]["hidden_size"] = 0
+    (d / "config.json").write_text(json.dumps(cfg))
+    _refused(d, FormatError, "text_config.hidden_size", tmp_path=tmp_path)
+
+
+# ----------------------------------------------------------------------- design
+
+def test_split_rows_parts_load_their_rows():
+    from qconvert.arch.rope import generated
+    from qconvert.arch.transforms import split_rows
+
+    fused = generated("fused", np.arange(12, dtype=np.float32).reshape(6, 2))
+    q, k = split_rows(fused, [("q.weight", 4), ("k.weight", 2)])
+    assert q.shape == (4, 2) and k.shape == (2, 2)
+    np.testing.assert_array_equal(q.load(), np.arange(8).reshape(4, 2))
+    np.testing.assert_array_equal(k.load(), np.arange(8, 12).reshape(2, 2))
+    with pytest.raises(ValueError):
+        split_rows(fused, [("q.weight", 4)])
+
+
+def test_registry_lists_every_family_with_a_description():
+    from qconvert.arch.catalog import families, help_text
+
+    listed = {n: f for f in families() for n in f.hf_names}
+    for spec in FAMILIES.values():
+        assert listed[spec.arch].gguf_arch == spec.gguf_arch
+        assert listed[spec.arch].description
+    text = help_text()
+    assert all(spec.arch in text for spec in FAMILIES.values())
+
+
+def test_quantize_help_lists_architectures():
+    from typer.testing import CliRunner
+
+    from qconvert.cli.app import get_app
+
+    res = CliRunner().invoke(get_app(), ["quantize", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    for spec in FAMILIES.values():
+        assert spec.arch in res.output
+
+
+def test_readme_table_matches_registry():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, str(root / "scripts" / "arch_table.py"), "--check"],
+                         capture_output=True, text=True, cwd=root)
+    assert res.returncode == 0, res.stdout + res.stderr
