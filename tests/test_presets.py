@@ -27,7 +27,7 @@ from qconvert.plan.rules import make_plan, single_type_rules
 from qconvert.source.checkpoint import Checkpoint
 
 ALL = ["Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0",
-       "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "BF16", "F32"]
+       "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "BF16", "F32", "MXFP4_MOE"]
 
 # llama.cpp logs every tensor; keep the test output readable
 _QUIET = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(lambda *a: None)

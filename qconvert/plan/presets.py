@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from ..errors import InputError
 from ..qtypes import QTYPES, qtype
 from ..registry import Registry
 from . import llama_rules as L
 from .llama_rules import ATTN_K, ATTN_OUTPUT, ATTN_V_LIKE, FFN_DOWN, OUTPUT, TOKEN_EMBD, on
-from .rules import ModelFacts, Rule, TensorInfo, everything, first_match, plan_tensor
+from .rules import ModelFacts, Rule, TensorInfo, everything, first_match, keep_stored, plan_tensor
 from .tensor_plan import Plan
 
 
@@ -151,6 +151,11 @@ for _name, _mix in _MIXES.items():
                               _SUMMARY.get(_name, f"{_base} everywhere but output (Q6_K)")))
 for _name in ("F32", "F16", "BF16"):
     PRESETS.add(_name, Preset(_name, _name, (), f"{_name} for every matrix, vectors F32"))
+# llama-quantize's MXFP4_MOE: 3-D expert stacks MXFP4, every other matrix (output and token
+# embeddings too) Q8_0
+PRESETS.add("MXFP4_MOE", Preset("MXFP4_MOE", "Q8_0", (
+    Rule("MXFP4_MOE: expert stacks at MXFP4", lambda t: "MXFP4" if len(t.shape) == 3 and t.shape[0] > 1 else None),
+), "expert stacks MXFP4, every other matrix Q8_0"))
 
 
 # -- the plan ------------------------------------------------------------------------------
@@ -172,7 +177,7 @@ def option_type(option: str, name: str) -> str:
 
 
 def _option_rules(p: Preset, overrides: Sequence[tuple[str, str]], output_type: str | None,
-                  embd_type: str | None, pure: bool) -> list[Rule]:
+                  embd_type: str | None, pure: bool, keep: Mapping[str, str] | None = None) -> list[Rule]:
     """Steps 1-4 of the module docstring. Tensors these rules decide skip the mix and do
     not advance llama.cpp's counters."""
     kept_2d = p.base if not p.quantized else "F16"
@@ -201,6 +206,8 @@ def _option_rules(p: Preset, overrides: Sequence[tuple[str, str]], output_type: 
                              "large to compile") from None
         rules.append(Rule(f"--tensor-type {pat}={typ.upper()}",
                           lambda t, rx=rx, typ=typ.upper(): typ if rx.search(t.name) else None))
+    if keep:
+        rules.append(keep_stored(keep))
     if pure:
         rules.append(everything(p.base, f"--pure: {p.base} for every matrix"))
     return rules
@@ -220,13 +227,16 @@ def preset_plan(
     token_embedding_type: str | None = None,
     pure: bool = False,
     no_fallback: bool = False,
+    keep: Mapping[str, str] | None = None,
 ) -> Plan:
     """Plan a file of llama-quantize file type `preset` (Q4_K_M, Q8_0, F16...).
 
     tensors: (GGUF name, numpy-order shape, source dtype), in any order; the plan keeps
     that order. The model facts are what llama.cpp reads from the GGUF header (block
     count, head counts, expert count, arch name). Overrides are (regex, type) pairs,
-    first match wins; unlike llama-quantize they also apply to F16/BF16/F32 presets."""
+    first match wins; unlike llama-quantize they also apply to F16/BF16/F32 presets.
+    keep: tensor name -> the block type the checkpoint already stores it in (gpt-oss's
+    MXFP4 experts): kept, unless an override names the tensor (see keep_stored)."""
     p = PRESETS.get(preset)
     if output_tensor_type:
         output_tensor_type = option_type("--output-tensor-type", output_tensor_type)
@@ -235,7 +245,7 @@ def preset_plan(
     model = ModelFacts(arch=arch_name, n_layers=int(n_layers), n_head=int(n_head), n_head_kv=int(n_head_kv),
                        n_expert=int(n_expert or 0), tied_embeddings="output.weight" not in cats,
                        n_attn_v=sum(c in ATTN_V_LIKE for c in cats.values()))
-    head = _option_rules(p, overrides, output_tensor_type, token_embedding_type, pure)
+    head = _option_rules(p, overrides, output_tensor_type, token_embedding_type, pure, keep)
     mix: list[Rule] = []
     if p.quantized and output_tensor_type:
         # llama.cpp gives a tied token_embd the output's type inside the mix, so an

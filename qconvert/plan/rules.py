@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from ..errors import ShapeError, UnsupportedError
 from ..qtypes import QType, qtype
@@ -127,9 +127,18 @@ def resolve(name: str, shape: tuple[int, ...], src_dtype: str, rules: Sequence[R
     return plan_tensor(info, rule, want, no_fallback)
 
 
-def single_type_rules(type_name: str) -> list[Rule]:
+def keep_stored(keep: Mapping[str, str]) -> Rule:
+    """Tensors the checkpoint already stores in a ggml block type keep it: their bytes are
+    copied (arch/gpt_oss.py), since decoding and rounding again only adds error. open_hf
+    leaves `keep` empty under --allow-requantize."""
+    types = ", ".join(sorted(set(keep.values())))
+    return Rule(f"stored as {types} in the checkpoint: copied, not requantized (--allow-requantize to requantize)",
+                lambda t: keep.get(t.name))
+
+
+def single_type_rules(type_name: str, keep: Mapping[str, str] | None = None) -> list[Rule]:
     qt: QType = qtype(type_name)
-    return [keep_f32_1d(), everything(qt.name, f"--type {qt.name}")]
+    return [keep_f32_1d(), *([keep_stored(keep)] if keep else []), everything(qt.name, f"--type {qt.name}")]
 
 
 def make_plan(tensors: Sequence[tuple[str, tuple[int, ...], str]], rules: Sequence[Rule],

@@ -18,16 +18,17 @@ def make_quant_plan(src: Source, type_name: str, *, tensor_types: Sequence[str] 
                     output_tensor_type: Optional[str] = None, token_embedding_type: Optional[str] = None,
                     pure: bool = False, no_fallback: bool = False) -> Plan:
     items = [(s.name, s.shape, s.src_dtype) for s in src.tensors]
+    keep = {s.name: s.packed_type for s in src.tensors if s.packed_type}
     if type_name in PRESETS:
         return preset_plan(items, type_name, n_layers=src.n_layers, n_head=src.n_head, n_head_kv=src.n_head_kv,
                            n_expert=src.n_expert, arch_name=src.arch_name,
                            overrides=[parse_override(t) for t in tensor_types],
                            output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type,
-                           pure=pure, no_fallback=no_fallback)
+                           pure=pure, no_fallback=no_fallback, keep=keep)
     if tensor_types or output_tensor_type or token_embedding_type:
         raise InputError(f"--type {type_name} is a plain tensor type; per-tensor overrides need a preset "
                          f"(e.g. {type_name}_M or {type_name}_S where it exists)")
-    return make_plan(items, single_type_rules(type_name), ftype=type_name, no_fallback=no_fallback)
+    return make_plan(items, single_type_rules(type_name, keep), ftype=type_name, no_fallback=no_fallback)
 
 
 DEFAULT_TYPE = "Q4_K_M"

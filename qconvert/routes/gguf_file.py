@@ -25,6 +25,8 @@ from ..source.source_tensor import SourceTensor
 def file_type(type_name: str) -> gguf.LlamaFileType:
     if type_name == "F32":
         return gguf.LlamaFileType.ALL_F32
+    if type_name == "MXFP4":  # no file type of its own: llama.cpp's one MXFP4 type
+        return gguf.LlamaFileType.MOSTLY_MXFP4_MOE
     try:
         return gguf.LlamaFileType[f"MOSTLY_{type_name}"]
     except KeyError:  # a plain K type written everywhere: name the file as its _M mix

@@ -60,6 +60,17 @@ def _shard_files(model_dir: Path) -> tuple[list[Path], dict[str, str] | None]:
     raise InputError(f"{model_dir}: no safetensors weights found (model.safetensors or {INDEX})")
 
 
+# checkpoint quantization formats (config.json quantization_config.quant_method) whose
+# integer tensors an adapter reads and repacks: the name endings of those tensors
+PACKED_FORMATS = {"mxfp4": ("_blocks", "_scales")}
+
+
+def packed_suffixes(config: dict) -> tuple[str, ...]:
+    q = config.get("quantization_config")
+    method = q.get("quant_method") if isinstance(q, dict) else None
+    return PACKED_FORMATS.get(method, ()) if isinstance(method, str) else ()
+
+
 class Checkpoint:
     """config + lazily readable tensors of one HF model directory."""
 
@@ -88,12 +99,21 @@ class Checkpoint:
                     )
         # modules stored quantized (FP8, GPTQ, AWQ, compressed-tensors): one float handle each
         self.handles, self.decoded = dequantized(self.config, self.handles, self.files)
+        packed = packed_suffixes(self.config)
         for h in self.handles.values():
-            if h.dtype not in FLOAT_DTYPES and h.name not in self.decoded:
+            if h.name in self.decoded:
+                continue
+            if h.dtype not in FLOAT_DTYPES and not (h.dtype == "U8" and h.name.endswith(packed)):
                 raise UnsupportedError(
                     f"{h.source}: tensor {h.name!r} has dtype {h.dtype}; qconvert converts F32/F16/BF16 "
                     "checkpoints (is this model already quantized?)"
                 )
+
+    def raw(self, name: str):
+        """A stored tensor's array as it is in the file (read-only, stored dtype): the
+        integer parts of a quantized format that an adapter repacks (gpt-oss MXFP4)."""
+        path = self.handles[name].source
+        return next(f for f in self.files if str(f.path) == path).raw(name)
 
     @property
     def total_bytes(self) -> int:

@@ -32,7 +32,7 @@ class Source:
     files: tuple[Path, ...] = ()  # every file read besides `path` (the other members of a split GGUF set)
 
 
-def open_hf(model_dir: Path, vocab_pre: Optional[str]) -> Source:
+def open_hf(model_dir: Path, vocab_pre: Optional[str], allow_requantize: bool = False) -> Source:
     from ..arch import adapter_for
     from .checkpoint import Checkpoint
     from .tokenizer import add_tokenizer
@@ -47,10 +47,17 @@ def open_hf(model_dir: Path, vocab_pre: Optional[str]) -> Source:
         return add_tokenizer(w, model_dir, config=ckpt.config, vocab_size=vocab_size,
                              vocab_pre=vocab_pre, arch=adapter.arch_name)
 
-    return Source(model_dir, model_dir.resolve().name, adapter.arch_name, adapter.tensors(),
+    tensors = adapter.tensors()
+    # tensors the checkpoint stores already quantized (gpt-oss MXFP4): copied as they are,
+    # unless the user accepts decoding and quantizing them again
+    packed = [s for s in tensors if s.packed_type]
+    if allow_requantize:
+        for s in packed:
+            s.packed_type, s.packed_loader = "", None
+    return Source(model_dir, model_dir.resolve().name, adapter.arch_name, tensors,
                   hp.n_layers, hp.n_head, hp.n_head_kv,
                   hp.integer("num_local_experts", "num_experts", "n_routed_experts", lo=0, hi=1 << 16, default=0),
-                  write_metadata, requantized=len(ckpt.decoded))
+                  write_metadata, requantized=len(ckpt.decoded) + (len(packed) if allow_requantize else 0))
 
 
 def open_gguf(path: Path, allow_requantize: bool) -> Source:
@@ -80,4 +87,4 @@ def open_source(path: Path | str, *, vocab_pre: Optional[str] = None, allow_requ
         return open_gguf(path, allow_requantize)
     if not stat.S_ISDIR(st.st_mode):
         raise InputError(f"{path}: expected a Hugging Face model directory or a .gguf file")
-    return open_hf(path, vocab_pre)
+    return open_hf(path, vocab_pre, allow_requantize)

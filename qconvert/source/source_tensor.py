@@ -38,6 +38,12 @@ class SourceTensor:
     src_dtype: str
     handle: TensorHandle
     transforms: list[Transform] = field(default_factory=list)
+    # a tensor the checkpoint already stores in a ggml block type (gpt-oss's MXFP4 experts):
+    # that type, and a loader of its bytes in ggml's layout. The writer copies those bytes
+    # when the plan keeps the type; load() still gives the decoded floats for any other.
+    # (keyword-only, so subclasses' positional fields keep their places)
+    packed_type: str = field(default="", kw_only=True)
+    packed_loader: Optional[Callable[[], np.ndarray]] = field(default=None, kw_only=True)
 
     def load(self) -> np.ndarray:
         try:
@@ -47,6 +53,10 @@ class SourceTensor:
         for t in self.transforms:
             arr = t(arr)
         return arr
+
+    def load_packed(self) -> np.ndarray:
+        """The stored ggml blocks, flat uint8 (only when packed_type is set)."""
+        return np.ascontiguousarray(self.packed_loader(), dtype=np.uint8).reshape(-1)
 
     def _row_layout(self) -> Optional[tuple[int, int, int]]:
         """(first handle row, row count, rows per group) when rows can be read in slices."""
