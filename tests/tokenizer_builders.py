@@ -53,6 +53,20 @@ STRINGS = [
     "<think>plan</think> done",
 ]
 
+# Twenty-eight hostile strings: the twenty above plus digit runs in every shape, non-ASCII
+# digits, odd spaces and upper-case contractions, where pre-tokenizer regexes part ways.
+# All are NFC already (a Qwen2-class tokenizer normalises to NFC; llama.cpp does not).
+HOSTILE = STRINGS + [
+    "2024年12月31日 v1.2.3-rc4 +1-800-555-0199",
+    "12345678901234567890 and 0.000001",
+    "⅕ ①② ½ ²³ ٣٤٥ २३",
+    "𝟙𝟚𝟛 math digits １２３",
+    " nbsp thin　ideographic 42 42",
+    "'S 'LL 'D 'Re 'vE SHOUTING'S",
+    "x\n\n\n  \t\r\n y\r\r\n\n z  \n",
+    "a1b22c333d4444e55555 007 0x1F 1e-9",
+]
+
 BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
 BYTE_LEVEL_REGEX = dict(BYTE_LEVEL, use_regex=True)
 
