@@ -1,0 +1,329 @@
+"""gpt-oss: a tiny transformers-built checkpoint (bf16, and the same model with OpenAI's
+MXFP4 expert layout; fixtures/gpt_oss_models.py) converts, loads in llama.cpp and computes
+what transformers computes; MXFP4 experts reach the GGUF byte for byte; the plan's types and
+bytes equal llama.cpp's own quantizer; the tokenizer tokenizes as transformers does.
+
+References: transformers' forward in float32, over the bf16 checkpoint, or over the MXFP4
+checkpoint dequantized by transformers' own MXFP4 reader (transformers.integrations.mxfp4;
+its CPU path needs `accelerate` and triton kernels to run MXFP4 itself, so the reference
+is the model it would dequantize to). Logits of this model have a std of about 3.
+
+Measured max |llama.cpp - transformers| (logits std ~3):
+  bf16 -> F32                                         0.013
+  MXFP4 -> F32 --allow-requantize (experts decoded)   0.013
+  MXFP4 -> F32 (experts kept MXFP4)                   0.15  (ggml multiplies MXFP4 weights by
+                                                             activations rounded to Q8_0)
+  bf16 -> Q8_0 / Q4_K_M, against transformers on the GGUF's own decoded weights: 0.23 / 0.45
+  (and against the original weights: 0.44 / 5.3 - the model amplifies weight rounding ~30x
+  through its expert mixing weights, which is why quantized files are compared with their
+  own weights). Swapping gate and up moves bf16 -> F32 to 8.3; leaving the (square) down
+  experts untransposed, to 13.3.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from gguf.quants import dequantize
+
+import qconvert
+from qconvert.errors import UnsupportedError
+from fixtures.gpt_oss_models import CHAT_TEMPLATE, EXPERT_PROJ, build_bf16, build_mxfp4, train_tokenizer
+from ggml_oracle import ggml_quantize
+from tokenizer_builders import STRINGS
+
+PROMPT = "The return statement leaves the current function call with the expression list (or None)"
+N_TOKENS = 24
+F32_TOL = 0.01  # of the reference logits' std
+KEPT_MXFP4_TOL = 0.1
+OWN_WEIGHTS_TOL = 0.25
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gpt_oss")
+    tok = train_tokenizer()
+    bf16 = build_bf16(root / "bf16", tok)
+    return {"bf16": bf16, "mxfp4": build_mxfp4(root / "mxfp4", bf16), "root": root}
+
+
+_CONVERTED: dict = {}
+
+
+def converted(models, which: str, type_name: str, **kw) -> Path:
+    key = (which, type_name, tuple(sorted(kw.items())))
+    if key not in _CONVERTED:
+        out = models["root"] / f"{which}-{type_name}{'-rq' if kw else ''}.gguf"
+        qconvert.quantize(models[which], out, type=type_name, **kw)
+        _CONVERTED[key] = out
+    return _CONVERTED[key]
+
+
+# -- transformers' side -----------------------------------------------------------------------
+def _model(config_dir: Path, state: dict):
+    import torch
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    cfg = json.loads((config_dir / "config.json").read_text())
+    cfg.pop("quantization_config", None)
+    for k in ("architectures", "model_type", "transformers_version", "dtype"):
+        cfg.pop(k, None)
+    model = GptOssForCausalLM(GptOssConfig(**cfg))
+    model.config._attn_implementation = "eager"
+    model.load_state_dict({k: torch.as_tensor(np.ascontiguousarray(v)).float() for k, v in state.items()},
+                          strict=True)
+    return model.eval()
+
+
+def checkpoint_state(d: Path) -> dict:
+    """The checkpoint as transformers would hold it: MXFP4 experts through transformers'
+    own dequantizer."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    sd: dict = {}
+    for f in sorted(d.glob("*.safetensors")):
+        sd.update(load_file(str(f)))
+    state = {}
+    for k, v in sd.items():
+        if k.endswith("_blocks"):
+            stem = k[: -len("_blocks")]
+            state[stem] = convert_moe_packed_tensors(v, sd[stem + "_scales"], dtype=torch.float32)
+        elif not k.endswith("_scales"):
+            state[k] = v.float()
+    return state
+
+
+_ATTN = {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj", "attn_output": "o_proj"}
+_LAYER = {"attn_norm.weight": "input_layernorm.weight", "post_attention_norm.weight": "post_attention_layernorm.weight",
+          "attn_sinks.weight": "self_attn.sinks", "ffn_gate_inp.weight": "mlp.router.weight",
+          "ffn_gate_inp.bias": "mlp.router.bias",
+          **{f"{g}.{s}": f"self_attn.{h}.{s}" for g, h in _ATTN.items() for s in ("weight", "bias")}}
+_GLOBAL = {"token_embd.weight": "model.embed_tokens.weight", "output.weight": "lm_head.weight",
+           "output_norm.weight": "model.norm.weight"}
+
+
+def interleave(gate: np.ndarray, up: np.ndarray, axis: int) -> np.ndarray:
+    shape = list(gate.shape)
+    shape[axis] *= 2
+    out = np.empty(shape, np.float32)
+    idx = [slice(None)] * len(shape)
+    idx[axis] = slice(0, None, 2)
+    out[tuple(idx)] = gate
+    idx[axis] = slice(1, None, 2)
+    out[tuple(idx)] = up
+    return out
+
+
+def gguf_state(path: Path) -> dict:
+    """A GGUF's tensors, decoded by gguf-py, mapped back to transformers' names and layouts
+    (experts re-fused and transposed): the weights llama.cpp actually multiplies by."""
+    state, experts = {}, {}
+    for t in gguf.GGUFReader(str(path)).tensors:
+        a = dequantize(t.data, t.tensor_type).reshape([int(x) for x in reversed(t.shape)]).astype(np.float32)
+        if not t.name.startswith("blk."):
+            state[_GLOBAL[t.name]] = a
+            continue
+        _, i, rest = t.name.split(".", 2)
+        if rest in _LAYER:
+            state[f"model.layers.{i}.{_LAYER[rest]}"] = a
+        else:
+            experts[(i, rest)] = a
+    for i in sorted({k[0] for k in experts}):
+        p, e = f"model.layers.{i}.mlp.experts.", lambda n: experts[(i, n)]
+        state[p + "gate_up_proj"] = interleave(e("ffn_gate_exps.weight"), e("ffn_up_exps.weight"), 1).transpose(0, 2, 1)
+        state[p + "gate_up_proj_bias"] = interleave(e("ffn_gate_exps.bias"), e("ffn_up_exps.bias"), 1)
+        state[p + "down_proj"] = e("ffn_down_exps.weight").transpose(0, 2, 1)
+        state[p + "down_proj_bias"] = e("ffn_down_exps.bias")
+    return state
+
+
+def token_ids(d: Path) -> list[int]:
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(d)(PROMPT)["input_ids"][:N_TOKENS]
+    assert len(ids) == N_TOKENS
+    return ids
+
+
+def hf_logits(config_dir: Path, state: dict, ids: list[int]) -> np.ndarray:
+    import torch
+
+    torch.set_num_threads(2)
+    with torch.no_grad():
+        return _model(config_dir, state)(torch.tensor([ids])).logits[0].numpy()
+
+
+def llama_logits(path: Path, ids: list[int]) -> np.ndarray:
+    from qconvert.eval.llama_model import open_llama
+
+    llm = open_llama(path, n_ctx=128, logits_all=True, n_threads=2)
+    llm.eval(ids)
+    out = np.array(llm.scores[: len(ids)], dtype=np.float32)
+    llm.close()
+    return out
+
+
+def gap(path: Path, config_dir: Path, state: dict) -> tuple[float, float]:
+    """(max |llama.cpp - transformers|, std of transformers' logits)."""
+    ids = token_ids(config_dir)
+    ref = hf_logits(config_dir, state, ids)
+    return float(np.abs(llama_logits(path, ids) - ref).max()), float(ref.std())
+
+
+# -- logits ---------------------------------------------------------------------------------
+def test_bf16_f32_matches_transformers(models):
+    d, std = gap(converted(models, "bf16", "F32"), models["bf16"], checkpoint_state(models["bf16"]))
+    print(f"gpt-oss bf16 -> F32: max |dlogit| {d:.4f} (std {std:.2f})")
+    assert d <= F32_TOL * std
+
+
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_K_M"])
+def test_quantized_match_transformers_on_their_own_weights(models, type_name):
+    path = converted(models, "bf16", type_name)
+    d, std = gap(path, models["bf16"], gguf_state(path))
+    d0, _ = gap(path, models["bf16"], checkpoint_state(models["bf16"]))
+    print(f"gpt-oss bf16 -> {type_name}: max |dlogit| {d:.4f} on its own weights, {d0:.3f} on the original (std {std:.2f})")
+    assert d <= OWN_WEIGHTS_TOL * std
+
+
+def test_mxfp4_decoded_matches_transformers_dequantized(models):
+    """--allow-requantize to F32: the experts decoded by our MXFP4 decoder from the HF layout
+    compute what transformers' own MXFP4 reader makes of the same bytes."""
+    path = converted(models, "mxfp4", "F32", allow_requantize=True)
+    d, std = gap(path, models["mxfp4"], checkpoint_state(models["mxfp4"]))
+    print(f"gpt-oss MXFP4 -> F32 (experts decoded): max |dlogit| {d:.4f} (std {std:.2f})")
+    assert d <= F32_TOL * std
+
+
+def test_mxfp4_kept_matches_transformers_dequantized(models):
+    path = converted(models, "mxfp4", "F32")
+    d, std = gap(path, models["mxfp4"], checkpoint_state(models["mxfp4"]))
+    print(f"gpt-oss MXFP4 -> F32 (experts kept MXFP4): max |dlogit| {d:.4f} (std {std:.2f})")
+    assert d <= KEPT_MXFP4_TOL * std
+
+
+# -- MXFP4 bytes ----------------------------------------------------------------------------
+def _tensors(path: Path) -> dict:
+    return {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+
+
+@pytest.mark.parametrize("type_name", ["F32", "Q4_K_M", "MXFP4_MOE"])
+def test_mxfp4_experts_are_the_checkpoints_bytes(models, type_name):
+    """Whatever the type, the experts stay MXFP4, and their blocks are the ones llama.cpp's
+    quantizer makes from the bf16 experts the fixture encoded: the repack lost nothing and
+    put every nibble in ggml's place. Their decoded values equal transformers' dequantization
+    of the checkpoint (an independent reader of the HF layout)."""
+    from safetensors.torch import load_file
+
+    bf16: dict = {}
+    for f in sorted(models["bf16"].glob("*.safetensors")):
+        bf16.update(load_file(str(f)))
+    ref = checkpoint_state(models["mxfp4"])
+    got = _tensors(converted(models, "mxfp4", type_name))
+    for i in range(2):
+        stem = f"model.layers.{i}.mlp.experts."
+        for proj in EXPERT_PROJ:
+            w = bf16[stem + proj].float().numpy().transpose(0, 2, 1)  # (E, out, in)
+            halves = {"gate": w[:, 0::2], "up": w[:, 1::2]} if proj == "gate_up_proj" else {"down": w}
+            deq = ref[stem + proj].numpy().transpose(0, 2, 1)
+            for k, (kind, rows) in enumerate(halves.items()):
+                t = got[f"blk.{i}.ffn_{kind}_exps.weight"]
+                assert t.tensor_type == gguf.GGMLQuantizationType.MXFP4
+                want = ggml_quantize("MXFP4", np.ascontiguousarray(rows).reshape(-1, rows.shape[-1]))
+                assert np.array_equal(np.asarray(t.data).reshape(-1), want.reshape(-1)), t.name
+                mine = dequantize(t.data, t.tensor_type).reshape(rows.shape)
+                expect = deq[:, k::len(halves)] if len(halves) == 2 else deq
+                assert np.array_equal(mine, expect), t.name
+
+
+# -- llama.cpp's quantizer ------------------------------------------------------------------
+def llama_quantize(src: Path, out: Path, preset: str) -> dict:
+    """llama.cpp's quantizer (llama-quantize's library call) on 2 threads; name -> tensor."""
+    import ctypes
+
+    import llama_cpp
+
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype, p.nthread = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{preset}"), 2
+    assert llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(p)) == 0
+    return _tensors(out)
+
+
+@pytest.mark.parametrize("preset", ["Q4_K_M", "MXFP4_MOE"])
+def test_types_and_bytes_equal_llama_quantize(models, preset):
+    """llama-quantize on our F32 GGUF against our own file of that preset from the checkpoint:
+    the same type for every tensor and the same bytes (expert stacks included)."""
+    theirs = llama_quantize(converted(models, "bf16", "F32"), models["root"] / f"llama-{preset}.gguf", preset)
+    ours = _tensors(converted(models, "bf16", preset))
+    assert {n: t.tensor_type.name for n, t in ours.items()} == {n: t.tensor_type.name for n, t in theirs.items()}
+    differ = [n for n, t in ours.items() if not np.array_equal(np.asarray(t.data), np.asarray(theirs[n].data))]
+    assert differ == []
+
+
+# -- metadata and refusals ------------------------------------------------------------------
+def _fields(path: Path) -> dict:
+    r = gguf.GGUFReader(str(path))
+    return {k: f.contents() for k, f in r.fields.items() if k != "tokenizer.ggml.tokens"}
+
+
+def test_metadata(models):
+    kv = _fields(converted(models, "bf16", "F32"))
+    assert kv["general.architecture"] == "gpt-oss"
+    assert kv["gpt-oss.expert_count"] == 4 and kv["gpt-oss.expert_used_count"] == 2
+    assert kv["gpt-oss.expert_feed_forward_length"] == 256
+    assert kv["gpt-oss.attention.sliding_window"] == 8
+    assert "gpt-oss.attention.sliding_window_pattern" not in kv  # llama.cpp's default: even layers slide
+    assert kv["gpt-oss.rope.scaling.type"] == "yarn" and kv["gpt-oss.rope.scaling.factor"] == 32.0
+    assert kv["gpt-oss.rope.scaling.original_context_length"] == 4096
+    assert kv["tokenizer.ggml.pre"] == "gpt-4o"
+    assert kv["tokenizer.chat_template"] == CHAT_TEMPLATE
+
+
+def _edited_copy(models, name: str, edit) -> Path:
+    src, dst = models["bf16"], models["root"] / name
+    dst.mkdir(exist_ok=True)
+    for f in src.iterdir():
+        target = dst / f.name
+        if not target.exists():
+            target.symlink_to(f)
+    cfg = json.loads((src / "config.json").read_text())
+    edit(cfg)
+    (dst / "config.json").unlink()
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_other_layer_pattern_is_written_per_layer(models):
+    d = _edited_copy(models, "full_first", lambda c: c.update(layer_types=["full_attention", "sliding_attention"]))
+    out = models["root"] / "full_first.gguf"
+    qconvert.quantize(d, out, type="F32")
+    assert list(_fields(out)["gpt-oss.attention.sliding_window_pattern"]) == [False, True]
+
+
+def test_other_swiglu_limit_is_refused(models):
+    d = _edited_copy(models, "limit9", lambda c: c.update(swiglu_limit=9.0))
+    with pytest.raises(UnsupportedError, match="swiglu_limit is 9.0"):
+        qconvert.quantize(d, models["root"] / "limit9.gguf", type="F32", dry_run=True)
+
+
+# -- tokenizer --------------------------------------------------------------------------------
+HARMONY = ["<|start|>user<|message|>What is 2+2?<|end|><|start|>assistant<|channel|>final<|message|>4<|return|>",
+           "<|startoftext|>Don't SPLIT camelCase HTTPServer's 12345 tokens<|endoftext|>"]
+
+
+@pytest.mark.parametrize("text", STRINGS + HARMONY)
+def test_tokenizer_ids_equal_transformers(models, text):
+    from transformers import AutoTokenizer
+
+    from qconvert.eval.llama_model import open_llama
+
+    llm = open_llama(converted(models, "bf16", "F32"), vocab_only=True)
+    ours = llm.tokenize(text.encode(), add_bos=False, special=True)
+    llm.close()
+    assert ours == AutoTokenizer.from_pretrained(models["bf16"])(text, add_special_tokens=False)["input_ids"]
