@@ -52,7 +52,8 @@ def quantize(
     split_max_size: Optional[str | int] = None,
     split_max_tensors: Optional[int] = None,
 ) -> QuantizeResult:
-    """Convert a Hugging Face model directory (or an F32/F16/BF16 GGUF) into a GGUF file or a
+    """Convert a Hugging Face model directory (or a Hub model id "ORG/NAME", fetched into the
+    Hugging Face cache; or a GGUF, a split set given by any of its files) into a GGUF file or a
     quantized safetensors checkpoint. A keyword left at None takes its default; a keyword
     the chosen output does not use is an error naming it (InputError), never ignored.
 

@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from .job import Job, check_input_files
 from .results import QuantizeResult
 from .routes import route_for
+from .source.hub import fetched
 
 
 def run(job: Job) -> QuantizeResult:
@@ -25,6 +26,7 @@ def run(job: Job) -> QuantizeResult:
     t0 = time.perf_counter()
     route = route_for(job)
     check_input_files(job)
+    job = fetched(job)  # a Hugging Face model id: its files in the local cache (source/hub.py)
     planned = route.plan(job)
     if job.dry_run:
         result = route.dry_result(job, planned)

@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("quantize", help=HELP + "\n" + help_text())
     def quantize_cmd(
-        model_dir: Annotated[str, typer.Argument(help="Hugging Face model directory (config.json + safetensors), or an F32/F16/BF16 .gguf.")],
+        model_dir: Annotated[str, typer.Argument(help="Hugging Face model directory (config.json + safetensors; FP8, GPTQ, AWQ and compressed-tensors checkpoints are decoded first), a Hub model id (ORG/NAME, fetched into the Hugging Face cache; HF_HUB_OFFLINE=1 uses the cache alone), or a .gguf (a split set: any of its files).")],
         output: Annotated[Optional[str], typer.Option("--output", "-o", rich_help_panel=OUT, help="Output .gguf file, or directory for safetensors (default: ./<model>-<TYPE>.gguf).")] = None,
         force: Annotated[bool, typer.Option("--force", "-f", rich_help_panel=OUT, help="Overwrite an existing output.")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel=OUT, help="Print the per-tensor plan and exit without writing.")] = False,

@@ -35,6 +35,7 @@ class Source:
 def open_hf(model_dir: Path, vocab_pre: Optional[str], allow_requantize: bool = False) -> Source:
     from ..arch import adapter_for
     from .checkpoint import Checkpoint
+    from .hub import hub_name
     from .tokenizer import add_tokenizer
 
     ckpt = Checkpoint(model_dir)
@@ -54,7 +55,8 @@ def open_hf(model_dir: Path, vocab_pre: Optional[str], allow_requantize: bool = 
     if allow_requantize:
         for s in packed:
             s.packed_type, s.packed_loader = "", None
-    return Source(model_dir, model_dir.resolve().name, adapter.arch_name, tensors,
+    name = hub_name(model_dir) or model_dir.resolve().name  # a Hub cache snapshot: the model's name
+    return Source(model_dir, name, adapter.arch_name, tensors,
                   hp.n_layers, hp.n_head, hp.n_head_kv,
                   hp.integer("num_local_experts", "num_experts", "n_routed_experts", lo=0, hi=1 << 16, default=0),
                   write_metadata, requantized=len(ckpt.decoded) + (len(packed) if allow_requantize else 0))
