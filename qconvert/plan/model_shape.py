@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import FormatError, InputError
 from .units import MAX_LAYERS
+from ..source.checkpoint import weights_held
 from ..source.safetensors_file import read_header, validate_header
 from ..source.input_file import stat_input
 from ..source.shard_index import read_index, shard_paths
@@ -147,12 +148,21 @@ def params_from_dir(model_dir: str | Path) -> int:
     else:
         raise InputError(f"{d}: no model.safetensors or model.safetensors.index.json to count parameters "
                          "from; pass --params")
+    config = _json_or_empty(d / "config.json")
     total = 0
     for f in files:
         header, data_start = read_header(f)
         entries, _ = validate_header(f, header, data_start, f.stat().st_size)  # the validator quantize uses
-        total += sum(e.n_elements for e in entries.values())
+        total += sum(weights_held(config, e.name, e.dtype, e.n_elements) for e in entries.values())
     return total
+
+
+def _json_or_empty(path: Path) -> dict:
+    try:
+        v = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return {}
+    return v if isinstance(v, dict) else {}
 
 
 # --- a GGUF file ------------------------------------------------------------------------------

@@ -61,14 +61,26 @@ def _shard_files(model_dir: Path) -> tuple[list[Path], dict[str, str] | None]:
 
 
 # checkpoint quantization formats (config.json quantization_config.quant_method) whose
-# integer tensors an adapter reads and repacks: the name endings of those tensors
-PACKED_FORMATS = {"mxfp4": ("_blocks", "_scales")}
+# integer tensors an adapter reads and repacks: the name endings of those tensors, and how
+# many model weights one stored element holds (MXFP4: two 4-bit values a byte; scales none)
+PACKED_FORMATS = {"mxfp4": {"_blocks": 2, "_scales": 0}}
 
 
 def packed_suffixes(config: dict) -> tuple[str, ...]:
     q = config.get("quantization_config")
     method = q.get("quant_method") if isinstance(q, dict) else None
-    return PACKED_FORMATS.get(method, ()) if isinstance(method, str) else ()
+    return tuple(PACKED_FORMATS.get(method, ())) if isinstance(method, str) else ()
+
+
+def weights_held(config: dict, name: str, dtype: str, n_elements: int) -> int:
+    """Model weights a stored tensor holds (parameter counts of a packed checkpoint)."""
+    q = config.get("quantization_config")
+    method = q.get("quant_method") if isinstance(q, dict) else None
+    per = PACKED_FORMATS.get(method, {}) if isinstance(method, str) else {}
+    for suffix, k in per.items():
+        if dtype == "U8" and name.endswith(suffix):
+            return k * n_elements
+    return n_elements
 
 
 class Checkpoint:
