@@ -37,7 +37,7 @@ KERNELS: Registry[Kernel] = Registry("quantization kernel")
 # types whose encoders take per-weight importance (llama.cpp's imatrix path); the others
 # round the same way with or without it (llama.cpp ignores an imatrix for them too)
 IMPORTANCE_TYPES = frozenset({"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-                              "IQ4_NL", "IQ4_XS"})
+                              "IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_S"})
 # of those, the types whose weighting also uses the mean square of the whole row
 # (llama.cpp's quantize_row_q4_0_impl ... q5_1_impl), not of one block
 ROW_SIGMA2_TYPES = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1"})
@@ -48,6 +48,7 @@ _MODULES = {
     "Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0", "Q5_1": "q5_1",
     "Q2_K": "q2_k", "Q3_K": "q3_k", "Q4_K": "q4_k", "Q5_K": "q5_k", "Q6_K": "q6_k",
     "MXFP4": "mxfp4", "IQ4_NL": "iq4_nl", "IQ4_XS": "iq4_xs",
+    "IQ3_XXS": "iq3_xxs", "IQ3_S": "iq3_s",
 }
 
 
