@@ -39,18 +39,19 @@ from synthetic_checkpoint import make_checkpoint  # noqa: E402
 class Run:
     seconds: float
     peak: int  # bytes
+    cpu: float = 0.0  # user + system seconds: what the run cost when other programs share the cores
 
 
 def measured(cmd: list[str], env=None) -> Run:
     """Wall time and peak RSS of one child process (GNU time)."""
-    fmt = "QCBENCH %e %M"
+    fmt = "QCBENCH %e %M %U %S"
     r = subprocess.run(["/usr/bin/time", "-f", fmt, *cmd], env=env, stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, text=True)
     line = next((ln for ln in r.stderr.splitlines() if ln.startswith("QCBENCH ")), None)
     if r.returncode != 0 or line is None:
         raise SystemExit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr[-3000:]}")
-    _, sec, kib = line.split()
-    return Run(float(sec), int(kib) * 1024)
+    _, sec, kib, user, sys_ = line.split()
+    return Run(float(sec), int(kib) * 1024, float(user) + float(sys_))
 
 
 def qconvert_cmd(model: Path, out: Path, type_name: str) -> list[str]:
@@ -75,7 +76,7 @@ def llama_cpp(src: Path, model: Path, td: Path, type_name: str, threads: int) ->
             "sys.exit(l.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))")
     b = measured([sys.executable, "-c", code, str(inter), str(out)])
     inter.unlink()
-    return Run(a.seconds + b.seconds, max(a.peak, b.peak)), out
+    return Run(a.seconds + b.seconds, max(a.peak, b.peak), a.cpu + b.cpu), out
 
 
 def same_tensors(a: Path, b: Path) -> tuple[int, int]:
@@ -131,10 +132,11 @@ def main() -> None:
         td = Path(td)
         warm(types, td, qenv)
         models = [(a.model, None)] if a.model else [(td / f"model-{n}", int(n)) for n in a.layers.split(",")]
-        print(f"{a.threads} threads; qconvert chunk {os.environ.get('QCONVERT_CHUNK_MB', '32')} MiB; "
+        print(f"{a.threads} threads; qconvert chunk {os.environ.get('QCONVERT_CHUNK_MB', '16')} MiB; "
               f"llama.cpp: {src or '-'}")
         print(f"{'model':>22} {'type':>7} | {'qconvert':>9} {'peak RSS':>9} {'GB/s':>5} | {'llama.cpp':>9} "
-              f"{'peak RSS':>9} {'GB/s':>5} | {'wall qc/ll':>10} {'RSS qc/ll':>9}" + ("  bytes" if a.check_bytes else ""))
+              f"{'peak RSS':>9} {'GB/s':>5} | {'wall qc/ll':>10} {'RSS qc/ll':>9} {'cpu s qc/ll':>13}"
+              + ("  bytes" if a.check_bytes else ""))
         for model, layers in models:
             if layers is not None:
                 _, total = make_checkpoint(model, layers=layers, hidden=a.hidden, vocab=a.vocab, ff=a.ff,
@@ -154,7 +156,7 @@ def main() -> None:
                 if src is not None:
                     ll, theirs = llama_cpp(src, model, td, t, a.threads)
                     line += (f" {ll.seconds:8.1f}s {ll.peak / 2**20:7.0f}Mi {total / 1e9 / ll.seconds:5.2f} |"
-                             f" {q.seconds / ll.seconds:9.2f}x {q.peak / ll.peak:8.2f}x")
+                             f" {q.seconds / ll.seconds:9.2f}x {q.peak / ll.peak:8.2f}x {q.cpu:6.0f}/{ll.cpu:<6.0f}")
                     if a.check_bytes:
                         same, n = same_tensors(ours, theirs)
                         line += f"  {same}/{n}"

@@ -7,7 +7,8 @@
 Each stage keeps one finished item ahead (prefetch.py), so at most about six slices are in
 memory: one being read and one waiting, one being encoded (with its importance weights
 broadcast and its output), and up to three encoded ones waiting or being written. With the
-default 32 MiB slice that bounds the working set near 300 MiB, whatever the tensors' sizes.
+default 16 MiB slice (of float32) that bounds the working set near 150 MiB, whatever the
+tensors' sizes.
 The pipeline runs across tensor boundaries: the next tensor's first slice is read while
 this one's last is encoded.
 
