@@ -34,6 +34,7 @@ class Phi3Adapter(ArchAdapter):
         self.rope_dims = int(hp.rotary_fraction * hp.n_embd) // hp.n_head
         self.longrope = optional_longrope(hp, self.rope_dims // 2)
         self.window = hp.integer("sliding_window", lo=1, hi=2**32 - 1, default=None)
+        self.original_context = hp.integer("original_max_position_embeddings", lo=1, hi=2**32 - 1, default=None)
 
     def write_metadata(self, w: gguf.GGUFWriter) -> None:
         super().write_metadata(w)
@@ -41,6 +42,8 @@ class Phi3Adapter(ArchAdapter):
         if self.longrope is not None:
             w.add_rope_scaling_orig_ctx_len(self.longrope.original_context)
             w.add_rope_scaling_attn_factors(self.longrope.attention_factor)
+        elif self.original_context is not None:  # as llama.cpp's converter: unused without rope scaling
+            w.add_rope_scaling_orig_ctx_len(self.original_context)
 
     def extra_tensors(self):
         yield from super().extra_tensors()
