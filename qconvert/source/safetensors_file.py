@@ -39,6 +39,7 @@ DTYPE_BITS: dict[str, int] = {**{k: v.itemsize * 8 for k, v in DTYPES.items()},
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 MAX_HEADER = 100 * 1024 * 1024  # the limit the safetensors library itself enforces
 MAX_RANK = 16  # numpy allows 64; no model tensor comes close
+_FAULT_AROUND = 64 * 1024  # Linux maps up to this much around a faulting page (fault_around_bytes)
 
 
 @dataclass(frozen=True)
@@ -236,8 +237,12 @@ class SafetensorsFile:
         if self._mm is None or not hasattr(mmap, "MADV_DONTNEED"):
             return
         e = self.entries[name]
-        first = (self.data_start + e.begin + start) // mmap.PAGESIZE * mmap.PAGESIZE
-        end = self.data_start + (e.end if stop is None else e.begin + stop)
+        # widened by the kernel's fault-around window: a read maps up to 64 KiB of the
+        # neighbours' pages too, and nothing else would drop them (with 128 experts of
+        # 0.5 MB per shard they stayed as 14 MB per shard). Dropping a neighbour's pages
+        # early costs only a minor fault from the page cache if it is read later.
+        first = max(0, (self.data_start + e.begin + start - _FAULT_AROUND) // mmap.PAGESIZE * mmap.PAGESIZE)
+        end = min(self.size, self.data_start + (e.end if stop is None else e.begin + stop) + _FAULT_AROUND)
         try:
             self._mm.madvise(mmap.MADV_DONTNEED, first, end - first)
         except (OSError, ValueError):
