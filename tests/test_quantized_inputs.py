@@ -150,3 +150,14 @@ def test_a_quantized_weight_without_its_scale_is_one_line_error(made, tmp_path):
     assert "\n" not in str(ei.value) and not (tmp_path / "x.gguf").exists()
     config = json.loads((d / "config.json").read_text())
     assert config["quantization_config"]["weight_block_size"] == [96, 80]
+
+
+def test_calibration_runs_the_decoded_model(made, tmp_path):
+    """--calibration on a GPTQ checkpoint: the model is built without its quantization_config
+    (which would need optimum) and reads the decoded weights: the same statistics, and so
+    the same file, as calibrating its float twin."""
+    path, _, twin = made("gptq")
+    kw = dict(type="Q4_K_M", calibration=True, calibration_samples=4, calibration_seqlen=64, device="cpu")
+    got = qconvert.quantize(path, tmp_path / "q.gguf", **kw)
+    want = qconvert.quantize(twin, tmp_path / "t.gguf", **kw)
+    assert tensor_bytes(got.output) == tensor_bytes(want.output)

@@ -93,8 +93,9 @@ def _render(rep: Report, show_tensors: bool, show_all: bool) -> None:
 
 
 def inspect_cmd(
-    path: Annotated[str, typer.Argument(help="A .gguf or .safetensors file, a model.safetensors.index.json, "
-                                              "or a directory holding one of them.", show_default=False)],
+    path: Annotated[str, typer.Argument(help="A .gguf (a split set: any of its files) or .safetensors file, a "
+                                              "model.safetensors.index.json, or a directory holding one of them.",
+                                         show_default=False)],
     json_out: Annotated[bool, typer.Option("--json", help="Print every fact as JSON instead of tables.")] = False,
     tensors: Annotated[bool, typer.Option("--tensors/--no-tensors", help="Show the per-tensor table.")] = True,
     show_all: Annotated[bool, typer.Option(

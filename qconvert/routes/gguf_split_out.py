@@ -7,7 +7,7 @@ member holds all the model's metadata, every member the split keys.
 
 --split-max-size bounds each whole file (header and padding included), not just its
 tensor data: Hugging Face's 50 GB limit is on files. A tensor too large for the limit on
-its own gets a file of its own, which is then larger (and said in a note)."""
+its own gets a file of its own, which is then larger."""
 
 from __future__ import annotations
 
@@ -44,14 +44,10 @@ class Member:
 @dataclass(frozen=True)
 class SplitLayout:
     members: tuple[Member, ...]
-    max_bytes: Optional[int]
 
     @property
     def count(self) -> int:
         return len(self.members)
-
-    def oversized(self) -> list[Member]:
-        return [m for m in self.members if self.max_bytes is not None and m.size > self.max_bytes]
 
 
 def split_layout(src: Source, plan: Plan, split) -> SplitLayout:
@@ -76,7 +72,7 @@ def split_layout(src: Source, plan: Plan, split) -> SplitLayout:
         raise InputError(f"the split set would have {len(groups):,} files, more than the {MAX_MEMBERS:,} "
                          "llama.cpp can name; raise --split-max-size or --split-max-tensors")
     members = tuple(Member(tuple(g), size(g, i == 0)) for i, g in enumerate(groups))
-    return SplitLayout(members, split.max_bytes)
+    return SplitLayout(members)
 
 
 def set_paths(out: Path, count: int) -> list[Path]:
@@ -99,11 +95,6 @@ def output_files(out: Path, split) -> list[Path]:
         return [out]
     m = MEMBER.fullmatch(out.name)
     return member_paths(out.with_name(m["prefix"]), int(m["count"]))
-
-
-def layout_notes(layout: SplitLayout) -> list[str]:
-    return [f"{m.tensors[0].name} alone needs a {m.size:,}-byte file, over --split-max-size "
-            f"({layout.max_bytes:,} bytes); it was given a file of its own" for m in layout.oversized()]
 
 
 def write_split(src: Source, plan: Plan, out: Path, encoder: Encoder, progress, split) -> Optional[object]:

@@ -33,7 +33,7 @@ from .finite import check_finite
 from .fp8 import FP8_DTYPES, decode
 from .safetensors_file import FLOAT_DTYPES, SafetensorsFile, TensorHandle
 
-RUNTIME_SCALES = (".input_scale", ".k_scale", ".v_scale", ".q_scale", ".kv_scale")
+RUNTIME_SCALES = (".input_scale", ".input_scale_ub", ".k_scale", ".v_scale", ".q_scale", ".kv_scale")
 DEFAULT_BLOCK = (128, 128)
 
 
