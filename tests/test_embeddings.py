@@ -6,10 +6,10 @@ Normalize). The reference is sentence-transformers itself loading the directory 
 (`SentenceTransformer.encode`, pooling as the config says, unnormalised); llama.cpp pools
 by the GGUF's pooling type. Measured minimum cosines over the eight texts (minilm / bge /
 modernbert): F32 and F16 1.000000 (to six places) for all three; Q8_0 0.999888 / 0.999945 /
-0.999755 (Q4_K_M, not tested: 0.99598 / 0.99817 / 0.99373). The threshold 0.999 is far
+0.999452 (Q4_K_M, not tested: 0.99598 / 0.99817 / 0.99271). The threshold 0.999 is far
 above what a conversion mistake scores: the right GGUF pooled the wrong way (CLS instead
 of the configured mean) scores below 0.95 (test below); ModernBERT with its window
-ignored, 0.947-0.986.
+ignored, 0.767-0.916.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def read(path) -> dict:
 @pytest.mark.parametrize("name,arch,pooling,lower", [
     ("minilm", "bert", gguf.PoolingType.MEAN, True),
     ("bge", "bert", gguf.PoolingType.CLS, False),
-    ("modernbert", "modern-bert", gguf.PoolingType.MEAN, None),
+    ("modernbert", "modern-bert", gguf.PoolingType.LAST, None),
 ])
 def test_metadata(name, arch, pooling, lower, converted):
     kv = read(converted(name, "F32"))
@@ -190,6 +190,26 @@ def _copy(models, name, tmp_path):
     d = tmp_path / name
     shutil.copytree(models(name), d)
     return d
+
+
+def test_vocab_txt_only_directory(models, tmp_path):
+    """BERT's original layout: vocab.txt and no tokenizer.json (transformers builds the
+    BertTokenizer from vocab.txt and tokenizer_config.json)."""
+    from transformers import AutoTokenizer
+
+    d = _copy(models, "minilm", tmp_path)
+    vocab = json.loads((d / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    (d / "vocab.txt").write_text("".join(t + "\n" for t in sorted(vocab, key=vocab.get)), encoding="utf-8")
+    (d / "tokenizer.json").unlink()
+    out = tmp_path / "vocab_txt.gguf"
+    qconvert.quantize(d, out, type="F32")
+    kv = read(out)
+    assert kv["tokenizer.ggml.model"] == "bert" and kv["tokenizer.ggml.normalizer.lowercase"] is True
+    tok = AutoTokenizer.from_pretrained(d)
+    llm = open_llama(out, vocab_only=True)
+    texts = [t for t in TOKEN_STRINGS if not any("\uac00" <= c <= "\ud7a3" for c in t)]
+    assert [llm.tokenize(t.encode(), add_bos=True, special=True) for t in texts] == \
+        [tok(t)["input_ids"] for t in texts]
 
 
 def test_pooling_llama_cpp_cannot_apply_is_refused(models, tmp_path):

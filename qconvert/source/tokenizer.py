@@ -27,7 +27,7 @@ import gguf
 from ..errors import InputError, UnsupportedError
 from .bpe_vocab import is_byte_level, read_bpe_vocab
 from .pretokenizer import choose_pre
-from .special_tokens import read_json, special_vocab
+from .special_tokens import _token_text, read_json, special_vocab
 from .spm_json_vocab import is_spm_style, read_spm_json_vocab
 from .spm_vocab import read_spm_vocab
 from .tokenizer_class import REBUILT_WORDPIECE, as_transformers_runs, effective_class
@@ -167,9 +167,16 @@ def _add_wordpiece(writer: gguf.GGUFWriter, model_dir: Path, tokenizer_json: dic
     writer.add_token_types(vocab.types)
     write_normalizer(writer, vocab)
     sv = special_vocab(model_dir, vocab.tokens, merges=False, tokenizer_config=tokenizer_config)
+    # llama.cpp's BOS is BERT's CLS (its own defaults, 101 and friends, fit only the
+    # original English vocabulary); CLS and MASK named by text when no template gave them
+    by_text = {t: i for i, t in enumerate(vocab.tokens)}
+    for typ, key, default in (("cls", "cls_token", "[CLS]"), ("mask", "mask_token", "[MASK]")):
+        text = _token_text(tokenizer_config.get(key, default))
+        if typ not in sv.special_token_ids and isinstance(text, str) and text in by_text:
+            sv.special_token_ids[typ] = by_text[text]
     if "bos" not in sv.special_token_ids and "cls" in sv.special_token_ids:
         sv.special_token_ids["bos"] = sv.special_token_ids["cls"]
-    sv.special_token_ids.pop("cls", None)  # no GGUF key; llama.cpp's BOS is the CLS token
+    sv.special_token_ids.pop("cls", None)  # no GGUF key
     sv.add_to_gguf(writer, quiet=True)
     return TokenizerInfo(kind="wpm", n_tokens=len(vocab.tokens), pre="default",
                          special=dict(sv.special_token_ids), add_bos=sv.add_special_token.get("bos"),
