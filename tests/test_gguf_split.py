@@ -205,3 +205,15 @@ def test_a_set_with_a_missing_or_foreign_member_is_one_line_error(tiny, tmp_path
     with pytest.raises(InputError, match=r"member 1 of a GGUF split into 3 files, but not named \.\.\.-00001-of-00003"):
         qconvert.quantize(renamed, tmp_path / "y.gguf")
     assert not (tmp_path / "x.gguf").exists() and not (tmp_path / "y.gguf").exists()
+
+
+def test_dry_run_names_the_set_and_its_exact_size(tiny, tmp_path, whole_and_split):
+    _, res = whole_and_split
+    model = tiny("llama")
+    dry = qconvert.quantize(model, tmp_path / "parts.gguf", type="Q4_K_M", split_max_size="400kB", dry_run=True)
+    n = len(res.files)
+    note = next(x for x in dry.notes if "would write a set" in x)
+    assert f"a set of {n} files, {tmp_path / f'parts-00001-of-{n:05d}.gguf'} ... parts-{n:05d}-of-{n:05d}.gguf" in note
+    largest = max(f.stat().st_size for f in res.files)
+    assert f"({res.file_size:,} bytes; the largest file {largest:,})" in note  # the layout is the written one
+    assert list(tmp_path.iterdir()) == []

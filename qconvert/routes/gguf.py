@@ -17,6 +17,7 @@ from ..sink.encoded_chunks import pieces
 from ..source.model_source import Source, open_source
 from .base import CALIBRATION_RUN, GGUF_OUTPUT, Route
 from .gguf_file import output_path, write_gguf, written
+from .gguf_split_out import dry_notes
 from .statistics import (check_calibration_source, checked_save_path, collected_importance, loaded_importance,
                          statistics_reads)
 
@@ -107,5 +108,6 @@ class PresetRoute(Route[GGUFPlanned, GGUFResult]):
         return write_with_importance(job, planned, plan, imx, out, notes)
 
     def dry_result(self, job: Job, planned: GGUFPlanned) -> GGUFResult:
-        return GGUFResult(None, planned.plan, notes=list(planned.notes), budget=planned.budget)
+        return GGUFResult(None, planned.plan, notes=list(planned.notes) + dry_notes(job, planned),
+                          budget=planned.budget)
 

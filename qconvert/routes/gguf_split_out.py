@@ -97,6 +97,20 @@ def output_files(out: Path, split) -> list[Path]:
     return member_paths(out.with_name(m["prefix"]), int(m["count"]))
 
 
+def dry_notes(job, planned) -> list[str]:
+    """What a --dry-run with --split-max-* would write: the set's names and sizes."""
+    if job.split is None:
+        return []
+    from .gguf_file import default_output
+
+    layout = split_layout(planned.src, planned.plan, job.split)
+    paths = set_paths(job.output or default_output(planned.src, planned.label), layout.count)
+    sizes = [m.size for m in layout.members]
+    return [f"dry run: would write a set of {layout.count} files, {paths[0]}"
+            + (f" ... {paths[-1].name}" if layout.count > 1 else "")
+            + f" ({sum(sizes):,} bytes; the largest file {max(sizes):,})"]
+
+
 def write_split(src: Source, plan: Plan, out: Path, encoder: Encoder, progress, split) -> Optional[object]:
     """Write the set whose first member is `out` (or whose prefix `out` gives); returns
     the tokenizer facts of the first member's metadata."""

@@ -18,6 +18,7 @@ from ..source.model_source import open_source
 from .base import CALIBRATION_RUN, GGUF_OUTPUT, Route
 from .gguf import PRESET_OPTIONS, GGUFPlanned, preset_plan_of
 from .gguf_file import output_path, write_gguf, written
+from .gguf_split_out import dry_notes
 from .statistics import statistics_reads
 
 DRY_NOTE = "dry run: calibration not run; the plan's types do not depend on it"
@@ -72,7 +73,7 @@ class GPTQRoute(Route[GGUFPlanned, GGUFResult]):
                           stats=stats, **written(out, job.split))
 
     def dry_result(self, job: Job, planned: GGUFPlanned) -> GGUFResult:
-        return GGUFResult(None, planned.plan, notes=list(planned.notes))
+        return GGUFResult(None, planned.plan, notes=list(planned.notes) + dry_notes(job, planned))
 
 
 def gptq_notes(stats: dict[str, dict]) -> list[str]:

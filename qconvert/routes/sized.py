@@ -17,6 +17,7 @@ from ..source.model_source import open_source
 from .base import GGUF_OUTPUT, Route
 from .gguf import GGUFPlanned, importance_options, requantize_notes, write_with_importance
 from .gguf_file import default_output, header_layout, output_path
+from .gguf_split_out import dry_notes
 from .statistics import checked_save_path, collected_importance, loaded_importance, statistics_reads
 
 TARGETS = {"target_size": "size", "target_bpw": "bpw", "target_vram": "vram"}
@@ -83,4 +84,5 @@ class SizedRoute(Route[GGUFPlanned, GGUFResult]):
         return write_with_importance(job, planned, planned.plan, planned.imatrix, out, planned.notes)
 
     def dry_result(self, job: Job, planned: GGUFPlanned) -> GGUFResult:
-        return GGUFResult(None, planned.plan, notes=list(planned.notes), budget=planned.budget)
+        return GGUFResult(None, planned.plan, notes=list(planned.notes) + dry_notes(job, planned),
+                          budget=planned.budget)
