@@ -51,7 +51,7 @@ def quantize(
     sensitivity_cache: Optional[str | Path] = None,
     split_max_size: Optional[str | int] = None,
     split_max_tensors: Optional[int] = None,
-) -> QuantizeResult:
+) -> Optional[QuantizeResult]:
     """Convert a Hugging Face model directory (or a Hub model id "ORG/NAME", fetched into the
     Hugging Face cache; or a GGUF, a split set given by any of its files) into a GGUF file or a
     quantized safetensors checkpoint. A keyword left at None takes its default; a keyword
@@ -87,6 +87,9 @@ def quantize(
     split_max_size ("50GB" or bytes per file) / split_max_tensors (tensors per file): GGUF
     output as llama.cpp's split set, NAME-00001-of-0000N.gguf ... (the first holds the
     metadata; llama.cpp loads the set given the first); GGUFResult.files lists the set.
+
+    Under torchrun (several processes, calib/world.py) the calibration pass is shared by
+    all ranks; rank 0 writes the output and gets the result, every other rank gets None.
 
     A weight holding NaN or Inf is an error naming the tensor (source/finite.py), before
     anything is written; allow_nonfinite=True converts such weights anyway."""

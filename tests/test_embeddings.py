@@ -192,6 +192,27 @@ def _copy(models, name, tmp_path):
     return d
 
 
+def test_int64_position_ids_buffer_is_ignored(models, tmp_path, converted):
+    """all-MiniLM-era safetensors carry embeddings.position_ids (int64 0..n-1) beside the
+    weights; it is an index buffer, not a weight: same GGUF tensors as without it."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    d = _copy(models, "minilm", tmp_path)
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    shard = index["weight_map"]["embeddings.word_embeddings.weight"]
+    tensors = load_file(d / shard)
+    tensors["embeddings.position_ids"] = torch.arange(128, dtype=torch.int64)[None]
+    save_file(tensors, d / shard, metadata={"format": "pt"})
+    index["weight_map"]["embeddings.position_ids"] = shard
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    out = tmp_path / "with_buffer.gguf"
+    qconvert.quantize(d, out, type="F32")
+    ours = {t.name: np.array(t.data) for t in gguf.GGUFReader(str(out)).tensors}
+    plain = {t.name: np.array(t.data) for t in gguf.GGUFReader(str(converted("minilm", "F32"))).tensors}
+    assert ours.keys() == plain.keys() and all(np.array_equal(ours[n], plain[n]) for n in ours)
+
+
 def test_vocab_txt_only_directory(models, tmp_path):
     """BERT's original layout: vocab.txt and no tokenizer.json (transformers builds the
     BertTokenizer from vocab.txt and tokenizer_config.json)."""

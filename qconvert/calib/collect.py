@@ -16,6 +16,7 @@ import torch
 from .imatrix import ImportanceMatrix
 from .layerwise import load_causal_lm, run_layerwise
 from .text import calibration_samples
+from .world import current, own_windows
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,22 @@ class SquareSums:
             self.counts[name] += x.shape[0]
         else:
             self.sums[name], self.counts[name] = s, x.shape[0]
+
+    def sum_over(self, world) -> None:
+        """Add up every rank's sums and counts (calib/world.py), in place: afterwards each
+        rank holds what one process would have summed over all windows. A module no
+        window of some rank reached (a routed expert) takes part with zeros there."""
+        shapes = world.union({n: tuple(s.shape) for n, s in self.sums.items()})
+        if not shapes:
+            return
+        dev = next(iter(self.sums.values())).device if self.sums else None
+        for name, shape in shapes.items():
+            if name not in self.sums:
+                self.sums[name], self.counts[name] = torch.zeros(shape, dtype=torch.float64, device=dev), 0
+        names = list(shapes)
+        counts = torch.tensor([self.counts[n] for n in names], dtype=torch.float64)
+        world.all_sum([self.sums[n] for n in names] + [counts])
+        self.counts = {n: int(c) for n, c in zip(names, counts.tolist())}
 
     def to_matrix(self, rename: Callable[[str], Optional[str]], **meta) -> ImportanceMatrix:
         """An ImportanceMatrix keyed by rename(module path + '.weight'); modules that
@@ -71,9 +88,13 @@ def collect_importance(model_dir: Path | str, *, text_file: Optional[Path | str]
     adapter = adapter_for(Checkpoint(model_dir))  # fails early on an architecture we cannot write
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     samples = calibration_samples(tokenizer, text_file=text_file, n_samples=n_samples, seqlen=seqlen, seed=seed)
+    world = current()  # under torchrun: this rank's windows, then the sums of all ranks
+    samples = own_windows(samples, batch_size, world)
     model = load_causal_lm(model_dir)
     sums = SquareSums()
-    run_layerwise(model, samples, on_linear=sums, device=device, batch_size=batch_size, show_progress=show_progress)
+    run_layerwise(model, samples, on_linear=sums, device=device, batch_size=batch_size,
+                  show_progress=show_progress if world.writer else False)
+    sums.sum_over(world)
     dataset = str(text_file) if text_file is not None else BUNDLED_TEXT
     return sums.to_matrix(adapter.gguf_name, datasets=[dataset], chunk_count=n_samples, chunk_size=seqlen,
                           arch=adapter.arch_name)

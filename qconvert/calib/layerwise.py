@@ -58,7 +58,11 @@ Transform = Callable[[int, nn.Module], None]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else as torch names it."""
+    """'auto' -> cuda when available, else cpu; anything else as torch names it. Under
+    torchrun, 'cuda' is this process's GPU, cuda:LOCAL_RANK (calib/world.py)."""
+    from .world import current, rank_device
+
+    device = rank_device(str(device), current())
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

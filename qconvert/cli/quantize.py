@@ -120,4 +120,5 @@ def register(app: typer.Typer) -> None:
                        target_vram=target_vram, target_size=target_size, target_bpw=target_bpw, context=context,
                        kv_type=kv_type, sensitivity_cache=sensitivity_cache, split_max_size=split_max_size,
                        split_max_tensors=split_max_tensors)
-        show(res, dry_run)
+        if res is not None:  # None: a torchrun rank other than 0, which prints nothing
+            show(res, dry_run)

@@ -35,8 +35,11 @@ def check_calibration_source(src: Source) -> None:
 
 
 def checked_save_path(src: Source, calib: Calibration) -> Optional[Path]:
-    """--save-imatrix, checked before the calibration pass (an existing file is replaced)."""
-    if calib.save_imatrix is None:
+    """--save-imatrix, checked before the calibration pass (an existing file is replaced);
+    None on the ranks that write nothing (torchrun: all but rank 0)."""
+    from ..calib.world import current
+
+    if calib.save_imatrix is None or not current().writer:
         return None
     return check_output(calib.save_imatrix, True, reads=(src.path, *statistics_reads(calib)))
 

@@ -39,66 +39,88 @@ def gptq_plan(plan: Plan, src: Source) -> tuple[Plan, dict[str, str]]:
     return replace(plan, tensors=tensors), linears
 
 
-def run_gptq(src: Source, plan: Plan, store: Path, *, text_file: Optional[str | Path] = None,
+def run_gptq(src: Source, plan: Plan, store: Optional[Path], *, text_file: Optional[str | Path] = None,
              n_samples: int = 128, seqlen: int = 512, device: str = "auto", damp: float = 0.01,
              batch_size: int = 8, progress: Optional[bool] = None) -> dict[str, dict]:
     """Quantize every linear `plan` (from gptq_plan) marks; write `<store>/<gguf name>.npy` (GGUF bytes) and, for
-    importance-scheme tensors, `<name>.imp.npy`. Returns per-tensor GPTQ statistics."""
+    importance-scheme tensors, `<name>.imp.npy`. Returns per-tensor GPTQ statistics.
+
+    Under torchrun (calib/world.py) every rank runs its share of the windows, the Hessians
+    are summed over ranks, each rank solves its share of a layer's linears and the results
+    are broadcast; only the rank given a `store` (rank 0) writes there, the others pass None."""
     import torch
     from transformers import AutoTokenizer
 
+    from ..calib import world as worlds
     from ..calib.layerwise import load_causal_lm, run_layerwise
     from ..calib.text import calibration_samples
     from ..sink.gguf import check_holds
     from ..source.finite import check_finite
     from .gptq_grid import gptq_gguf  # torch: imported when GPTQ runs, not when the CLI starts
-    from .hessian import accumulate_hessian, hessian_init
+    from .hessian import HessianSum, unite_hessians
 
+    world = worlds.current()
     _, linears = gptq_plan(plan, src)  # the linears; `plan` already carries their schemes
     by_name = {tp.name: tp for tp in plan.tensors}
     transforms = {s.name: s.transforms for s in src.tensors}
     tokenizer = AutoTokenizer.from_pretrained(str(src.path))
     samples = calibration_samples(tokenizer, text_file=text_file, n_samples=n_samples, seqlen=seqlen)
+    samples = worlds.own_windows(samples, batch_size, world)
     model = load_causal_lm(src.path)
-    hess: dict[str, list] = {}
+    hess: dict[str, HessianSum] = {}
     stats: dict[str, dict] = {}
 
     def on_linear(i: int, name: str, x: torch.Tensor) -> None:
-        if name not in linears:
-            return
-        if name not in hess:
-            hess[name] = list(hessian_init(x.shape[-1], dtype=torch.float32, device=x.device))
-        hess[name] = list(accumulate_hessian(hess[name][0], hess[name][1], x))
+        if name in linears:
+            if name not in hess:
+                hess[name] = HessianSum(x.shape[-1], device=x.device)
+            hess[name].add(x)
+
+    def solve(full: str, mod: torch.nn.Module, H: torch.Tensor) -> dict:
+        gname = linears[full]
+        tp = by_name[gname]
+        W = mod.weight.detach().to(torch.float32).cpu().numpy()
+        # the weights GPTQ writes, checked as the writer checks the rest (a full
+        # transformers load, lazy_model's fallback, bypasses the reader's NaN check)
+        check_finite(W, "F32", f"{src.path}: {gname} ({full}.weight)")
+        check_holds(gname, tp.qtype, W)
+        blocks, deq, st = gptq_gguf(W, H.cpu().numpy(), tp.qtype.name, damp=damp, device=H.device)
+        # llama.cpp's row order (e.g. Llama's q/k rope permutation) applies to whole
+        # rows, so it applies to the encoded rows too
+        rows = blocks.reshape(W.shape[0], -1)
+        for t in transforms[gname]:
+            rows = t(rows)
+        return {"rows": np.ascontiguousarray(rows).reshape(-1), "deq": deq,
+                **{k: st[k] for k in ("err", "rtn_err") if k in st}}
 
     def transform(i: int, layer: torch.nn.Module) -> None:
+        unite_hessians(world, hess, next(layer.parameters()).device)
+        todo = []  # (module path in the model, module), in the layer's module order: the same on every rank
         for mod_name, mod in layer.named_modules():
-            if not isinstance(mod, torch.nn.Linear):
-                continue
             full = next((n for n in hess if n.endswith(f".{i}.{mod_name}")), None)
-            if full is None:
-                continue
+            if isinstance(mod, torch.nn.Linear) and full is not None:
+                todo.append((full, mod))
+        H = {full: hess.pop(full).hessian() for full, _ in todo}
+        solving = [(full, mod) for full, mod in todo if by_name[linears[full]].scheme == "gptq"]
+        who = worlds.owners([float(m.weight.shape[0] * m.weight.shape[1] ** 2 + m.weight.shape[1] ** 3)
+                             for _, m in solving], world)
+        mine = {}
+        with world.agreed(f"solving GPTQ for layer {i}"):
+            for (full, mod), r in zip(solving, who):
+                if r == world.rank:
+                    mine[full] = solve(full, mod, H[full])
+        for (full, mod), r in zip(solving, who):
+            got = world.share(mine.pop(full, None), src=r)
+            mod.weight.data.copy_(torch.as_tensor(got["deq"]).to(mod.weight.device, mod.weight.dtype))
             gname = linears[full]
-            tp = by_name[gname]
-            H = hess.pop(full)[0]
-            W = mod.weight.detach().to(torch.float32).cpu().numpy()
-            # the weights GPTQ writes, checked as the writer checks the rest (a full
-            # transformers load, lazy_model's fallback, bypasses the reader's NaN check)
-            check_finite(W, "F32", f"{src.path}: {gname} ({full}.weight)")
-            check_holds(gname, tp.qtype, W)
-            Hn = H.cpu().numpy()
-            if tp.scheme == "gptq":
-                blocks, deq, st = gptq_gguf(W, Hn, tp.qtype.name, damp=damp, device=H.device)
-                mod.weight.data.copy_(torch.from_numpy(deq).to(mod.weight.device, mod.weight.dtype))
-                # llama.cpp's row order (e.g. Llama's q/k rope permutation) applies to whole
-                # rows, so it applies to the encoded rows too
-                rows = blocks.reshape(W.shape[0], -1)
-                for t in transforms[gname]:
-                    rows = t(rows)
-                np.save(store / f"{gname}.npy", np.ascontiguousarray(rows).reshape(-1))
-                stats[gname] = {k: st[k] for k in ("err", "rtn_err") if k in st}
-            else:
-                np.save(store / f"{gname}.imp.npy", (np.diag(Hn) / 2).astype(np.float32))
+            if store is not None:
+                np.save(store / f"{gname}.npy", got["rows"])
+            stats[gname] = {k: got[k] for k in ("err", "rtn_err") if k in got}
+        for full, _ in todo:
+            if by_name[linears[full]].scheme != "gptq" and store is not None:
+                np.save(store / f"{linears[full]}.imp.npy", (np.diag(H[full].cpu().numpy()) / 2).astype(np.float32))
 
     run_layerwise(model, samples, on_linear=on_linear, transform=transform, device=device,
-                  batch_size=batch_size, show_progress=progress)
+                  batch_size=batch_size, show_progress=progress if world.writer else False)
     return stats
+

@@ -51,6 +51,52 @@ def accumulate_hessian(H: torch.Tensor, n_seen: int, x: torch.Tensor) -> tuple[t
     return H, total
 
 
+class HessianSum:
+    """Σ xᵀx over calibration rows in float64, and the number of rows: what the drivers
+    collect, because sums (unlike accumulate_hessian's running mean) add up across batches
+    and across processes (calib/world.py all-reduces `tensors()`).
+
+    Each batch's product is computed in float32 (the fast path on any device) in slabs of
+    rows that keep the temporaries near 200 MB, and added in float64, so the total depends
+    on the batches, not on how they were grouped: splitting them over ranks changes only the
+    order of a few float64 additions, far below float32's resolution. The price is memory:
+    8 bytes per entry where the running mean needs 4 (a 14336-wide down projection: 1.6 GB).
+    """
+
+    _SLAB_ELEMENTS = 1 << 24  # per float32 slab of the product (64 MB; its float64 copy 128 MB)
+
+    def __init__(self, n_cols: int, device: torch.device | str | None = None) -> None:
+        self.sum = torch.zeros(n_cols, n_cols, dtype=torch.float64, device=device)
+        self.rows = torch.zeros((), dtype=torch.float64, device=device)  # a tensor: it is all-reduced too
+
+    def add(self, x: torch.Tensor) -> None:
+        n = self.sum.shape[0]
+        x = x.reshape(-1, n).to(device=self.sum.device, dtype=torch.float32)
+        step = max(1, self._SLAB_ELEMENTS // n)
+        for j in range(0, n, step):
+            self.sum[j:j + step] += (x[:, j:j + step].T @ x).to(torch.float64)
+        self.rows += x.shape[0]
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.sum, self.rows]
+
+    def hessian(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """2/N · Σ xᵀx, the matrix accumulate_hessian keeps (zeros before any row)."""
+        n = float(self.rows)
+        return (self.sum * (2.0 / n) if n else self.sum).to(dtype)
+
+
+def unite_hessians(world, hess: dict[str, HessianSum], device) -> None:
+    """Sum a layer's Hessians over the ranks of `world` (calib/world.py), in place, after
+    giving every rank the ones any rank has (empty where its windows never reached the
+    module, e.g. a routed expert), so all run the same collectives in the same order."""
+    for name, n_cols in world.union({n: h.sum.shape[0] for n, h in hess.items()}).items():
+        if name not in hess:
+            hess[name] = HessianSum(n_cols, device=device)
+    for name in sorted(hess):
+        world.all_sum(hess[name].tensors())
+
+
 @dataclass(frozen=True)
 class InverseFactor:
     U: torch.Tensor  # upper triangular, (H + λI)⁻¹ = UᵀU, same dtype/device as H

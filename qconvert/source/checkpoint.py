@@ -16,6 +16,9 @@ from .safetensors_file import FLOAT_DTYPES, SafetensorsFile, TensorHandle
 from .quantized_input import dequantized
 from .shard_index import INDEX, read_index, shard_paths
 
+# integer buffers transformers saved beside the weights of older encoder checkpoints
+INDEX_BUFFERS = ("position_ids", "token_type_ids")
+
 SINGLE = "model.safetensors"
 
 
@@ -112,6 +115,10 @@ class Checkpoint:
         # modules stored quantized (FP8, GPTQ, AWQ, compressed-tensors): one float handle each
         self.handles, self.decoded = dequantized(self.config, self.handles, self.files)
         packed = packed_suffixes(self.config)
+        # integer index buffers older encoder checkpoints saved (BERT's embeddings.position_ids,
+        # int64 0..n-1): not weights, so not the model's business here
+        self.handles = {n: h for n, h in self.handles.items()
+                        if not (n.endswith(INDEX_BUFFERS) and h.dtype in ("I64", "I32"))}
         for h in self.handles.values():
             if h.name in self.decoded:
                 continue

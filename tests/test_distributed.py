@@ -1,0 +1,186 @@
+"""Calibration shared by processes with torch.distributed (calib/world.py): two gloo ranks on
+CPU started by torchrun, against one process on the same windows of the same text.
+
+16 windows of 32 tokens are two batches of 8, one per rank, so each batch's sums come from
+the same inputs in both runs and only the order of the float64 additions differs: the
+statistics and GPTQ's solutions come out equal (measured: identical files)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import qconvert
+from qconvert.calib import corpus
+from qconvert.calib.imatrix import ImportanceMatrix
+from qconvert.calib.world import World, owners, rank_device, rank_threads, shard_bounds
+from qconvert.errors import InputError
+from qconvert.schemes.hessian import HessianSum, accumulate_hessian, hessian_init
+
+MODEL = Path(__file__).resolve().parents[1] / "examples" / "tiny-llama"
+CAL = dict(calibration_samples=16, calibration_seqlen=32)
+CAL_ARGS = ["--calibration-samples", "16", "--calibration-seqlen", "32", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("text") / "calibration.txt"
+    p.write_text(corpus.split_text("calibration")[:12000], encoding="utf-8")
+    return p
+
+
+def torchrun(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`torchrun --nproc-per-node 2 --standalone -m qconvert quantize MODEL ARGS` in `cwd`.
+    The timeout turns a hang into a failure rather than a stuck suite."""
+    env = {**os.environ, "QCONVERT_RANK_THREADS": "1", "QCONVERT_DIST_TIMEOUT": "120"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+           "-m", "qconvert", "quantize", str(MODEL), *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def one_thread():
+    """The single-process reference on one torch thread, as each rank runs here
+    (QCONVERT_RANK_THREADS=1): torch's CPU reductions group by thread count, so GPTQ on 1
+    and on 2 threads differs in a few codes whatever the number of processes (measured for
+    the int4 safetensors run: 0 bytes differ at equal thread counts; 1 vs 2 threads, 5% of
+    packed words by the last layer, growing layer by layer through the true-sequential pass)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    return one, two
+
+
+def test_two_ranks_collect_the_statistics_of_one_process(text, tmp_path, one_thread):
+    one, two = dirs(tmp_path)
+    qconvert.quantize(MODEL, one / "m.gguf", type="Q4_K_M", calibration=text, save_imatrix=one / "s.imatrix",
+                      device="cpu", **CAL)
+    p = torchrun(["-t", "Q4_K_M", "--calibration", str(text), "-o", "m.gguf", "--save-imatrix", "s.imatrix",
+                  *CAL_ARGS], two)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = ImportanceMatrix.load(one / "s.imatrix"), ImportanceMatrix.load(two / "s.imatrix")
+    assert a.names() == b.names() and len(a) == 4 * 7
+    worst = max(float(np.max(np.abs(a.sums(n) - b.sums(n)) / np.maximum(np.abs(a.sums(n)), 1e-30)))
+                for n in a.names())
+    assert worst <= 1e-6, worst  # float tolerance; measured 0 (identical files)
+    assert all((a.counts(n) == 16 * 32).all() and (b.counts(n) == a.counts(n)).all() for n in a.names())
+    assert (two / "m.gguf").read_bytes() == (one / "m.gguf").read_bytes()
+    # rank 0 alone wrote (its two files, nothing else, no staging left) and printed the summary
+    assert sorted(os.listdir(two)) == ["m.gguf", "s.imatrix"]
+    assert (p.stdout + p.stderr).count("wrote ") == 1
+
+
+def test_two_ranks_write_the_gptq_gguf_of_one_process(text, tmp_path, one_thread):
+    one, two = dirs(tmp_path)
+    res = qconvert.quantize(MODEL, one / "g.gguf", type="Q4_0", scheme="gptq", calibration=text, device="cpu", **CAL)
+    p = torchrun(["-t", "Q4_0", "--scheme", "gptq", "--calibration", str(text), "-o", "g.gguf", *CAL_ARGS], two)
+    assert p.returncode == 0, p.stderr[-3000:]
+    # byte-equal: the same batches, Hessian sums equal to float32 resolution, and every
+    # rank continues with the weights the solving rank broadcast
+    assert (two / "g.gguf").read_bytes() == (one / "g.gguf").read_bytes()
+    assert sorted(os.listdir(two)) == ["g.gguf"]
+    assert len(res.stats) == 4 * 7 and (p.stdout + p.stderr).count("wrote ") == 1
+
+
+def test_two_ranks_write_the_gptq_safetensors_of_one_process(text, tmp_path, one_thread):
+    one, two = dirs(tmp_path)
+    qconvert.quantize(MODEL, one / "q", format="safetensors", bits=4, scheme="gptq", calibration=text,
+                      device="cpu", **CAL)
+    p = torchrun(["--format", "safetensors", "--bits", "4", "--scheme", "gptq", "--calibration", str(text),
+                  "-o", "q", *CAL_ARGS], two)
+    assert p.returncode == 0, p.stderr[-3000:]
+    names = sorted(f.name for f in (one / "q").iterdir())
+    assert sorted(f.name for f in (two / "q").iterdir()) == names and "model.safetensors" in names
+    for name in names:
+        assert (two / "q" / name).read_bytes() == (one / "q" / name).read_bytes(), name
+    assert sorted(os.listdir(two)) == ["q"]
+
+
+def test_a_bad_calibration_file_fails_every_rank(tmp_path):
+    p = torchrun(["--calibration", str(tmp_path / "missing.txt"), "-o", "m.gguf", *CAL_ARGS], tmp_path, timeout=180)
+    assert p.returncode != 0
+    assert "missing.txt" in p.stderr and "error:" in p.stderr
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_a_failure_on_rank_0_alone_stops_the_other_rank(text, tmp_path):
+    # only rank 0 checks the output, so only it fails; rank 1 learns it in the agreement
+    # after the check and stops with the same exit code instead of calibrating alone
+    (tmp_path / "m.gguf").write_bytes(b"keep")
+    p = torchrun(["--calibration", str(text), "-o", "m.gguf", *CAL_ARGS], tmp_path, timeout=180)
+    assert p.returncode != 0
+    assert "rank 0 of 2 failed while checking the output" in p.stderr
+    assert "--force" in p.stderr or "exists" in p.stderr
+    assert (tmp_path / "m.gguf").read_bytes() == b"keep"
+
+
+def test_a_job_without_calibration_is_refused_under_torchrun(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(InputError, match="no calibration pass"):
+        qconvert.quantize(MODEL, tmp_path / "m.gguf", type="Q8_0")
+    assert not (tmp_path / "m.gguf").exists()
+
+
+# -- the pieces -----------------------------------------------------------------------------
+
+def test_windows_are_shared_out_in_whole_batches():
+    two = [World(r, 2) for r in range(2)]
+    assert [shard_bounds(16, 8, w) for w in two] == [(0, 8), (8, 16)]
+    assert [shard_bounds(20, 8, w) for w in two] == [(0, 8), (8, 20)]  # batches 0 | 1, 2 (partial)
+    assert [shard_bounds(3, 8, w) for w in two] == [(0, 1), (1, 3)]  # one batch: single windows
+    assert shard_bounds(5, 8, World()) == (0, 5)
+    with pytest.raises(InputError, match="fewer windows than the 2 processes"):
+        shard_bounds(1, 8, two[0])
+
+
+def test_solves_go_to_the_least_loaded_rank():
+    assert owners([1.0, 5.0, 2.0, 2.0], World(0, 2)) == [1, 0, 1, 1]
+    assert owners([3.0, 3.0], World()) == [0, 0]
+
+
+def test_devices_and_threads_per_rank():
+    w = World(1, 2, 1, 2)
+    assert rank_device("cpu", w) == "cpu" and rank_device("cuda:0", World()) == "cuda:0"
+    if not torch.cuda.is_available():
+        assert rank_device("auto", w) == "cpu"
+        with pytest.raises(InputError, match="no GPU"):
+            rank_device("cuda", w)
+    with pytest.raises(InputError, match="cuda:LOCAL_RANK"):
+        rank_device("cuda:1", w)
+    assert rank_threads(w, {"QCONVERT_RANK_THREADS": "3"}) == 3
+    assert rank_threads(w, {}) == max(1, len(os.sched_getaffinity(0)) // 2)
+    with pytest.raises(InputError, match="QCONVERT_RANK_THREADS"):
+        rank_threads(w, {"QCONVERT_RANK_THREADS": "0"})
+
+
+def test_hessian_sums_add_up_over_any_split():
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(64, 48, generator=g) * torch.linspace(0.1, 3, 48) for _ in range(4)]
+    whole, left, right = HessianSum(48), HessianSum(48), HessianSum(48)
+    for x in xs:
+        whole.add(x)
+    for x in xs[:2]:
+        left.add(x)
+    for x in xs[2:]:
+        right.add(x)
+    left.sum += right.sum  # what the all-reduce does
+    left.rows += right.rows
+    assert torch.equal(left.hessian(), whole.hessian())
+    H, _ = accumulate_hessian(*hessian_init(48, dtype=torch.float64), torch.cat(xs).double())
+    # the running mean's matrix, to float32 resolution of the largest entry (products are float32)
+    assert float((whole.hessian(torch.float64) - H).abs().max() / H.abs().max()) < 1e-6
+    assert float(whole.rows) == 256
