@@ -38,6 +38,7 @@ class SizedRoute(Route[GGUFPlanned, GGUFResult]):
         return frozenset(own) | GGUF_OUTPUT | importance_options(job)
 
     def plan(self, job: Job) -> GGUFPlanned:
+        from ..calib.world import current
         from ..plan.sensitivity import check_cache_path
         from ..plan.sized import sized_plan
 
@@ -47,12 +48,14 @@ class SizedRoute(Route[GGUFPlanned, GGUFResult]):
         notes = requantize_notes(src)
         # outputs and the cache are checked before calibration and measuring; the default
         # name depends on the plan, so then only its directory can be checked up front
-        check_cache_path(b.sensitivity_cache, writing=not job.dry_run)
-        if not job.dry_run:
-            if job.output is not None and job.split is None:  # a set's names depend on the plan
-                output_path(src, job.output, "", job.force, statistics_reads(job.calibration))
-            else:
-                check_parent(job.output or default_output(src, "sized"))
+        writes = not job.dry_run and current().writer  # under torchrun rank 0 alone writes
+        with current().agreed("checking the output"):  # before the ranks calibrate together
+            check_cache_path(b.sensitivity_cache, writing=writes)
+            if writes:
+                if job.output is not None and job.split is None:  # a set's names depend on the plan
+                    output_path(src, job.output, "", job.force, statistics_reads(job.calibration))
+                else:
+                    check_parent(job.output or default_output(src, "sized"))
         imx = self._statistics(job, src)
         label = "--imatrix" if job.calibration.imatrix is not None else "--calibration"
         if imx is not None:  # another model's statistics: refused before they weight any measurement
@@ -62,7 +65,7 @@ class SizedRoute(Route[GGUFPlanned, GGUFResult]):
         header, alignment = header_layout(src, base)
         plan, figures = sized_plan(src, base, header_bytes=header, alignment=alignment, target_size=b.size,
                                    target_bpw=b.bpw, target_vram=b.vram, context=b.context, kv_type=b.kv_type,
-                                   imatrix=imx, sensitivity_cache=b.sensitivity_cache, write_cache=not job.dry_run)
+                                   imatrix=imx, sensitivity_cache=b.sensitivity_cache, write_cache=writes)
         if imx is not None:
             plan, more = importance_plan(plan, imx, label)
             notes += tuple(more)
