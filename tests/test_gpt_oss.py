@@ -13,7 +13,8 @@ Measured max |llama.cpp - transformers| (logits std ~3):
   MXFP4 -> F32 --allow-requantize (experts decoded)   0.013
   MXFP4 -> F32 (experts kept MXFP4)                   0.15  (ggml multiplies MXFP4 weights by
                                                              activations rounded to Q8_0)
-  bf16 -> Q8_0 / Q4_K_M, against transformers on the GGUF's own decoded weights: 0.23 / 0.45
+  bf16 -> Q8_0 / Q4_K_M / MXFP4 / Q4_K, against transformers on the GGUF's own decoded
+  weights: 0.23 / 0.45 / 0.23 / 0.45
   (and against the original weights: 0.44 / 5.3 - the model amplifies weight rounding ~30x
   through its expert mixing weights, which is why quantized files are compared with their
   own weights). Swapping gate and up moves bf16 -> F32 to 8.3; leaving the (square) down
@@ -183,7 +184,9 @@ def test_bf16_f32_matches_transformers(models):
     assert d <= F32_TOL * std
 
 
-@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_K_M"])
+# MXFP4 and Q4_K: plain types written everywhere (the 2-D expert biases stay F32: llama.cpp
+# adds them with an F32-only op and aborts otherwise)
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_K_M", "MXFP4", "Q4_K"])
 def test_quantized_match_transformers_on_their_own_weights(models, type_name):
     path = converted(models, "bf16", type_name)
     d, std = gap(path, models["bf16"], gguf_state(path))
@@ -327,3 +330,10 @@ def test_tokenizer_ids_equal_transformers(models, text):
     ours = llm.tokenize(text.encode(), add_bos=False, special=True)
     llm.close()
     assert ours == AutoTokenizer.from_pretrained(models["bf16"])(text, add_special_tokens=False)["input_ids"]
+
+
+def test_mxfp4_checkpoint_parameter_count(models):
+    """estimate-memory counts two weights per MXFP4 block byte and none for the scales."""
+    from qconvert.plan.model_shape import params_from_dir
+
+    assert params_from_dir(models["mxfp4"]) == params_from_dir(models["bf16"]) == 2_239_248

@@ -66,6 +66,8 @@ def mxfp4_from_hf(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
 @ARCHS.register("GptOssForCausalLM")
 class GptOssAdapter(ArchAdapter):
     gguf_arch = gguf.MODEL_ARCH.GPT_OSS
+    description = ("gpt-oss: attention sinks, biases, sliding/full layers, yarn, clamped SwiGLU experts; "
+                   "MXFP4 checkpoints' experts copied as MXFP4 (no requantization)")
     # GptOssConfig's defaults for keys a config.json may leave out
     config_defaults = {"sliding_window": 128, "num_local_experts": 128, "num_experts_per_tok": 4}
 

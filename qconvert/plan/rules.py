@@ -71,6 +71,12 @@ def keep_f32_1d() -> Rule:
     return Rule("1-D tensors stay F32", lambda t: "F32" if len(t.shape) <= 1 else None)
 
 
+def keep_f32_bias() -> Rule:
+    # llama.cpp quantizes only `*weight` tensors; a bias with a row per expert (gpt-oss's
+    # ffn_*_exps.bias, 2-D) is added by an op that takes F32 only
+    return Rule("biases stay F32", lambda t: "F32" if t.name.endswith(".bias") else None)
+
+
 def pattern(regex: str, type_name: str, reason: str | None = None) -> Rule:
     rx = re.compile(regex)
     return Rule(reason or f"{regex}={type_name}", lambda t: type_name if rx.search(t.name) else None)
@@ -138,7 +144,8 @@ def keep_stored(keep: Mapping[str, str]) -> Rule:
 
 def single_type_rules(type_name: str, keep: Mapping[str, str] | None = None) -> list[Rule]:
     qt: QType = qtype(type_name)
-    return [keep_f32_1d(), *([keep_stored(keep)] if keep else []), everything(qt.name, f"--type {qt.name}")]
+    return [keep_f32_1d(), keep_f32_bias(), *([keep_stored(keep)] if keep else []),
+            everything(qt.name, f"--type {qt.name}")]
 
 
 def make_plan(tensors: Sequence[tuple[str, tuple[int, ...], str]], rules: Sequence[Rule],
