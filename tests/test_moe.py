@@ -33,7 +33,7 @@ from ggml_oracle import ggml_quantize
 
 PROMPT = "The return statement leaves the current function call with the expression list (or None)"
 N_TOKENS = 24
-GGUF_ARCH = {"qwen3_moe": "qwen3moe", "mixtral": "llama", "qwen2_moe": "qwen2moe"}
+GGUF_ARCH = {"qwen3_moe": "qwen3moe", "mixtral": "llama", "qwen2_moe": "qwen2moe", "deepseek_v3": "deepseek2"}
 # max |llama.cpp - reference| as a fraction of the reference logits' std (see the docstring)
 TOLERANCE = {"F32": 0.01, "F16": 0.02}
 MIN_GAP = 0.01  # router logits (spread ~4); llama.cpp's f16 KV cache moves them by a few 1e-3
@@ -78,10 +78,14 @@ def hf_logits(model_dir: Path, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
     k = model.config.num_experts_per_tok
     gaps: list[np.ndarray] = []
 
-    def hook(_m, _inp, out):
+    def hook(m, _inp, out):
         logits = (out[0] if isinstance(out, tuple) else out).detach()
-        top = torch.topk(logits.reshape(-1, logits.shape[-1]), k + 1, dim=-1).values
-        gaps.append((top[:, k - 1] - top[:, k]).numpy())
+        scores, slope = logits.reshape(-1, logits.shape[-1]), 1.0
+        bias = getattr(m, "e_score_correction_bias", None)
+        if bias is not None:  # DeepSeek: chosen by sigmoid + bias; a score gap g needs a logit error >= 4g
+            scores, slope = scores.sigmoid() + bias, 4.0
+        top = torch.topk(scores, k + 1, dim=-1).values
+        gaps.append(((top[:, k - 1] - top[:, k]) * slope).numpy())
 
     handles = [layer.mlp.gate.register_forward_hook(hook) for layer in model.model.layers
                if hasattr(layer.mlp, "gate") and not isinstance(layer.mlp.gate, torch.nn.Linear)]
@@ -118,6 +122,7 @@ def reference_from_gguf(model_dir: Path, gguf_path: Path, out: Path) -> Path:
     cfg = json.loads((model_dir / "config.json").read_text())
     heads = {"attn_q": cfg["num_attention_heads"], "attn_k": cfg["num_key_value_heads"]}
     tensors: dict[str, np.ndarray] = {}
+    kv_b: dict[str, dict[str, np.ndarray]] = {}  # DeepSeek's kv_b_proj, split in two
     for t in gguf.GGUFReader(str(gguf_path)).tensors:
         w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
         s = by_name[t.name]
@@ -126,11 +131,16 @@ def reference_from_gguf(model_dir: Path, gguf_path: Path, out: Path) -> Path:
         if permuted and kind in heads:
             n = heads[kind]
             w = w.reshape(n, w.shape[0] // n // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-        if isinstance(s, ExpertStack):
+        if kind in ("attn_k_b", "attn_v_b"):
+            kv_b.setdefault(s.hf_name, {})[kind] = w
+        elif isinstance(s, ExpertStack):
             for part, slab in zip(s.parts, w):
                 tensors[part.hf_name] = np.ascontiguousarray(slab)
         else:
             tensors[s.hf_name] = np.ascontiguousarray(w)
+    for hf_name, parts in kv_b.items():  # (n_head, rank, nope) transposed back, then the value rows
+        merged = np.concatenate([parts["attn_k_b"].transpose(0, 2, 1), parts["attn_v_b"]], axis=1)
+        tensors[hf_name] = np.ascontiguousarray(merged.reshape(-1, merged.shape[-1]))
     out.mkdir()
     save_file(tensors, str(out / "model.safetensors"))
     for f in model_dir.iterdir():
@@ -145,7 +155,7 @@ def check_metadata(path: Path, name: str, model_dir: Path) -> None:
     kv = {k: f.contents() for k, f in r.fields.items() if not k.startswith("tokenizer.")}
     a = GGUF_ARCH[name]
     assert kv["general.architecture"] == a
-    n_expert = cfg.get("num_experts") or cfg.get("num_local_experts")
+    n_expert = cfg.get("num_experts") or cfg.get("num_local_experts") or cfg.get("n_routed_experts")
     assert kv[f"{a}.expert_count"] == n_expert
     assert kv[f"{a}.expert_used_count"] == cfg["num_experts_per_tok"]
     if "moe_intermediate_size" in cfg:
@@ -155,12 +165,40 @@ def check_metadata(path: Path, name: str, model_dir: Path) -> None:
     shapes = {t.name: tuple(int(d) for d in t.shape) for t in r.tensors}  # GGML order: ne0 first
     ff = cfg.get("moe_intermediate_size") or cfg["intermediate_size"]
     e = cfg["hidden_size"]
+    dense = cfg.get("first_k_dense_replace", 0)
     for layer in range(cfg["num_hidden_layers"]):
+        if layer < dense:
+            assert shapes[f"blk.{layer}.ffn_gate.weight"] == (e, cfg["intermediate_size"])
+            assert f"blk.{layer}.ffn_gate_exps.weight" not in shapes
+            continue
         assert shapes[f"blk.{layer}.ffn_gate_exps.weight"] == (e, ff, n_expert)
         assert shapes[f"blk.{layer}.ffn_up_exps.weight"] == (e, ff, n_expert)
         assert shapes[f"blk.{layer}.ffn_down_exps.weight"] == (ff, e, n_expert)
         assert shapes[f"blk.{layer}.ffn_gate_inp.weight"] == (e, n_expert)
-        assert (f"blk.{layer}.ffn_gate_shexp.weight" in shapes) == (name == "qwen2_moe")
+        assert (f"blk.{layer}.ffn_gate_shexp.weight" in shapes) == (name in ("qwen2_moe", "deepseek_v3"))
+    if name == "deepseek_v3":
+        check_deepseek(kv, shapes, cfg)
+
+
+def check_deepseek(kv: dict, shapes: dict, cfg: dict) -> None:
+    """MLA in llama.cpp's absorbed layout, routing keys as its converter writes them."""
+    h, rank, nope, rope, v = (cfg[k] for k in ("num_attention_heads", "kv_lora_rank", "qk_nope_head_dim",
+                                               "qk_rope_head_dim", "v_head_dim"))
+    a = "deepseek2"
+    expect = {"attention.head_count_kv": 1, "attention.key_length": rank + rope, "attention.value_length": rank,
+              "attention.key_length_mla": nope + rope, "attention.value_length_mla": v,
+              "attention.q_lora_rank": cfg["q_lora_rank"], "attention.kv_lora_rank": rank,
+              "rope.dimension_count": rope, "leading_dense_block_count": cfg["first_k_dense_replace"],
+              "expert_shared_count": cfg["n_shared_experts"], "expert_gating_func": 2,  # sigmoid
+              "expert_group_count": cfg["n_group"], "expert_group_used_count": cfg["topk_group"],
+              "expert_weights_norm": True}
+    for k, want in expect.items():
+        assert kv[f"{a}.{k}"] == want, (k, kv.get(f"{a}.{k}"), want)
+    assert kv[f"{a}.expert_weights_scale"] == pytest.approx(cfg["routed_scaling_factor"])
+    assert shapes["blk.1.attn_k_b.weight"] == (nope, rank, h)
+    assert shapes["blk.1.attn_v_b.weight"] == (rank, v, h)
+    assert shapes["blk.1.exp_probs_b.bias"] == (cfg["n_routed_experts"],)
+    assert "blk.1.attn_kv_b.weight" not in shapes
 
 
 def stable_tokens(gaps: np.ndarray, min_gap: float) -> int:
@@ -256,9 +294,13 @@ def test_q4_k_m_expert_bytes_equal_llama_cpp(name, moe, tmp_path):
             assert np.array_equal(got, want), f"{t.name} expert {i}"
     assert {k for k, _, _ in types} == {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"}
     # llama.cpp's Q4_K_M: gate/up experts at Q4_K; down experts at Q6_K in the layers its
-    # use_more_bits(i, n) picks -- of 2 layers, layer 1 (i >= 7n/8) -- Q4_K elsewhere
+    # use_more_bits(i, n) picks (i < n/8, i >= 7n/8, every third between), Q4_K elsewhere
+    n = json.loads((d / "config.json").read_text())["num_hidden_layers"]
+    more = {i for i in range(n) if i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2}
     assert {t for k, _, t in types if k != "ffn_down_exps"} == {"Q4_K"}
-    assert {(i, t) for k, i, t in types if k == "ffn_down_exps"} == {(0, "Q4_K"), (1, "Q6_K")}
+    down = {(i, t) for k, i, t in types if k == "ffn_down_exps"}
+    assert down == {(i, "Q6_K" if i in more else "Q4_K") for i, _ in down}
+    assert {t for _, t in down} == {"Q4_K", "Q6_K"}
 
 
 def test_writer_streams_expert_by_expert(moe, tmp_path, monkeypatch):

@@ -18,5 +18,6 @@ from .moe import MoEAdapter
 @ARCHS.register("MixtralForCausalLM")
 class MixtralAdapter(MoEAdapter, LlamaAdapter):
     gguf_arch = gguf.MODEL_ARCH.LLAMA
+    description = "Mixtral 8x7B/8x22B: Llama attention, 8 experts per layer stacked, top-2"
     expert_count_keys = ("num_local_experts",)
     expert_ff_keys = ()  # experts are intermediate_size wide

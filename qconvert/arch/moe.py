@@ -72,6 +72,9 @@ class MoEAdapter(ArchAdapter):
     # -- metadata -----------------------------------------------------------------------
     def write_metadata(self, w) -> None:
         super().write_metadata(w)
+        self.write_expert_metadata(w)
+
+    def write_expert_metadata(self, w) -> None:
         w.add_expert_count(self.n_expert)
         w.add_expert_used_count(self.n_expert_used)
         if self.expert_ff_keys:
@@ -79,7 +82,7 @@ class MoEAdapter(ArchAdapter):
         self.write_moe_metadata(w)
 
     def write_moe_metadata(self, w) -> None:
-        pass
+        """What a family adds: shared-expert width, gating function, weight scale..."""
 
     # -- tensors --------------------------------------------------------------------------
     def skip(self, hf_name: str) -> bool:

@@ -37,11 +37,13 @@ class _QwenMoE(MoEAdapter):
 @ARCHS.register("Qwen3MoeForCausalLM")
 class Qwen3MoEAdapter(_QwenMoE):
     gguf_arch = gguf.MODEL_ARCH.QWEN3MOE
+    description = "Qwen3 MoE (30B-A3B, 235B-A22B): routed experts stacked per layer, top-k renormalised"
 
 
 @ARCHS.register("Qwen2MoeForCausalLM")
 class Qwen2MoEAdapter(_QwenMoE):
     gguf_arch = gguf.MODEL_ARCH.QWEN2MOE
+    description = "Qwen1.5-MoE, Qwen2-57B-A14B: routed experts plus a sigmoid-gated shared expert"
     normalises_top_k = False
 
     def __init__(self, ckpt, hf_arch: str) -> None:
