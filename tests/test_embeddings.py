@@ -213,6 +213,27 @@ def test_int64_position_ids_buffer_is_ignored(models, tmp_path, converted):
     assert ours.keys() == plain.keys() and all(np.array_equal(ours[n], plain[n]) for n in ours)
 
 
+@pytest.mark.parametrize("tokenizer_config,lower", [
+    # BertTokenizer rebuilds its normaliser from tokenizer_config.json: do_lower_case defaults
+    # to true there, whatever the file's BertNormalizer (lowercase: false) says
+    ({"tokenizer_class": "BertTokenizer"}, True),
+    # a generic class runs tokenizer.json as written; do_lower_case is then not read
+    ({"tokenizer_class": "PreTrainedTokenizerFast", "do_lower_case": True}, False),
+])
+def test_wordpiece_case_follows_what_transformers_runs(tokenizer_config, lower, models, tmp_path):
+    from transformers import AutoTokenizer
+
+    d = _copy(models, "bge", tmp_path)  # cased: tokenizer.json lowercase false
+    (d / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    out = tmp_path / "case.gguf"
+    qconvert.quantize(d, out, type="F32", dry_run=False)
+    assert read(out)["tokenizer.ggml.normalizer.lowercase"] is lower
+    tok, llm = AutoTokenizer.from_pretrained(d), open_llama(out, vocab_only=True)
+    texts = ["Hello World", "ÉCOLE Über STRASSE", "Café naïve résumé Ångström"]
+    assert [llm.tokenize(t.encode(), add_bos=True, special=True) for t in texts] == \
+        [tok(t)["input_ids"] for t in texts]
+
+
 def test_vocab_txt_only_directory(models, tmp_path):
     """BERT's original layout: vocab.txt and no tokenizer.json (transformers builds the
     BertTokenizer from vocab.txt and tokenizer_config.json)."""

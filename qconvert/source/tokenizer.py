@@ -167,10 +167,13 @@ def _add_wordpiece(writer: gguf.GGUFWriter, model_dir: Path, tokenizer_json: dic
     writer.add_token_types(vocab.types)
     write_normalizer(writer, vocab)
     sv = special_vocab(model_dir, vocab.tokens, merges=False, tokenizer_config=tokenizer_config)
-    # llama.cpp's BOS is BERT's CLS (its own defaults, 101 and friends, fit only the
-    # original English vocabulary); CLS and MASK named by text when no template gave them
+    # llama.cpp's BOS is BERT's CLS. Its own defaults (101, 102...) fit only the original
+    # English vocabulary, so every id is named: by the template, tokenizer_config.json, or
+    # else BertTokenizer's default texts, as transformers does
     by_text = {t: i for i, t in enumerate(vocab.tokens)}
-    for typ, key, default in (("cls", "cls_token", "[CLS]"), ("mask", "mask_token", "[MASK]")):
+    for typ, key, default in (("cls", "cls_token", "[CLS]"), ("sep", "sep_token", "[SEP]"),
+                              ("unk", "unk_token", "[UNK]"), ("pad", "pad_token", "[PAD]"),
+                              ("mask", "mask_token", "[MASK]")):
         text = _token_text(tokenizer_config.get(key, default))
         if typ not in sv.special_token_ids and isinstance(text, str) and text in by_text:
             sv.special_token_ids[typ] = by_text[text]
