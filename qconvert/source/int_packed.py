@@ -14,7 +14,8 @@ store unsigned codes: w = scale[group] * (code - zero[group]).
                output channels; codes and zero points offset by 2^(b-1))
 
 The decoders take rows start..stop of the output weight, so a large tensor is read a
-slice at a time."""
+slice at a time, and the scales of those rows only (float32: the columns start..stop of
+GPTQ's and AWQ's (groups, out) scales, the rows of compressed-tensors' (out, groups))."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def gptq_rows(qweight, qzeros, scales, g_idx, bits: int, group_size: int, zero_o
     codes = unpack_words(np.asarray(qweight)[:, start:stop].T, bits)  # (rows, in)
     zeros = unpack_words(np.asarray(qzeros), bits)[:, start:stop].T.astype(np.int32) + zero_offset
     groups = columns_to_groups(codes.shape[1], group_size, g_idx)
-    return scaled(codes, zeros, np.asarray(scales)[:, start:stop].T, groups)
+    return scaled(codes, zeros, np.asarray(scales).T, groups)
 
 
 def awq_natural(codes: np.ndarray) -> np.ndarray:
@@ -73,7 +74,7 @@ def awq_rows(qweight, qzeros, scales, group_size: int, start: int, stop: int) ->
     codes = awq_natural(unpack_words(np.asarray(qweight)[:, w0:w1], 4))[:, cut].T
     zeros = awq_natural(unpack_words(np.asarray(qzeros)[:, w0:w1], 4))[:, cut].T
     groups = columns_to_groups(codes.shape[1], group_size, None)
-    return scaled(codes, zeros, np.asarray(scales)[:, start:stop].T, groups)
+    return scaled(codes, zeros, np.asarray(scales).T, groups)
 
 
 def ct_rows(packed, scale, zero_point, g_idx, bits: int, shape: tuple[int, int], start: int, stop: int) -> np.ndarray:
@@ -81,7 +82,7 @@ def ct_rows(packed, scale, zero_point, g_idx, bits: int, shape: tuple[int, int],
     scale (out, groups); zero_point None (symmetric) or packed down the columns."""
     n_out, n_in = shape
     codes = unpack_int32(np.asarray(packed)[start:stop], bits, n_in)
-    scale = np.asarray(scale)[start:stop]
+    scale = np.asarray(scale)
     if zero_point is None:
         zeros = np.full(scale.shape, 1 << (bits - 1), dtype=np.int32)
     else:

@@ -32,6 +32,7 @@ from . import int_packed
 from .finite import check_finite
 from .fp8 import FP8_DTYPES, decode
 from .safetensors_file import FLOAT_DTYPES, SafetensorsFile, TensorHandle
+from .safetensors_file import _widen as widen
 
 RUNTIME_SCALES = (".input_scale", ".input_scale_ub", ".k_scale", ".v_scale", ".q_scale", ".kv_scale")
 DEFAULT_BLOCK = (128, 128)
@@ -65,11 +66,19 @@ class Parts:
     def raw(self, name: str) -> np.ndarray:
         return self.file[name].raw(name)
 
-    def floats(self, name: str) -> np.ndarray:
+    def check_float(self, name: str) -> str:
         h = self.handles[name]
         if h.dtype not in FLOAT_DTYPES:
             raise FormatError(f"{h.source}: tensor {name!r} should hold float scales, not {h.dtype}")
-        return h.load()
+        return name
+
+    def floats(self, name: str, shape: Optional[tuple[int, ...]] = None, rows: slice = slice(None),
+               cols: slice = slice(None)) -> np.ndarray:
+        """A slice of a float tensor (viewed as `shape`) as float32: scales are read when a
+        slice of the weight needs them, never all at once (a 70B GPTQ model's would be GBs)."""
+        arr = self.raw(self.check_float(name))
+        arr = arr.reshape(shape) if shape is not None else arr
+        return widen(np.ascontiguousarray(arr[rows, cols]), self.handles[name].dtype)
 
     def need(self, owner: str, name: str) -> str:
         if name not in self.handles:
@@ -120,14 +129,21 @@ def grid_words(grid: tuple[int, int], shape: tuple[int, int]) -> str:
     return f"scales per {grid[1]} columns" if grid[0] == 1 else f"{grid[0]}x{grid[1]} block scales"
 
 
-def grid_rows(codes: Callable[[int, int], np.ndarray], scale: np.ndarray, zero: Optional[np.ndarray],
+Cells = Callable[[slice], np.ndarray]  # rows of cells -> 2-D float32 (a scale or zero point per cell)
+
+
+def grid_rows(codes: Callable[[int, int], np.ndarray], scales: Cells, zeros: Optional[Cells],
               grid: tuple[int, int], start: int, stop: int) -> np.ndarray:
-    """Rows start..stop of (codes - zero) * scale, with scale and zero 2-D arrays on `grid`
-    (one value per grid[0] x grid[1] cell), one column of cells at a time: no temporary
-    the size of the rows."""
+    """Rows start..stop of (codes - zero) * scale, with scales and zero points given per
+    cell of `grid` (grid[0] x grid[1] weights each), one column of cells at a time: no
+    temporary the size of the rows."""
     x = codes(start, stop)
     br, bc = grid
-    r = np.arange(start, stop) // br
+    r0 = start // br
+    cells = slice(r0, -(-stop // br))
+    scale = scales(cells)
+    zero = None if zeros is None else zeros(cells)
+    r = np.arange(start, stop) // br - r0
     for c in range(scale.shape[1]):
         cols = slice(c * bc, (c + 1) * bc)
         if zero is not None:
@@ -150,25 +166,28 @@ def _fp8(parts: Parts, p: str) -> Optional[Quantized]:
     if len(shape) != 2:
         raise UnsupportedError(f"{parts.where(w)}: {dtype} tensors of {len(shape)} dimensions are not supported")
     grid = scale_grid(parts.shape(s_name), shape, _block(parts), parts.where(s_name))
-    scale = parts.floats(s_name).reshape(-(-shape[0] // grid[0]), -(-shape[1] // grid[1]))
+    cells = (-(-shape[0] // grid[0]), -(-shape[1] // grid[1]))
+    parts.check_float(s_name)
 
     def codes(a: int, b: int) -> np.ndarray:
         return decode(parts.raw(w)[a:b], dtype)
 
     kind = f"FP8 {dtype[3:]} ({grid_words(grid, shape)})"
     return Quantized(w, shape, dtype, kind, (w, s_name),
-                     lambda a, b: grid_rows(codes, scale, None, grid, a, b))
+                     lambda a, b: grid_rows(codes, lambda r: parts.floats(s_name, cells, r), None, grid, a, b))
 
 
 def _int8(parts: Parts, p: str) -> Quantized:
     w, s_name, z_name = p + ".weight", p + ".weight_scale", p + ".weight_zero_point"
     shape = parts.shape(w)
     grid = scale_grid(parts.shape(s_name), shape, _block(parts), parts.where(s_name))
-    scale = parts.floats(s_name).reshape(-(-shape[0] // grid[0]), -(-shape[1] // grid[1]))
-    zero = parts.raw(z_name).astype(np.float32).reshape(scale.shape) if parts.has(z_name) else None
-    used = (w, s_name) + ((z_name,) if zero is not None else ())
+    cells = (-(-shape[0] // grid[0]), -(-shape[1] // grid[1]))
+    parts.check_float(s_name)
+    zeros = (lambda r: parts.raw(z_name).reshape(cells)[r].astype(np.float32)) if parts.has(z_name) else None
+    used = (w, s_name) + ((z_name,) if zeros is not None else ())
     return Quantized(w, shape, "I8", "int8 (compressed-tensors)", used,
-                     lambda a, b: grid_rows(lambda a, b: parts.raw(w)[a:b].astype(np.float32), scale, zero, grid, a, b))
+                     lambda a, b: grid_rows(lambda a, b: parts.raw(w)[a:b].astype(np.float32),
+                                            lambda r: parts.floats(s_name, cells, r), zeros, grid, a, b))
 
 
 def _packed(parts: Parts, p: str) -> Quantized:
@@ -183,13 +202,16 @@ def _packed(parts: Parts, p: str) -> Quantized:
     if bits is None:
         raise FormatError(f"{parts.where(names['packed'])}: shape {list(words)} is no packing of a {list(shape)} "
                           "weight (weight_shape)")
-    scale = parts.floats(names["scale"])
+    parts.check_float(names["scale"])
     zp = parts.raw(names["zero_point"]) if parts.has(names["zero_point"]) else None
     g_idx = parts.raw(names["g_idx"]) if parts.has(names["g_idx"]) else None
     used = tuple(n for n in names.values() if parts.has(n))
     kind = f"compressed-tensors int{bits} ({'asymmetric' if zp is not None else 'symmetric'})"
-    return Quantized(p + ".weight", shape, f"I{bits}", kind, used,
-                     lambda a, b: int_packed.ct_rows(parts.raw(names["packed"]), scale, zp, g_idx, bits, shape, a, b))
+    def rows(a: int, b: int) -> np.ndarray:
+        scale = parts.floats(names["scale"], rows=slice(a, b))
+        return int_packed.ct_rows(parts.raw(names["packed"]), scale, zp, g_idx, bits, shape, a, b)
+
+    return Quantized(p + ".weight", shape, f"I{bits}", kind, used, rows)
 
 
 def _qweight(parts: Parts, p: str) -> Quantized:
@@ -199,14 +221,17 @@ def _qweight(parts: Parts, p: str) -> Quantized:
         parts.need(qw, n)
     (r, c), (n_groups, n_out) = parts.shape(qw), parts.shape(sc)
     awq = parts.method == "awq" or (parts.method != "gptq" and c * 8 == n_out)
-    scales = parts.floats(sc)
+    parts.check_float(sc)
+
+    def scales(a: int, b: int) -> np.ndarray:  # the columns of output rows a..b
+        return parts.floats(sc, cols=slice(a, b))
     if awq:
         if str(parts.qc.get("version", "gemm")).lower() != "gemm" or c * 8 != n_out:
             raise UnsupportedError(f"{parts.where(qw)}: AWQ layout {parts.qc.get('version')!r} with qweight "
                                    f"{[r, c]} is not supported (AutoAWQ GEMM 4-bit is)")
         shape, group = (n_out, r), r // n_groups
         return Quantized(p + ".weight", shape, "I4", f"AWQ int4 (groups of {group})", (qw, qz, sc),
-                         lambda a, b: int_packed.awq_rows(parts.raw(qw), parts.raw(qz), scales, group, a, b))
+                         lambda a, b: int_packed.awq_rows(parts.raw(qw), parts.raw(qz), scales(a, b), group, a, b))
     g_idx = parts.raw(gi) if parts.has(gi) else None
     bits = parts.qc.get("bits", 4)
     n_in = len(g_idx) if g_idx is not None else r * 32 // bits if isinstance(bits, int) and bits else 0
@@ -219,8 +244,8 @@ def _qweight(parts: Parts, p: str) -> Quantized:
     group = n_in // n_groups
     used = (qw, qz, sc) + ((gi,) if g_idx is not None else ())
     return Quantized(p + ".weight", (n_out, n_in), f"I{bits}", f"GPTQ int{bits} (groups of {group})", used,
-                     lambda a, b: int_packed.gptq_rows(parts.raw(qw), parts.raw(qz), scales, g_idx, bits, group,
-                                                       zero_offset, a, b))
+                     lambda a, b: int_packed.gptq_rows(parts.raw(qw), parts.raw(qz), scales(a, b), g_idx, bits,
+                                                       group, zero_offset, a, b))
 
 
 def find_quantized(parts: Parts) -> list[Quantized]:
