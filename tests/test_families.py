@@ -228,6 +228,13 @@ def _refused(d: Path, err: type, *needles: str, tmp_path: Path) -> None:
     ("cohere2", {"sliding_window_pattern": 0}, FormatError, ("sliding_window_pattern",)),
     ("cohere2", {"attention_bias": True}, UnsupportedError, ("attention_bias",)),
     ("cohere2", {"layer_norm_eps": 2.0}, FormatError, ("layer_norm_eps",)),
+    ("cohere2", {"sliding_window_pattern": "LLXG"}, FormatError, ("sliding_window_pattern", "letters")),
+    ("exaone4", {"sliding_window": 4096, "layer_types": _DROP, "sliding_window_pattern": "LLLG"},
+     UnsupportedError, ("sliding_window", "64 layers")),
+    ("starcoder2", {"use_bias": False}, UnsupportedError, ("use_bias",)),
+    ("starcoder2", {"norm_epsilon": "1e-5"}, FormatError, ("norm_epsilon",)),
+    ("arcee", {"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 4.0,
+                                   "high_freq_factor": 1.0}}, FormatError, ("rope_parameters.high_freq_factor",)),
 ])
 def test_config_values_checked(name, changes, err, needles, family, tmp_path):
     _refused(_edited(family, name, tmp_path, **changes), err, *needles, tmp_path=tmp_path)
@@ -259,6 +266,24 @@ def test_split_rows_parts_load_their_rows():
     np.testing.assert_array_equal(k.load(), np.arange(8, 12).reshape(2, 2))
     with pytest.raises(ValueError):
         split_rows(fused, [("q.weight", 4)])
+
+
+@pytest.mark.parametrize("theta,head_dim,orig", [(500000.0, 64, 64), (500000.0, 128, 8192), (12e6, 80, 16384)])
+def test_llama3_rope_table_is_what_transformers_scales_by(theta, head_dim, orig):
+    """rope_freqs = default inverse frequencies / transformers' llama3 ones (llama.cpp
+    divides each frequency by its factor)."""
+    import transformers
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from qconvert.arch.rope import llama3_rope_factors
+
+    rp = {"rope_type": "llama3", "rope_theta": theta, "factor": 8.0, "low_freq_factor": 1.0,
+          "high_freq_factor": 4.0, "original_max_position_embeddings": orig}
+    cfg = transformers.LlamaConfig(hidden_size=head_dim * 2, num_attention_heads=2, head_dim=head_dim,
+                                   rope_parameters=rp)
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg)
+    plain = 1.0 / theta ** (np.arange(0, head_dim, 2) / head_dim)
+    np.testing.assert_allclose(llama3_rope_factors(rp, head_dim), plain / scaled.double().numpy(), rtol=2e-5)
 
 
 def test_registry_lists_every_family_with_a_description():

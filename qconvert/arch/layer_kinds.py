@@ -43,6 +43,11 @@ def sliding_layers(hp: HParams, default_period: int) -> list[bool]:
             raise UnsupportedError(f"{hp.source}: {hp.key_name('layer_types')} holds {', '.join(bad)}; "
                                    f"only {' and '.join(KINDS)} are supported")
         return [t == "sliding_attention" for t in types]
+    spelled = hp.get("sliding_window_pattern")
+    if isinstance(spelled, str):  # EXAONE 4 spells one period as letters: "LLLG"
+        if not spelled or set(spelled) - {"L", "G"} or len(spelled) > n:
+            raise hp.bad("sliding_window_pattern", spelled, "a period (integer) or letters L (local) and G (global)")
+        return [spelled[i % len(spelled)] == "L" for i in range(n)]
     period = hp.integer("sliding_window_pattern", "_sliding_window_pattern", lo=1, hi=1 << 16,
                         default=default_period)
     return period_pattern(n, period)

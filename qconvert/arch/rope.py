@@ -35,18 +35,34 @@ def llama3_rope_factors(rp: dict, head_dim: int) -> np.ndarray:
     lo = float(rp.get("low_freq_factor", 1.0))
     hi = float(rp.get("high_freq_factor", 4.0))
     old_ctx = float(rp.get("original_max_position_embeddings", 8192))
-    freqs = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    freqs = _inverse_frequencies(base, head_dim)
+    f32 = np.float32
     out = []
     for f in freqs:
-        wavelen = 2 * math.pi / float(f)
-        if wavelen < old_ctx / hi:
-            out.append(1.0)
-        elif wavelen > old_ctx / lo:
-            out.append(factor)
+        # float32 step by step as llama.cpp's converter computes it with torch scalars
+        # (a / x there is reciprocal(x) * a), so the table is bit-identical to its own
+        wavelen = (f32(1) / f) * f32(2 * math.pi)
+        if wavelen < f32(old_ctx / hi):
+            out.append(f32(1))
+        elif wavelen > f32(old_ctx / lo):
+            out.append(f32(factor))
         else:
-            smooth = (old_ctx / wavelen - lo) / (hi - lo)
-            out.append(1 / ((1 - smooth) / factor + smooth))
-    return np.asarray(out, dtype=np.float32)
+            smooth = ((f32(1) / wavelen) * f32(old_ctx) - f32(lo)) / f32(hi - lo)
+            out.append(f32(1) / ((f32(1) - smooth) / f32(factor) + smooth))
+    return np.asarray(out, dtype=f32)
+
+
+def _inverse_frequencies(base: float, head_dim: int) -> np.ndarray:
+    """1 / base^(2i/d) in float32. torch's float32 pow (what llama.cpp's converter and
+    transformers use) differs from any NumPy pow in the last bit for some exponents, so
+    torch computes it when it is installed; otherwise the correctly rounded value."""
+    try:
+        import torch
+    except ImportError:
+        e = np.arange(0, head_dim, 2, dtype=np.float64) / head_dim
+        return (1.0 / np.float64(base) ** e).astype(np.float32)
+    t = base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    return (t.reciprocal()).numpy()
 
 
 class LongRope:

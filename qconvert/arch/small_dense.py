@@ -1,0 +1,51 @@
+"""Dense families that are their GGUF architecture's plain reading of a checkpoint: the
+tensor names come from gguf-py's map and nothing is transformed but what is listed.
+
+- ERNIE 4.5 dense: rope already in interleaved pairs (NORM rope), nothing permuted.
+- Arcee AFM: a Llama whose MLP is up/down with squared ReLU; q/k permuted like Llama's.
+- Seed-OSS: q/k/v biases, NEOX rope.
+- StarCoder 2: LayerNorm with biases, GELU MLP with biases, NEOX rope.
+"""
+
+from __future__ import annotations
+
+import gguf
+
+from ..errors import UnsupportedError
+from . import ARCHS
+from .base import ArchAdapter
+from .transforms import ROPE_PERMUTE
+
+
+@ARCHS.register("Ernie4_5ForCausalLM")
+class Ernie45Adapter(ArchAdapter):
+    gguf_arch = gguf.MODEL_ARCH.ERNIE4_5
+    description = "ERNIE 4.5 dense (0.3B)"
+
+
+@ARCHS.register("ArceeForCausalLM")
+class ArceeAdapter(ArchAdapter):
+    gguf_arch = gguf.MODEL_ARCH.ARCEE
+    description = "Arcee AFM: a Llama with a squared-ReLU up/down MLP"
+    tensor_rules = ROPE_PERMUTE
+
+
+@ARCHS.register("SeedOssForCausalLM")
+class SeedOssAdapter(ArchAdapter):
+    gguf_arch = gguf.MODEL_ARCH.SEED_OSS
+    description = "ByteDance Seed-OSS: q/k/v biases"
+
+
+@ARCHS.register("Starcoder2ForCausalLM")
+class Starcoder2Adapter(ArchAdapter):
+    gguf_arch = gguf.MODEL_ARCH.STARCODER2
+    description = "StarCoder 2: LayerNorm and linear biases, GELU MLP"
+    norm = "layer"
+    shape_overrides = {"attn_output.weight": ("E", "E")}
+
+    def __init__(self, ckpt, hf_arch: str) -> None:
+        super().__init__(ckpt, hf_arch)
+        hp = self.hp
+        if hp.get("use_bias") is False:
+            raise UnsupportedError(f"{hp.source}: use_bias is false; llama.cpp's starcoder2 graph needs the "
+                                   "norm and linear biases")
