@@ -267,6 +267,25 @@ def test_pooling_llama_cpp_cannot_apply_is_refused(models, tmp_path):
         qconvert.quantize(d, tmp_path / "b.gguf", type="F32", dry_run=True)
 
 
+@pytest.mark.parametrize("file,text,message", [
+    ("modules.json", '{"0": "Pooling"}', "modules.json: should list modules"),
+    ("modules.json", '[{"type": "sentence_transformers.models.Pooling", "path": "../x"}]', "a folder inside"),
+    ("1_Pooling/config.json", "[1, 2]", "1_Pooling/config.json: should hold a JSON object"),
+    ("1_Pooling/config.json", '{"pooling_mode": {"mean": true}}', "pooling mode"),
+    ("config.json", None, "max_position_embeddings is 512, but tensor embeddings.position_embeddings"),
+])
+def test_damaged_embedding_files_are_one_clean_error(file, text, message, models, tmp_path):
+    from qconvert.errors import InputError
+
+    d = _copy(models, "minilm", tmp_path)
+    if text is None:  # a config that disagrees with the weights
+        config = json.loads((d / file).read_text())
+        text = json.dumps(dict(config, max_position_embeddings=512))
+    (d / file).write_text(text)
+    with pytest.raises((InputError, UnsupportedError), match=message):
+        qconvert.quantize(d, tmp_path / "a.gguf", type="F32", dry_run=True)
+
+
 def test_without_sentence_transformers_files_no_pooling_is_written(models, tmp_path):
     d = _copy(models, "bge", tmp_path)
     (d / "modules.json").unlink()

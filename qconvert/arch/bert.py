@@ -19,7 +19,7 @@ from typing import Optional
 
 import gguf
 
-from ..errors import UnsupportedError
+from ..errors import FormatError, UnsupportedError
 from ..source.pooling import read_pooling
 from . import ARCHS
 from .base import ArchAdapter
@@ -50,12 +50,13 @@ class BertAdapter(ArchAdapter):
             raise UnsupportedError(f"{hp.source}: position_embedding_type {pos!r}; llama.cpp's bert graph "
                                    "adds learned absolute positions only")
         self.n_token_types = hp.integer("type_vocab_size", lo=1, hi=1 << 16)
+        self.n_ctx = hp.integer("max_position_embeddings", lo=1, hi=1 << 24)  # the position_embd rows
         self.pooling = read_pooling(ckpt.dir)  # read now: a bad sentence-transformers config fails a dry run
 
     def write_metadata(self, w: gguf.GGUFWriter) -> None:
         hp = self.hp
         w.add_block_count(hp.n_layers)
-        w.add_context_length(hp.require("max_position_embeddings"))
+        w.add_context_length(self.n_ctx)
         w.add_embedding_length(hp.n_embd)
         w.add_feed_forward_length(hp.n_ff)
         w.add_head_count(hp.n_head)
@@ -64,6 +65,18 @@ class BertAdapter(ArchAdapter):
         w.add_token_type_count(self.n_token_types)
         if self.pooling is not None:
             w.add_pooling_type(self.pooling.kind)
+
+    def tensors(self):
+        out = super().tensors()
+        # llama.cpp sizes these two tables by the metadata written from the config
+        rows = {"position_embd.weight": ("max_position_embeddings", self.n_ctx),
+                "token_types.weight": ("type_vocab_size", self.n_token_types)}
+        for t in out:
+            if t.name in rows and t.shape[0] != rows[t.name][1]:
+                key, n = rows[t.name]
+                raise FormatError(f"{self.hp.source}: {key} is {n}, but tensor {t.hf_name} has {t.shape[0]} rows; "
+                                  "the config does not match the weights")
+        return out
 
     @staticmethod
     def _encoder_name(hf_name: str) -> str:

@@ -48,6 +48,7 @@ class ModernBertAdapter(ArchAdapter):
                                    f"runs {', '.join(ACTIVATIONS)}")
         self.eps = hp.number("norm_eps", lo=0.0, hi=0.5, default=1e-5)
         self.window = hp.integer("local_attention", lo=2, hi=1 << 24, default=128)
+        self.n_ctx = hp.integer("max_position_embeddings", lo=1, hi=2**32 - 1)
         self.sliding = self._sliding()
         self.theta, self.theta_swa = self._rope_bases()
         self.pooling = read_pooling(ckpt.dir)
@@ -80,7 +81,7 @@ class ModernBertAdapter(ArchAdapter):
     def write_metadata(self, w: gguf.GGUFWriter) -> None:
         hp = self.hp
         w.add_block_count(hp.n_layers)
-        w.add_context_length(hp.require("max_position_embeddings"))
+        w.add_context_length(self.n_ctx)
         w.add_embedding_length(hp.n_embd)
         w.add_feed_forward_length(hp.n_ff)
         w.add_head_count(hp.n_head)

@@ -91,9 +91,10 @@ def effective_class(config: dict, tokenizer_config: dict, tokenizer_json: dict |
     if tokenizer_config.get("auto_map") is not None:
         return GENERIC  # remote code: not ours to guess; the file is the best account
     model_type = config.get("model_type")
+    model_type = model_type if isinstance(model_type, str) else None  # a damaged config: no type
     hub = tokenizer_config.get("tokenizer_class") or config.get("tokenizer_class")
     hub = hub.removesuffix("Fast") if isinstance(hub, str) else None
-    registered = REGISTERED.get(model_type) if isinstance(model_type, str) else None
+    registered = REGISTERED.get(model_type)
     if hub == "LlamaTokenizer" and registered != "MistralCommonBackend" \
             and model_type not in HUB_CLASS_OVERRIDDEN and _has_byte_level(tokenizer_json):
         return GENERIC  # a Llama 3-style repo that still declares LlamaTokenizer
