@@ -357,3 +357,72 @@ def test_expert_width_checked_against_config(moe, tmp_path):
     _edit_config(d, moe_intermediate_size=128)
     with pytest.raises(FormatError, match="moe_intermediate_size 128"):
         qconvert.quantize(d, tmp_path / "x.gguf", type="F32", dry_run=True)
+
+
+# ----------------------------------------------------------------------- calibration
+
+def test_importance_statistics_per_expert_from_its_routed_tokens(moe):
+    """Each expert's row of statistics sums x^2 over the tokens routed to it, nothing else:
+    recomputed here from transformers' own router choices and the normalised input of the
+    sparse block (hooks on the model's modules, not on the experts module qconvert uses)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qconvert.calib.collect import collect_importance
+    from qconvert.calib.text import calibration_samples
+
+    d = moe("qwen3_moe")
+    imx = collect_importance(d, n_samples=2, seqlen=48, device="cpu")
+    samples = calibration_samples(AutoTokenizer.from_pretrained(str(d)), n_samples=2, seqlen=48)
+    model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32).eval()
+    seen = {}
+    layer = model.model.layers[1]
+    h1 = layer.post_attention_layernorm.register_forward_hook(lambda m, i, o: seen.setdefault("x", []).append(o))
+    h2 = layer.mlp.gate.register_forward_hook(lambda m, i, o: seen.setdefault("idx", []).append(o[2]))
+    with torch.no_grad():
+        for row in samples:  # one window at a time, as batches of any size give the same sums
+            model(row[None])
+    h1.remove(), h2.remove()
+    x = torch.cat([t.reshape(-1, t.shape[-1]) for t in seen["x"]]).double()
+    idx = torch.cat([t.reshape(-1, t.shape[-1]) for t in seen["idx"]])
+    n_expert, k = model.config.num_experts, model.config.num_experts_per_tok
+    want_counts = np.array([int((idx == e).any(-1).sum()) for e in range(n_expert)])
+    want = np.stack([(x[(idx == e).any(-1)] ** 2).sum(0).numpy() for e in range(n_expert)])
+    for proj in ("gate", "up"):
+        name = f"blk.1.ffn_{proj}_exps.weight"
+        np.testing.assert_array_equal(imx.counts(name), want_counts)
+        np.testing.assert_allclose(imx.sums(name), want, rtol=2e-4, atol=1e-6)
+    assert want_counts.sum() == x.shape[0] * k
+    down = imx.sums("blk.1.ffn_down_exps.weight")
+    assert down.shape == (n_expert, model.config.moe_intermediate_size) and (down > 0).any()
+
+
+def test_unrouted_expert_gets_uniform_importance_and_llama_cpp_bytes(moe, tmp_path):
+    """Two calibration tokens route to at most 4 of the 8 experts per layer: the others
+    have no statistics. They are written with uniform importance (llama.cpp's imatrix
+    convention for partial data); the routed ones with their own row. Every slab is the
+    bytes ggml_quantize_chunk makes of it with that row."""
+    from qconvert.calib.collect import collect_importance
+    from qconvert.source.expert_stack import ExpertStack
+    from qconvert.source.model_source import open_source
+
+    d = moe("qwen3_moe")
+    imx = collect_importance(d, n_samples=1, seqlen=2, device="cpu")
+    name = "blk.0.ffn_gate_exps.weight"
+    counts = imx.counts(name)
+    assert 0 < (counts > 0).sum() <= 4 and counts.sum() == 2 * 2
+    unseen = int(np.flatnonzero(counts == 0)[0])
+    np.testing.assert_array_equal(imx.get(name)[unseen], 1.0)
+    out = tmp_path / "imx.gguf"
+    res = qconvert.quantize(d, out, type="Q4_K_M", imatrix=imx)
+    tp = next(t for t in res.plan.tensors if t.name == name)
+    assert tp.scheme == "importance" and tp.qtype.name == "Q4_K"
+    stack = next(s for s in open_source(d).tensors if s.name == name and isinstance(s, ExpertStack))
+    data = next(t for t in gguf.GGUFReader(str(out)).tensors if t.name == name).data
+    slabs = np.asarray(data).reshape(len(stack.parts), -1)
+    rows = imx.get(name)
+    for e, part in enumerate(stack.parts):
+        want = ggml_quantize("Q4_K", part.load(), imatrix=rows[e]).reshape(-1)
+        assert np.array_equal(slabs[e], want), f"expert {e} ({int(counts[e])} tokens)"
+    # the rows differ, so a stack written with one row for all would not have matched
+    assert not np.allclose(rows[unseen], rows[int(np.flatnonzero(counts)[0])])

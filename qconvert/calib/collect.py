@@ -60,14 +60,28 @@ class SquareSums:
     def to_matrix(self, rename: Callable[[str], Optional[str]], **meta) -> ImportanceMatrix:
         """An ImportanceMatrix keyed by rename(module path + '.weight'); modules that
         rename to None are left out (and logged)."""
+        from ..arch.moe import expert_key
+
         m = ImportanceMatrix(**meta)
         dropped = []
+        stacks: dict[str, dict[int, str]] = {}  # stacked GGUF name -> expert -> module path
         for name, s in self.sums.items():
-            key = rename(name + ".weight")
+            expert = expert_key(name + ".weight")
+            key = rename(expert[0] if expert else name + ".weight")
             if key is None:
                 dropped.append(name)
-                continue
-            m.add(key, s.cpu().numpy(), self.counts[name])
+            elif expert is not None:
+                stacks.setdefault(key, {})[expert[1]] = name
+            else:
+                m.add(key, s.cpu().numpy(), self.counts[name])
+        for key, members in stacks.items():
+            # one row per expert, as llama.cpp's imatrix stores an expert stack; calib/experts.py
+            # reports every expert, with zero tokens for those no token was routed to
+            order = [members[e] for e in sorted(members)]
+            if sorted(members) != list(range(len(order))):
+                raise AssertionError(f"importance: experts of {key} missing from the calibration pass")
+            m.add(key, torch.stack([self.sums[n] for n in order]).cpu().numpy(),
+                  [self.counts[n] for n in order])
         if dropped:
             log.warning("importance: %d linear layer(s) have no GGUF name and were left out: %s",
                         len(dropped), ", ".join(dropped[:5]))

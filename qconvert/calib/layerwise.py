@@ -49,6 +49,7 @@ from torch import nn
 
 from ..errors import InputError, UnsupportedError
 from ..progress import reporter
+from .experts import expert_hooks
 from .lazy_model import lazy_weights, load_lazy
 
 log = logging.getLogger(__name__)
@@ -329,6 +330,8 @@ def _linear_hooks(layer: nn.Module, index: int, prefix: str, on_linear: Optional
                 full = f"{prefix}.{name}"
                 handles.append(mod.register_forward_hook(
                     lambda _m, inp, _out, full=full: on_linear(index, full, inp[0].detach())))
+        # routed experts (3-D parameters, not nn.Linear): each expert's own tokens (calib/experts.py)
+        handles += expert_hooks(layer, index, prefix, on_linear)
     try:
         yield
     finally:

@@ -34,9 +34,14 @@ def check_importance(plan: Plan, imatrix, source: str = "--imatrix") -> int:
             missing.append(tp.name)
             continue
         matched += 1
-        if imp.ndim != 1 or imp.shape[0] != tp.shape[-1]:
+        if imp.shape[-1] != tp.shape[-1]:
             raise ShapeError(f"{source}: statistics for {tp.name} have {imp.shape[-1]} channels; "
                              f"the tensor's rows are {tp.shape[-1]} wide (imatrix of another model?)")
+        # an expert stack (n_expert, rows, cols) has one row of statistics per expert
+        want = (tp.shape[0], tp.shape[-1]) if len(tp.shape) == 3 else (tp.shape[-1],)
+        if imp.shape != want:
+            raise ShapeError(f"{source}: statistics for {tp.name} have shape {list(imp.shape)}; the tensor "
+                             f"{list(tp.shape)} needs {list(want)} (one row per expert for an expert stack)")
     if missing and not matched:
         names = list(getattr(imatrix, "names", lambda: [])())
         theirs = f" (its first entry: {names[0]!r})" if names else ""
