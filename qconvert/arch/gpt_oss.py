@@ -42,6 +42,7 @@ import numpy as np
 from .. import kernels
 from ..errors import FormatError, UnsupportedError
 from ..source.checkpoint import packed_suffixes
+from ..source.expert_stack import ExpertStack
 from ..source.safetensors_file import TensorHandle
 from ..source.source_tensor import SourceTensor
 from . import ARCHS
@@ -129,14 +130,23 @@ class GptOssAdapter(ArchAdapter):
         return sorted(out, key=lambda s: _order(s.name))
 
     def _experts(self, stem: str, parts: dict[str, str]) -> Iterator[SourceTensor]:
+        """The layer's expert tensors, each a stack of per-expert slabs read one at a time."""
         packed = self.mxfp4 and "down_proj_blocks" in parts
-        for proj, rows in (("gate_up_proj", 2 * self.hp.n_ff), ("down_proj", self.hp.n_embd)):
-            cols = self.hp.n_embd if proj == "gate_up_proj" else self.hp.n_ff
-            if packed:
-                yield from self._packed(stem, proj, parts, rows, cols)
-            else:
-                yield from self._float(stem, proj, parts, rows, cols)
-            yield from self._bias(stem, proj, parts, rows)
+        n_embd, n_ff = self.hp.n_embd, self.hp.n_ff
+        for proj, rows, cols in (("gate_up_proj", 2 * n_ff, n_embd), ("down_proj", n_embd, n_ff)):
+            halves = ("gate_proj", "up_proj") if proj == "gate_up_proj" else ("down_proj",)
+            make = self._packed_slabs if packed else self._float_slabs
+            slab = make(stem, proj, parts, rows, cols, len(halves))
+            for k, hf_proj in enumerate(halves):
+                yield self._stack(f"{stem}.{hf_proj}.weight", f"{stem}.{proj}", slab(k))
+            yield from self._bias(stem, proj, parts, rows, halves)
+
+    def _stack(self, gguf_key: str, hf_name: str, slabs: list[SourceTensor]) -> ExpertStack:
+        stack = ExpertStack.of(self.gguf_name(gguf_key), hf_name, slabs)
+        if slabs[0].packed_type:
+            stack.packed_type = slabs[0].packed_type
+            stack.packed_loader = lambda: np.concatenate([s.load_packed() for s in slabs])
+        return stack
 
     def _need(self, stem: str, parts: dict[str, str], key: str, shape: tuple[int, ...]) -> TensorHandle:
         hf = parts.get(key)
@@ -149,58 +159,48 @@ class GptOssAdapter(ArchAdapter):
                               f"(num_local_experts, hidden_size, intermediate_size) says {list(shape)}")
         return h
 
-    def _split(self, stem: str, proj: str, suffix: str, halves: list[tuple[str, Callable]], shape, dtype,
-               h: TensorHandle, packed: Callable | None = None) -> Iterator[SourceTensor]:
-        """One SourceTensor per (HF projection name for gguf-py, loader) in `halves`."""
-        for hf_proj, load in halves:
-            name = self.gguf_name(f"{stem}.{hf_proj}.{suffix}")
-            handle = TensorHandle(f"{stem}.{proj}", dtype, shape, load, h.source)
-            extra = {"packed_type": "MXFP4", "packed_loader": packed(hf_proj)} if packed else {}
-            yield SourceTensor(name, f"{stem}.{proj}", shape, dtype, handle, **extra)
+    def _float_slabs(self, stem, proj, parts, rows, cols, step) -> Callable[[int], list[SourceTensor]]:
+        """bf16 layout: (n_expert, in, out); expert e's rows k, k+step, ... of (out, in)."""
+        h = self._need(stem, parts, proj, (self.n_expert, cols, rows))
+        shape = (rows // step, cols)
 
-    def _float(self, stem, proj, parts, rows, cols) -> Iterator[SourceTensor]:
-        e = self.n_expert
-        # stored (n_expert, in, out): transposed to llama.cpp's (n_expert, out, in)
-        h = self._need(stem, parts, proj, (e, cols, rows))
-        if proj == "down_proj":
-            load = lambda: np.ascontiguousarray(h.load().transpose(0, 2, 1))  # noqa: E731
-            yield from self._split(stem, proj, "weight", [("down_proj", load)], (e, rows, cols), h.dtype, h)
-            return
-        halves = [(hp_, lambda k=k: np.ascontiguousarray(h.load()[:, :, k::2].transpose(0, 2, 1)))
-                  for k, hp_ in enumerate(("gate_proj", "up_proj"))]
-        yield from self._split(stem, proj, "weight", halves, (e, rows // 2, cols), h.dtype, h)
+        def expert(e: int) -> np.ndarray:  # (in, out) as float32, only expert e read
+            return h.rows(e, e + 1)[0] if h.rows is not None else h.load()[e]
 
-    def _packed(self, stem, proj, parts, rows, cols) -> Iterator[SourceTensor]:
-        e = self.n_expert
+        def slab(k: int, e: int) -> SourceTensor:
+            load = lambda: np.ascontiguousarray(expert(e)[:, k::step].T)  # noqa: E731
+            return SourceTensor(h.name, h.name, shape, h.dtype, TensorHandle(h.name, h.dtype, shape, load, h.source))
+
+        return lambda k: [slab(k, e) for e in range(self.n_expert)]
+
+    def _packed_slabs(self, stem, proj, parts, rows, cols, step) -> Callable[[int], list[SourceTensor]]:
+        """MXFP4 layout: expert e's rows k, k+step, ... repacked to ggml blocks; floats decoded."""
         if cols % 32:
             raise FormatError(f"{self.hp.source}: {stem}.{proj}: rows of {cols} values are not whole 32-value "
                               "MXFP4 blocks")
-        g = cols // 32
+        e, g = self.n_expert, cols // 32
         hb = self._need(stem, parts, f"{proj}_blocks", (e, rows, g, 16))
-        self._need(stem, parts, f"{proj}_scales", (e, rows, g))
-        step = 2 if proj == "gate_up_proj" else 1
+        hs = self._need(stem, parts, f"{proj}_scales", (e, rows, g))
+        shape = (rows // step, cols)
 
-        def ggml_rows(k: int) -> np.ndarray:
-            b = self.ckpt.raw(parts[f"{proj}_blocks"])[:, k::step]
-            s = self.ckpt.raw(parts[f"{proj}_scales"])[:, k::step]
-            return mxfp4_from_hf(b, s)
+        def ggml_rows(k: int, i: int) -> np.ndarray:  # only expert i read, its pages released after
+            blocks, scales = self.ckpt.raw_rows(hb.name, i, i + 1)[0], self.ckpt.raw_rows(hs.name, i, i + 1)[0]
+            return mxfp4_from_hf(blocks[k::step], scales[k::step])
 
-        def decoded(k: int, shape) -> Callable[[], np.ndarray]:
-            return lambda: kernels.decode("MXFP4", ggml_rows(k)).reshape(shape)
+        def slab(k: int, i: int) -> SourceTensor:
+            packed = lambda: ggml_rows(k, i)  # noqa: E731
+            load = lambda: kernels.decode("MXFP4", packed()).reshape(shape)  # noqa: E731
+            return SourceTensor(hb.name, hb.name, shape, "MXFP4", TensorHandle(hb.name, "MXFP4", shape, load, hb.source),
+                                packed_type="MXFP4", packed_loader=packed)
 
-        names = ("gate_proj", "up_proj") if step == 2 else ("down_proj",)
-        shape = (e, rows // step, cols)
-        halves = [(n, decoded(k, shape)) for k, n in enumerate(names)]
-        by_name = {n: k for k, n in enumerate(names)}
-        yield from self._split(stem, proj, "weight", halves, shape, "MXFP4", hb,
-                               packed=lambda n: (lambda: ggml_rows(by_name[n])))
+        return lambda k: [slab(k, i) for i in range(e)]
 
-    def _bias(self, stem, proj, parts, rows) -> Iterator[SourceTensor]:
-        e = self.n_expert
-        h = self._need(stem, parts, f"{proj}_bias", (e, rows))
-        if proj == "down_proj":
-            yield from self._split(stem, proj + "_bias", "bias", [("down_proj", h.load)], (e, rows), h.dtype, h)
-            return
-        halves = [(hp_, lambda k=k: np.ascontiguousarray(h.load()[:, k::2]))
-                  for k, hp_ in enumerate(("gate_proj", "up_proj"))]
-        yield from self._split(stem, proj + "_bias", "bias", halves, (e, rows // 2), h.dtype, h)
+    def _bias(self, stem, proj, parts, rows, halves) -> Iterator[SourceTensor]:
+        """(n_expert, rows) biases, split like their weights (small: read whole)."""
+        h = self._need(stem, parts, f"{proj}_bias", (self.n_expert, rows))
+        step = len(halves)
+        shape = (self.n_expert, rows // step)
+        for k, hf_proj in enumerate(halves):
+            load = lambda k=k: np.ascontiguousarray(h.load()[:, k::step])  # noqa: E731
+            yield SourceTensor(self.gguf_name(f"{stem}.{hf_proj}.bias"), h.name, shape, h.dtype,
+                               TensorHandle(h.name, h.dtype, shape, load, h.source))

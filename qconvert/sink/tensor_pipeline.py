@@ -32,11 +32,11 @@ Encoder = Callable[[TensorPlan, SourceTensor], Iterable[Piece]]
 
 
 def tensor_pieces(encoder: Encoder, s: SourceTensor, tp: TensorPlan) -> Iterator[Piece]:
-    if s.packed_type and s.packed_type == tp.qtype.name:  # the checkpoint's own blocks, copied
-        yield s.load_packed
-    elif isinstance(s, ExpertStack):  # expert after expert, each in slices: never the stack
+    if isinstance(s, ExpertStack):  # expert after expert, each in slices: never the stack
         for i, part in enumerate(s.parts):
-            yield from _as_pieces(encoder(tp.slab_plan(i), part))
+            yield from tensor_pieces(encoder, part, tp.slab_plan(i))
+    elif s.packed_type and s.packed_type == tp.qtype.name:  # the checkpoint's own blocks, copied
+        yield s.load_packed
     else:
         yield from _as_pieces(encoder(tp, s))
 

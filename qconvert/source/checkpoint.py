@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import FormatError, InputError, UnsupportedError
 from .json_text import parse_json
 from .safetensors_file import FLOAT_DTYPES, SafetensorsFile, TensorHandle
@@ -131,8 +133,20 @@ class Checkpoint:
     def raw(self, name: str):
         """A stored tensor's array as it is in the file (read-only, stored dtype): the
         integer parts of a quantized format that an adapter repacks (gpt-oss MXFP4)."""
+        return self._file_of(name).raw(name)
+
+    def raw_rows(self, name: str, start: int, stop: int):
+        """A copy of rows start..stop (axis 0) of a stored tensor, its pages released after
+        (one expert of a stacked tensor, without the rest staying resident)."""
+        f = self._file_of(name)
+        arr = np.array(f.raw(name)[start:stop])
+        row = arr.nbytes // max(1, stop - start)
+        f.release(name, start * row, stop * row)
+        return arr
+
+    def _file_of(self, name: str):
         path = self.handles[name].source
-        return next(f for f in self.files if str(f.path) == path).raw(name)
+        return next(f for f in self.files if str(f.path) == path)
 
     @property
     def total_bytes(self) -> int:
