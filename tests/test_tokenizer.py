@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 from qconvert.errors import InputError, UnsupportedError
 from tokenizer_builders import (
     BYTE_LEVEL, BYTE_LEVEL_REGEX, STRINGS, detokenize, digits, load_vocab, read_fields, split,
-    train_bpe, train_spm, write_json, write_vocab_gguf,
+    spm_style_tokenizer_json, train_bpe, train_spm, write_json, write_vocab_gguf,
 )
 
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -243,33 +243,12 @@ def test_spm_unigram_is_refused(tmp_path):
 
 # --- SentencePiece-style tokenizer.json without tokenizer.model (transformers 5) ----------
 
-def spm_style_tokenizer_json(model_dir, sp, *, prefix: bool):
-    """The tokenizer.json transformers makes from a SentencePiece BPE model: merges from the
-    piece scores (transformers' own generate_merges), Metaspace spaces, byte fallback."""
-    from tokenizers import AddedToken, decoders, models, pre_tokenizers
-    from transformers.tokenization_utils_base import generate_merges
-
-    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
-    vocab = {piece: i for i, piece in enumerate(pieces)}
-    merges = generate_merges(vocab, {piece: sp.get_score(i) for i, piece in enumerate(pieces)})
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True,
-                               byte_fallback=True))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(
-        replacement="\u2581", prepend_scheme="first" if prefix else "never", split=False)
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
-                                     decoders.Fuse()])
-    tok.add_special_tokens([AddedToken(t, special=True) for t in ("<unk>", "<s>", "</s>")])
-    tok.add_special_tokens([AddedToken(t, special=True) for t in SPM_CONTROLS])
-    tok.save(str(model_dir / "tokenizer.json"))
-    return tok
-
-
 @pytest.fixture(scope="module", params=[True, False], ids=["prefix", "no-prefix"])
 def spm_json_case(request, tmp_path_factory):
     source = tmp_path_factory.mktemp("spm_source")
     sp = spm.SentencePieceProcessor(model_file=str(train_spm(source, add_dummy_prefix=request.param)))
     model_dir = tmp_path_factory.mktemp("spm_json")
-    tok = spm_style_tokenizer_json(model_dir, sp, prefix=request.param)
+    tok = spm_style_tokenizer_json(model_dir, sp, prefix=request.param, controls=SPM_CONTROLS)
     info = write_vocab_gguf(model_dir, model_dir / "v.gguf", config={"vocab_size": 1504})
     return {"sp": sp, "tok": tok, "info": info, "llm": load_vocab(model_dir / "v.gguf"),
             "prefix": request.param, "gguf": model_dir / "v.gguf"}

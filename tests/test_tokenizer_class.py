@@ -8,7 +8,10 @@ checks against the installed transformers itself:
 - end to end: a Qwen2-declared model whose tokenizer.json says plain ByteLevel gets
   tokenizer.ggml.pre "qwen2" and llama.cpp tokenizes all 28 hostile strings like
   transformers (with the name the file alone gives, "gpt-2", 20 of 28: digit runs and the
-  spaces around them part ways).
+  spaces around them part ways);
+- SentencePiece: a LlamaTokenizer-declared model whose tokenizer.json prepends no "▁"
+  gets add_space_prefix as the class applies it (23/23 strings like transformers; 1/23
+  from the file alone), and a GemmaTokenizer none.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ import pytest
 
 from qconvert.source.pretokenizer import chain_of
 from qconvert.source.tokenizer_class import REBUILT_PRE, as_transformers_runs, effective_class
-from tokenizer_builders import BYTE_LEVEL_REGEX, HOSTILE, digits, load_vocab, train_bpe, write_json, write_vocab_gguf
+from tokenizer_builders import (
+    BYTE_LEVEL_REGEX, HOSTILE, digits, load_vocab, read_fields, spm_style_tokenizer_json, train_bpe, train_spm,
+    write_json, write_vocab_gguf,
+)
 
 # model types with a byte-level BPE vocabulary (BertTokenizer / GemmaTokenizer rebuild a
 # WordPiece / SentencePiece pipeline: not a byte-level file's business)
@@ -112,3 +118,38 @@ def test_qwen2_declared_model_tokenizes_like_transformers(qwen2_declared):
     as_written = write_vocab_gguf(d, d / "file.gguf", config=config, arch="qwen2", vocab_pre="gpt-2")
     assert as_written.pre == "gpt-2"
     assert len(_agreeing(load_vocab(d / "file.gguf"), hf)) < 28
+
+
+# Where HF's Metaspace(prepend_scheme="first") and SentencePiece part ways anyway (text opening
+# with a space, text around special tokens; see test_tokenizer.py): left out here
+SPM_TEXTS = [t for t in HOSTILE if not t.startswith(" ") and "<" not in t]
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_no_prefix(tmp_path_factory):
+    import sentencepiece as spm
+
+    source = tmp_path_factory.mktemp("spm_source")
+    return spm.SentencePieceProcessor(model_file=str(train_spm(source, add_dummy_prefix=False)))
+
+
+@pytest.mark.parametrize("declared,model_type,tok_config,prefix", [
+    ("LlamaTokenizer", "llama", {}, True),  # the class's default: prefix
+    ("LlamaTokenizerFast", "llama", {"add_prefix_space": False}, False),
+    ("GemmaTokenizer", "gemma3_text", {}, False),
+    ("PreTrainedTokenizerFast", "llama", {}, False),  # the file as written
+])
+def test_sentencepiece_space_prefix_follows_the_class(declared, model_type, tok_config, prefix,
+                                                      sentencepiece_no_prefix, tmp_path):
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    spm_style_tokenizer_json(tmp_path, sentencepiece_no_prefix, prefix=False)
+    write_json(tmp_path / "tokenizer_config.json", dict(tok_config, tokenizer_class=declared))
+    write_json(tmp_path / "config.json", {"model_type": model_type})
+    hf = AutoTokenizer.from_pretrained(tmp_path)
+    write_vocab_gguf(tmp_path, tmp_path / "v.gguf", config={"vocab_size": 1504, "model_type": model_type})
+    assert bool(read_fields(tmp_path / "v.gguf")["tokenizer.ggml.add_space_prefix"]) is prefix
+    llm = load_vocab(tmp_path / "v.gguf")
+    assert [llm.tokenize(t.encode(), add_bos=False, special=True) for t in SPM_TEXTS] == \
+        [hf(t, add_special_tokens=False)["input_ids"] for t in SPM_TEXTS]

@@ -123,6 +123,27 @@ def train_spm(directory: Path, *, model_type: str = "bpe", add_dummy_prefix: boo
     return path
 
 
+def spm_style_tokenizer_json(model_dir: Path, sp, *, prefix: bool, controls=()):
+    """The tokenizer.json transformers makes from a SentencePiece BPE model: merges from the
+    piece scores (transformers' own generate_merges), Metaspace spaces, byte fallback."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers.tokenization_utils_base import generate_merges
+
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    merges = generate_merges(vocab, {piece: sp.get_score(i) for i, piece in enumerate(pieces)})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True,
+                               byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="\u2581", prepend_scheme="first" if prefix else "never", split=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                     decoders.Fuse()])
+    tok.add_special_tokens([AddedToken(t, special=True) for t in ("<unk>", "<s>", "</s>")])
+    tok.add_special_tokens([AddedToken(t, special=True) for t in controls])
+    tok.save(str(model_dir / "tokenizer.json"))
+    return tok
+
+
 def write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value), encoding="utf-8")
 

@@ -18,7 +18,7 @@ Nothing here needs transformers.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +30,7 @@ from .pretokenizer import choose_pre
 from .special_tokens import _token_text, read_json, special_vocab
 from .spm_json_vocab import is_spm_style, read_spm_json_vocab
 from .spm_vocab import read_spm_vocab
-from .tokenizer_class import REBUILT_WORDPIECE, as_transformers_runs, effective_class
+from .tokenizer_class import REBUILT_WORDPIECE, as_transformers_runs, effective_class, space_prefix
 from .tokenizer_schema import check_tokenizer_json
 from .wpm_vocab import is_wordpiece, read_vocab_txt, read_wpm_vocab, write_normalizer
 
@@ -131,6 +131,11 @@ def add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, *, config: dict,
         else:
             spm = read_spm_json_vocab(tokenizer_json, vocab_size, str(json_path))
             source = str(json_path)
+        prefix = space_prefix(config, tokenizer_config, tokenizer_json)
+        if prefix is not None and prefix != spm.add_space_prefix:
+            log.info("%s: transformers builds this tokenizer as a class that %s a space before the "
+                     "text; tokenizer.ggml.add_space_prefix follows it", source, "puts" if prefix else "puts no")
+            spm = replace(spm, add_space_prefix=prefix)
         pre = "default"
         writer.add_tokenizer_model("llama")
         writer.add_tokenizer_pre(pre)

@@ -8,7 +8,9 @@ Qwen2 regex even when its tokenizer.json says plain ByteLevel, a GPT2Tokenizer d
 Digits step the file has, a BertTokenizer lower-cases unless tokenizer_config.json says
 `do_lower_case: false`, whatever the file's BertNormalizer says. llama.cpp must tokenize
 as transformers does, so the pre-tokenizer name (and the WordPiece normaliser flags) are
-derived from what the class builds, not from the file.
+derived from what the class builds, not from the file. The same holds for SentencePiece
+vocabularies: a LlamaTokenizer puts a "▁" before the text unless tokenizer_config.json says
+`add_prefix_space: false`, whatever the file's Metaspace says; a GemmaTokenizer never does.
 
 `REBUILT_PRE` holds the pre-tokenizer each byte-level BPE class builds (facts read from
 transformers 5's tokenization_*.py; tests/test_tokenizer_class.py checks every entry
@@ -120,3 +122,15 @@ def as_transformers_runs(tokenizer_json: dict, tokenizer_config: dict, config: d
     out["pre_tokenizer"] = build(bool(tokenizer_config.get("add_prefix_space") or False))
     out["model"] = dict(tokenizer_json.get("model") or {}, ignore_merges=False)
     return out, cls
+
+
+def space_prefix(config: dict, tokenizer_config: dict, tokenizer_json: dict | None) -> bool | None:
+    """Whether transformers' tokenizer puts "▁" before a SentencePiece-style text, when the
+    class decides it (None: the files decide)."""
+    cls = effective_class(config, tokenizer_config, tokenizer_json)
+    if cls == "LlamaTokenizer":
+        flag = tokenizer_config.get("add_prefix_space")
+        return flag if isinstance(flag, bool) else True
+    if cls == "GemmaTokenizer":
+        return False  # spaces become "▁" by a Replace normaliser; nothing is prepended
+    return None
