@@ -45,8 +45,9 @@ class Quantized:
     shape: tuple[int, int]
     dtype: str  # the stored codes: F8_E4M3, I8, I4...
     kind: str  # for messages: "FP8 (128x128 block scales)", "GPTQ int4"...
-    parts: tuple[str, ...]  # every stored tensor it consumes
+    parts: tuple[str, ...]  # every stored tensor it consumes, the codes first
     rows: Callable[[int, int], np.ndarray]
+    by_rows: bool = True  # the codes are stored a weight row after another (not GPTQ's, AWQ's)
 
 
 class Parts:
@@ -59,6 +60,17 @@ class Parts:
         q = config.get("quantization_config")
         self.qc = q if isinstance(q, dict) else {}
         self.method = str(self.qc.get("quant_method", "")).lower()
+
+    def release(self, name: str, rows: Optional[tuple[int, int, int]] = None) -> None:
+        """Drop a stored tensor's mapped pages from the resident set (see
+        SafetensorsFile.release): all of them, or those of rows (start, stop, of n)."""
+        f = self.file[name]
+        if rows is None:
+            f.release(name)
+            return
+        start, stop, n = rows
+        per = f.entries[name].n_bytes // max(1, n)
+        f.release(name, start * per, stop * per)
 
     def has(self, name: str) -> bool:
         return name in self.handles
@@ -231,7 +243,8 @@ def _qweight(parts: Parts, p: str) -> Quantized:
                                    f"{[r, c]} is not supported (AutoAWQ GEMM 4-bit is)")
         shape, group = (n_out, r), r // n_groups
         return Quantized(p + ".weight", shape, "I4", f"AWQ int4 (groups of {group})", (qw, qz, sc),
-                         lambda a, b: int_packed.awq_rows(parts.raw(qw), parts.raw(qz), scales(a, b), group, a, b))
+                         lambda a, b: int_packed.awq_rows(parts.raw(qw), parts.raw(qz), scales(a, b), group, a, b),
+                         by_rows=False)
     g_idx = parts.raw(gi) if parts.has(gi) else None
     bits = parts.qc.get("bits", 4)
     n_in = len(g_idx) if g_idx is not None else r * 32 // bits if isinstance(bits, int) and bits else 0
@@ -245,7 +258,8 @@ def _qweight(parts: Parts, p: str) -> Quantized:
     used = (qw, qz, sc) + ((gi,) if g_idx is not None else ())
     return Quantized(p + ".weight", (n_out, n_in), f"I{bits}", f"GPTQ int{bits} (groups of {group})", used,
                      lambda a, b: int_packed.gptq_rows(parts.raw(qw), parts.raw(qz), scales(a, b), g_idx, bits,
-                                                       group, zero_offset, a, b))
+                                                       group, zero_offset, a, b),
+                     by_rows=False)
 
 
 def find_quantized(parts: Parts) -> list[Quantized]:
@@ -262,11 +276,19 @@ def find_quantized(parts: Parts) -> list[Quantized]:
     return found
 
 
-def handle_of(q: Quantized, source: str) -> TensorHandle:
+def handle_of(q: Quantized, source: str, parts: Parts) -> TensorHandle:
     what = f"{source}: tensor {q.name!r} (decoded from {q.dtype})"
+    n = q.shape[0]
 
     def rows(start: int, stop: int) -> np.ndarray:
         out = q.rows(start, stop)
+        # the pages read stay out of the resident set: a slice's own as it goes where the
+        # codes are stored by rows, everything once the last row is read
+        if q.by_rows:
+            parts.release(q.parts[0], (start, stop, n))
+        if stop >= n:
+            for name in q.parts:
+                parts.release(name)
         check_finite(out, "F32", what)  # a NaN code (FP8) or a non-finite scale
         return out
 
@@ -290,7 +312,7 @@ def dequantized(config: dict, handles: dict[str, TensorHandle],
     for name, h in handles.items():
         if name in first:
             q = first[name]
-            out[q.name] = handle_of(q, h.source)
+            out[q.name] = handle_of(q, h.source, parts)
         elif name not in used and not name.endswith(RUNTIME_SCALES):
             out[name] = h
     return out, {q.name: q.kind for q in found}
