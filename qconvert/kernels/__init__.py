@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import InputError, ShapeError
 from ..qtypes import qtype
 from ..registry import Registry
 
@@ -37,8 +37,12 @@ KERNELS: Registry[Kernel] = Registry("quantization kernel")
 # types whose encoders take per-weight importance (llama.cpp's imatrix path); the others
 # round the same way with or without it (llama.cpp ignores an imatrix for them too)
 IMPORTANCE_TYPES = frozenset({"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-                              "IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_S"})
-# of those, the types whose weighting also uses the mean square of the whole row
+                              "IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_S",
+                              "IQ2_XXS", "IQ2_XS"})
+# types llama.cpp quantizes only with an importance matrix (ggml_quantize_requires_imatrix;
+# their encoders assert it)
+REQUIRES_IMPORTANCE = frozenset({"IQ2_XXS", "IQ2_XS", "IQ1_S"})
+# of the importance types, those whose weighting also uses the mean square of the whole row
 # (llama.cpp's quantize_row_q4_0_impl ... q5_1_impl), not of one block
 ROW_SIGMA2_TYPES = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1"})
 
@@ -48,7 +52,7 @@ _MODULES = {
     "Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0", "Q5_1": "q5_1",
     "Q2_K": "q2_k", "Q3_K": "q3_k", "Q4_K": "q4_k", "Q5_K": "q5_k", "Q6_K": "q6_k",
     "MXFP4": "mxfp4", "IQ4_NL": "iq4_nl", "IQ4_XS": "iq4_xs",
-    "IQ3_XXS": "iq3_xxs", "IQ3_S": "iq3_s",
+    "IQ3_XXS": "iq3_xxs", "IQ3_S": "iq3_s", "IQ2_XXS": "iq2_xxs", "IQ2_XS": "iq2_xs",
 }
 
 
@@ -58,6 +62,12 @@ def kernel(name: str) -> Kernel:
         if mod is not None:
             importlib.import_module(f"{__name__}.{mod}")
     return KERNELS.get(name)
+
+
+def require_importance(name: str, importance) -> None:
+    if importance is None:
+        raise InputError(f"{name} needs importance statistics, as in llama.cpp: give --imatrix FILE or "
+                         f"--calibration TEXT (or choose another type for these tensors)")
 
 
 def _check_in(name: str, x: np.ndarray, width: int, dtype) -> np.ndarray:
@@ -83,6 +93,8 @@ def encode(name: str, x: np.ndarray, *, reference: bool = False,
         raise ShapeError(f"{name}: {x.size} values is not a whole number of {qt.block_size}-value blocks")
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, qt.block_size)
     fn = k.encode_ref if reference else k.encode
+    if qt.name in REQUIRES_IMPORTANCE:
+        require_importance(qt.name, importance)
     if importance is not None and qt.name in IMPORTANCE_TYPES:
         if np.size(importance) != x.size:
             raise ShapeError(f"{name}: {np.size(importance)} importance weights for {x.size} values")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .flags import JIT, njit
-from .kquant_common import F0
+from .kquant_common import F0, nearest_int
 
 FLT_MAX = np.float32(3.4028234663852886e38)
 
@@ -42,3 +42,68 @@ def put_u32_or(out, pos, v):
     """out[pos:pos+4] |= the little-endian bytes of v."""
     for k in range(4):
         out[pos + k] |= (v >> (8 * k)) & 0xFF
+
+
+@njit(**JIT)
+def split_signs(xb, weight, n8, even, xval, signs):
+    """|x| into xval and the sign bits of each group of 8 into signs[k] (bit i = weight
+    8k + i negative). With `even` (IQ2_XXS, IQ2_XS, IQ3_XXS: 7 stored sign bits, the 8th
+    implied by parity) an odd count of negatives is made even by flipping the sign of the
+    group's least important weight (least w*x^2, the first on a tie); signs then keep 7 bits."""
+    for k in range(n8):
+        nflip = 0
+        s = 0
+        for i in range(8):
+            v = xb[8 * k + i]
+            if v >= F0:
+                xval[8 * k + i] = v
+            else:
+                xval[8 * k + i] = -v
+                nflip += 1
+                s |= 1 << i
+        if even and nflip % 2 == 1:
+            imin = 0
+            mn = weight[8 * k] * xb[8 * k] * xb[8 * k]
+            for i in range(1, 8):
+                ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i]
+                if ax < mn:
+                    mn = ax
+                    imin = i
+            xval[8 * k + imin] = -xval[8 * k + imin]
+            s ^= 1 << imin
+        signs[k] = s & 127 if even else s
+
+
+@njit(**JIT)
+def fit(weight, xval, L, n):
+    """(sum w*x*q, sum w*q*q) over n weights with q = 2l + 1, in C's order."""
+    sumqx = F0
+    sumq2 = F0
+    for i in range(n):
+        w = weight[i]
+        q = np.float32(2 * L[i] + 1)
+        sumqx += w * xval[i] * q
+        sumq2 += w * q * q
+    return sumqx, sumq2
+
+
+@njit(**JIT)
+def round_group(id_, xval, o, width, bits, lmax, L):
+    """Levels l = round((id*x - 1)/2) clamped to 0..lmax of xval[o:o+width] into L; returns
+    their kmap index sum l_i << (bits*i)."""
+    u = 0
+    for i in range(width):
+        l = nearest_int(np.float32(0.5) * (id_ * xval[o + i] - np.float32(1.0)))
+        l = max(0, min(lmax, l))
+        L[o + i] = l
+        u |= l << (bits * i)
+    return u
+
+
+@njit(**JIT)
+def largest(x, n):
+    """C's running MAX(max, x[i]) from x[0]."""
+    mx = x[0]
+    for i in range(1, n):
+        mx = mx if mx > x[i] else x[i]
+    return mx

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from .flags import JIT, njit
-from .grid_search import best_neighbour
+from .grid_search import best_neighbour, fit, largest, round_group, split_signs
 from .kquant_common import F0, F1, nearest_int, put_f16
 
 EPS_XXS = np.float32(1e-8)  # GROUP_MAX_EPS_IQ3_XXS
@@ -32,65 +32,13 @@ F15 = np.float32(15.0)
 
 
 @njit(**JIT)
-def _fit(weight, xval, L):
-    sumqx = F0
-    sumq2 = F0
-    for i in range(32):
-        w = weight[i]
-        q = np.float32(2 * L[i] + 1)
-        sumqx += w * xval[i] * q
-        sumq2 += w * q * q
-    return sumqx, sumq2
-
-
-@njit(**JIT)
-def _round_group(id_, xval, k, L):
-    """Levels of group k at inverse scale id_ into L[4k:4k+4]; returns their kmap index."""
-    u = 0
-    for i in range(4):
-        l = nearest_int(HALF * (id_ * xval[4 * k + i] - F1))
-        l = max(0, min(7, l))
-        L[4 * k + i] = l
-        u |= l << (3 * i)
-    return u
-
-
-@njit(**JIT)
-def _signs(xb, weight, xxs, xval, signs):
-    for k in range(4):
-        nflip = 0
-        s = 0
-        for i in range(8):
-            v = xb[8 * k + i]
-            if v >= F0:
-                xval[8 * k + i] = v
-            else:
-                xval[8 * k + i] = -v
-                nflip += 1
-                s |= 1 << i
-        if xxs and nflip % 2 == 1:
-            imin = 0
-            mn = weight[8 * k] * xb[8 * k] * xb[8 * k]
-            for i in range(1, 8):
-                ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i]
-                if ax < mn:
-                    mn = ax
-                    imin = i
-            xval[8 * k + imin] = -xval[8 * k + imin]
-            s ^= 1 << imin
-        signs[k] = s & 127 if xxs else s
-
-
-@njit(**JIT)
 def _sub_block(xb, weight, waux, xxs, grid, kmap, neighbours, xval, L, signs):
     """Search one 32-weight sub-block; L gets its levels, signs its sign bytes. Returns
     its scale, or -1 when the sub-block is (treated as) all zero."""
     for i in range(32):
         waux[i] = np.sqrt(weight[i])
-    _signs(xb, weight, xxs, xval, signs)
-    mx = xval[0]
-    for i in range(1, 32):
-        mx = mx if mx > xval[i] else xval[i]
+    split_signs(xb, weight, 4, xxs, xval, signs)
+    mx = largest(xval, 32)
     for i in range(32):
         L[i] = 0
     if (xxs and mx < EPS_XXS) or (not xxs and mx == F0):
@@ -107,11 +55,11 @@ def _sub_block(xb, weight, waux, xxs, grid, kmap, neighbours, xval, L, signs):
         id_ = (F15 + np.float32(is_) * P02) / mx
         this_scale = F1 / id_
         for k in range(8):
-            u = _round_group(id_, xval, k, Laux)
+            u = round_group(id_, xval, 4 * k, 4, 3, 7, Laux)
             on_aux[k] = kmap[u] >= 0
             if not on_aux[k]:
                 best_neighbour(neighbours, kmap[u], grid, xval, waux, 4 * k, this_scale, Laux)
-        sumqx, sumq2 = _fit(weight, xval, Laux)
+        sumqx, sumq2 = fit(weight, xval, Laux, 32)
         if sumq2 > F0 and sumqx * sumqx > best * sumq2:
             scale = sumqx / sumq2
             best = scale * sumqx
@@ -128,13 +76,13 @@ def _sub_block(xb, weight, waux, xxs, grid, kmap, neighbours, xval, L, signs):
         for k in range(8):
             if xxs and on[k]:
                 continue
-            u = _round_group(id_, xval, k, Laux)
+            u = round_group(id_, xval, 4 * k, 4, 3, 7, Laux)
             gi = kmap[u]
             if gi < 0:
                 gi = best_neighbour(neighbours, gi, grid, xval, waux, 4 * k, scale, L)
             for i in range(4):
                 L[4 * k + i] = (grid[gi, i] - 1) // 2
-        sumqx, sumq2 = _fit(weight, xval, L)
+        sumqx, sumq2 = fit(weight, xval, L, 32)
         if sumq2 > F0:
             scale = sumqx / sumq2
     if scale < F0:  # "should never happen" (ggml): flip the scale and the signs

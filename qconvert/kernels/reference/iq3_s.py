@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..iq_grids import tables
-from .iq3_common import group_indices, search, super_scale
+from .grid_search import group_indices
+from .iq3_common import search, super_scale
 from .kquant_common import F32, from_f16_bytes
 
 

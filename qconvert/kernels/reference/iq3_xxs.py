@@ -6,7 +6,8 @@ import numpy as np
 from gguf import quants as gq
 
 from ..iq_grids import tables
-from .iq3_common import group_indices, search, super_scale
+from .grid_search import group_indices
+from .iq3_common import search, super_scale
 from .kquant_common import F32, from_f16_bytes
 
 KSIGNS = np.frombuffer(gq.IQ2_XXS.ksigns, np.uint8)
