@@ -157,7 +157,7 @@ def test_devices_and_threads_per_rank():
     assert rank_device("cpu", w) == "cpu" and rank_device("cuda:0", World()) == "cuda:0"
     if not torch.cuda.is_available():
         assert rank_device("auto", w) == "cpu"
-        with pytest.raises(InputError, match="no GPU"):
+        with pytest.raises(InputError, match="2 processes on this host but 0 GPU"):
             rank_device("cuda", w)
     with pytest.raises(InputError, match="cuda:LOCAL_RANK"):
         rank_device("cuda:1", w)

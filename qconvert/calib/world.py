@@ -217,9 +217,10 @@ def rank_device(device: str, world: World) -> str:
     if d.startswith("cuda:"):
         raise InputError(f"--device {device}: under torchrun each process takes cuda:LOCAL_RANK; give --device cuda")
     if d == "cuda":
-        if torch.cuda.device_count() <= world.local_rank:
-            raise InputError(f"--device cuda: local rank {world.local_rank} has no GPU "
-                             f"({torch.cuda.device_count()} visible); start at most that many processes per host")
+        # judged on the host's count, not this rank's index, so every rank on it fails alike
+        if torch.cuda.device_count() < world.local_size:
+            raise InputError(f"--device cuda: {world.local_size} processes on this host but "
+                             f"{torch.cuda.device_count()} GPU(s) visible; start at most one process per GPU")
         return f"cuda:{world.local_rank}"
     return d
 
@@ -272,17 +273,20 @@ def joined(device: str) -> Iterator[World]:
     if backend == "nccl":
         torch.cuda.set_device(int(dev.split(":")[1]))
     torch.set_num_threads(rank_threads(world))
-    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds()))
-    _current = World(world.rank, world.size, world.local_rank, world.local_size, backend)
+    own = not dist.is_initialized()  # a caller's program may have set up the group already
+    if own:
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds()))
+    _current = World(world.rank, world.size, world.local_rank, world.local_size, dist.get_backend())
     done = False
     try:
         yield _current
         done = True
     finally:
-        _current = World()
+        joined_as, _current = _current, World()
         if done:  # every rank's last broadcast has arrived before any rank leaves
-            dist.barrier(device_ids=[torch.cuda.current_device()] if backend == "nccl" else None)
-        dist.destroy_process_group()
+            dist.barrier(device_ids=[torch.cuda.current_device()] if joined_as.backend == "nccl" else None)
+        if own:
+            dist.destroy_process_group()
 
 
 def shard_bounds(n_samples: int, batch_size: int, world: World) -> tuple[int, int]:

@@ -57,6 +57,8 @@ class SizedRoute(Route[GGUFPlanned, GGUFResult]):
                 else:
                     check_parent(job.output or default_output(src, "sized"))
         imx = self._statistics(job, src)
+        if not current().writer:  # torchrun: the other ranks only shared the calibration pass
+            return GGUFPlanned(src, base, "sized", notes, imx)
         label = "--imatrix" if job.calibration.imatrix is not None else "--calibration"
         if imx is not None:  # another model's statistics: refused before they weight any measurement
             check_importance(base, imx, label)
