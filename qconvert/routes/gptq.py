@@ -59,11 +59,14 @@ class GPTQRoute(Route[GGUFPlanned, GGUFResult]):
         return stats, scratch
 
     def write(self, job: Job, planned: GGUFPlanned, prepared: tuple[dict[str, dict], Path], out: Path) -> GGUFResult:
+        from ..schemes.gptq_experts import staged_name  # torch: imported when GPTQ has run
+
         stats, scratch = prepared
 
         def encoder(tp, s):
-            if tp.scheme == "gptq":  # staged blocks, copied a slice at a time
-                return staged(np.load(scratch / f"{tp.name}.npy", mmap_mode="r"))
+            if tp.scheme == "gptq":  # staged blocks, copied a slice at a time (an expert's alone)
+                name = f"{tp.name}.npy" if tp.slab is None else staged_name(tp.name, tp.slab)
+                return staged(np.load(scratch / name, mmap_mode="r"))
             if tp.scheme == "importance":
                 return pieces(tp, s, np.load(scratch / f"{tp.name}.imp.npy"))
             return pieces(tp, s)

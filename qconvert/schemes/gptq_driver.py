@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..plan.tensor_plan import Plan
+from ..source.expert_stack import ExpertStack
 from ..source.model_source import Source
 from .block_grid import GRIDS
 
@@ -27,6 +28,9 @@ def gptq_plan(plan: Plan, src: Source) -> tuple[Plan, dict[str, str]]:
     schemes: dict[str, str] = {}
     for s in src.tensors:
         tp = by_name[s.name]
+        if isinstance(s, ExpertStack) and tp.qtype.quantized:  # solved expert by expert (gptq_experts.py)
+            schemes[s.name] = "gptq" if tp.qtype.name in GRIDS else "importance"
+            continue
         if not s.hf_name.endswith(".weight") or len(s.shape) != 2 or ".layers." not in s.hf_name:
             continue
         if not tp.qtype.quantized:
@@ -58,6 +62,9 @@ def run_gptq(src: Source, plan: Plan, store: Optional[Path], *, text_file: Optio
     from ..source.finite import check_finite
     from .gptq_grid import gptq_gguf  # torch: imported when GPTQ runs, not when the CLI starts
     from .hessian import HessianSum, unite_hessians
+    from ..arch import adapter_for
+    from ..source.checkpoint import Checkpoint
+    from .gptq_experts import ExpertSolver
 
     world = worlds.current()
     _, linears = gptq_plan(plan, src)  # the linears; `plan` already carries their schemes
@@ -70,11 +77,20 @@ def run_gptq(src: Source, plan: Plan, store: Optional[Path], *, text_file: Optio
     hess: dict[str, HessianSum] = {}
     stats: dict[str, dict] = {}
 
+    experts = ExpertSolver(adapter_for(Checkpoint(src.path)).gguf_name, by_name)
+
     def on_linear(i: int, name: str, x: torch.Tensor) -> None:
-        if name in linears:
+        if name in linears or experts.key(name) is not None:  # an expert: its routed tokens only
             if name not in hess:
                 hess[name] = HessianSum(x.shape[-1], device=x.device)
             hess[name].add(x)
+
+    def solve_expert(gname: str, W: np.ndarray, h) -> dict:
+        H = h.hessian()
+        check_holds(gname, by_name[gname].qtype, W)
+        blocks, deq, st = gptq_gguf(W, H.cpu().numpy(), by_name[gname].qtype.name, damp=damp, device=H.device)
+        return {"rows": np.ascontiguousarray(blocks).reshape(-1), "deq": deq,
+                **{k: st[k] for k in ("err", "rtn_err") if k in st}}
 
     def solve(full: str, mod: torch.nn.Module, H: torch.Tensor) -> dict:
         gname = linears[full]
@@ -119,6 +135,8 @@ def run_gptq(src: Source, plan: Plan, store: Optional[Path], *, text_file: Optio
         for full, _ in todo:
             if by_name[linears[full]].scheme != "gptq" and store is not None:
                 np.save(store / f"{linears[full]}.imp.npy", (np.diag(H[full].cpu().numpy()) / 2).astype(np.float32))
+        # every rank solves the experts alike (same Hessians, same weights): no exchange
+        experts.solve_layer(i, layer, hess, solve_expert, store, stats)
 
     run_layerwise(model, samples, on_linear=on_linear, transform=transform, device=device,
                   batch_size=batch_size, show_progress=progress if world.writer else False)
