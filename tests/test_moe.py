@@ -463,3 +463,11 @@ def test_gptq_solves_each_expert_on_its_routed_tokens(moe, tmp_path):
     assert solved and plain >= solved  # 2 tokens x top-2: at most 4 of 8 experts per layer
     ids = prompt_ids(d)
     assert np.isfinite(llama_logits(out, ids)).all()
+
+
+def test_safetensors_output_of_per_expert_checkpoint_refused(moe, tmp_path):
+    """transformers cannot load such an output back (see arch/moe.py): one line, nothing written."""
+    out = tmp_path / "st"
+    with pytest.raises(UnsupportedError, match="per-expert weights"):
+        qconvert.quantize(moe("qwen3_moe"), out, format="safetensors")
+    assert not out.exists()

@@ -138,3 +138,16 @@ class MoEAdapter(ArchAdapter):
             raise FormatError(f"{self.hp.source}: tensor {hf_name} has shape {list(shape)}, but "
                               f"{self.hp.label('n_embd')} {e} and {ff_key} {f} imply {list(want)}; "
                               "the config does not match the weights")
+
+
+def refuse_per_expert_safetensors(ckpt) -> None:
+    """Safetensors output (compressed-tensors) of a checkpoint storing one weight per expert
+    is refused: transformers 5 merges those into its 3-D expert parameters while loading,
+    and that merge finds nothing in a compressed-tensors checkpoint (measured on Qwen3-MoE:
+    'Concatenate on tensors destined for ...experts.gate_up_proj. Ckpt contains: 0'), so
+    the output would not load. gpt-oss, which stores experts stacked, is not affected."""
+    example = next((n for n in ckpt.handles if expert_key(n) is not None), None)
+    if example is not None:
+        raise UnsupportedError(f"{ckpt.dir}: safetensors output of a mixture-of-experts model with per-expert "
+                               f"weights ({example}) is not supported (transformers cannot load it back); "
+                               "convert it to GGUF instead")

@@ -43,6 +43,7 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
 
     def plan(self, job: Job) -> SafetensorsPlanned:
         from ..arch import check_config
+        from ..arch.moe import refuse_per_expert_safetensors
         from ..sink.safetensors_out import plan_safetensors
         from ..source.checkpoint import Checkpoint
 
@@ -53,6 +54,7 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
             raise InputError(f"{job.source}: safetensors output is made from a Hugging Face model directory")
         ckpt = Checkpoint(job.source)
         check_config(ckpt)  # bounds and tensor shapes, before calibration builds a model from it
+        refuse_per_expert_safetensors(ckpt)
         s = job.scheme
         splan = plan_safetensors(ckpt, bits=bits, group_size=s.group_size, sym=s.sym,
                                  no_fallback=job.overrides.no_fallback)
