@@ -161,3 +161,24 @@ def test_calibration_runs_the_decoded_model(made, tmp_path):
     got = qconvert.quantize(path, tmp_path / "q.gguf", **kw)
     want = qconvert.quantize(twin, tmp_path / "t.gguf", **kw)
     assert tensor_bytes(got.output) == tensor_bytes(want.output)
+
+
+def test_an_fp4_packing_is_refused_naming_the_tensor(made, tmp_path):
+    from qconvert.errors import UnsupportedError
+
+    path, _, _ = made("fp8_block")
+    tensors = load_file(str(path / "model.safetensors"))
+    p = "model.layers.0.mlp.up_proj"
+    w = tensors.pop(p + ".weight")
+    del tensors[p + ".weight_scale_inv"]
+    tensors[p + ".weight_packed"] = torch.zeros(w.shape[0], w.shape[1] // 2, dtype=torch.uint8)  # NVFP4's layout
+    tensors[p + ".weight_scale"] = torch.ones(w.shape[0], w.shape[1] // 16).to(torch.float8_e4m3fn)
+    tensors[p + ".weight_global_scale"] = torch.ones(1)
+    d = tmp_path / "fp4"
+    d.mkdir()
+    for f in path.iterdir():
+        if f.suffix == ".json":
+            d.joinpath(f.name).write_bytes(f.read_bytes())
+    save_file(tensors, str(d / "model.safetensors"))
+    with pytest.raises(UnsupportedError, match=r"up_proj.weight_packed' is U8, not int32 words"):
+        Checkpoint(d)

@@ -205,6 +205,9 @@ def _int8(parts: Parts, p: str) -> Quantized:
 def _packed(parts: Parts, p: str) -> Quantized:
     """compressed-tensors pack-quantized."""
     names = {k: p + ".weight_" + k for k in ("packed", "scale", "zero_point", "shape", "g_idx")}
+    if parts.handles[names["packed"]].dtype != "I32":
+        raise UnsupportedError(f"{parts.where(names['packed'])} is {parts.handles[names['packed']].dtype}, not "
+                               "int32 words: a packing qconvert does not read (FP4 formats such as NVFP4)")
     parts.need(names["packed"], names["scale"])
     parts.need(names["packed"], names["shape"])
     shape = tuple(int(x) for x in parts.raw(names["shape"]).reshape(-1))
