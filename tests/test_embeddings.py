@@ -1,15 +1,15 @@
 """Sentence-embedding models: llama.cpp's embeddings of our GGUF equal sentence-transformers'.
 
-Fixtures (fixtures/embedding_models.py) are tiny seeded BERT and ModernBERT checkpoints,
-bf16 and sharded, with the sentence-transformers files (modules.json, the Pooling config,
-Normalize). The reference is sentence-transformers itself loading the directory in float32
-(`SentenceTransformer.encode`, pooling as the config says, unnormalised); llama.cpp pools
-by the GGUF's pooling type. Measured minimum cosines over the eight texts (minilm / bge /
-modernbert): F32 and F16 1.000000 (to six places) for all three; Q8_0 0.999888 / 0.999945 /
-0.999452 (Q4_K_M, not tested: 0.99598 / 0.99817 / 0.99271). The threshold 0.999 is far
-above what a conversion mistake scores: the right GGUF pooled the wrong way (CLS instead
-of the configured mean) scores below 0.95 (test below); ModernBERT with its window
-ignored, 0.767-0.916.
+Fixtures (fixtures/embedding_models.py) are tiny seeded BERT, XLM-RoBERTa and ModernBERT
+checkpoints, bf16 and sharded, with the sentence-transformers files (modules.json, the
+Pooling config, Normalize). The reference is sentence-transformers itself loading the
+directory in float32 (`SentenceTransformer.encode`, pooling as the config says,
+unnormalised); llama.cpp pools by the GGUF's pooling type. Measured minimum cosines over the
+eight texts (minilm / bge / e5multi / modernbert): F32 and F16 1.000000 (to six places) for
+all four; Q8_0 0.999888 / 0.999945 / 0.999952 / 0.999452 (Q4_K_M, not tested: 0.99598 /
+0.99817 / 0.99723 / 0.99271). The threshold 0.999 is far above what a conversion mistake
+scores: the right GGUF pooled the wrong way (CLS instead of the configured mean) scores
+below 0.95 (test below); ModernBERT with its window ignored, 0.767-0.916.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ LONG_WORD = "supercalifragilistic" * 6
 
 
 def known_different(name: str, strings: list[str]) -> set[str]:
-    if name == "modernbert":
+    if not SPECS[name].arch.startswith("Bert"):  # WordPiece models only
         return set()
     hangul = SPECS[name].lowercase  # accents stripped with lower-casing
     return {t for t in strings if LONG_WORD in t or (hangul and any("\uac00" <= c <= "\ud7a3" for c in t))}
@@ -151,13 +151,23 @@ def read(path) -> dict:
     ("minilm", "bert", gguf.PoolingType.MEAN, True),
     ("bge", "bert", gguf.PoolingType.CLS, False),
     ("modernbert", "modern-bert", gguf.PoolingType.LAST, None),
+    ("e5multi", "bert", gguf.PoolingType.MEAN, None),
 ])
 def test_metadata(name, arch, pooling, lower, converted):
     kv = read(converted(name, "F32"))
     assert kv["general.architecture"] == arch
     assert kv[f"{arch}.pooling_type"] == pooling.value
     assert kv[f"{arch}.attention.causal"] is False
-    if arch == "bert":
+    if name == "e5multi":
+        assert kv["tokenizer.ggml.model"] == "t5"
+        assert kv["tokenizer.ggml.add_space_prefix"] is True
+        assert kv["tokenizer.ggml.remove_extra_whitespaces"] is True
+        assert len(kv["tokenizer.ggml.precompiled_charsmap"]) > 100_000  # SentencePiece's NFKC map
+        # positions from pad_token_id + 1 = 2: two of the 130 rows dropped
+        assert kv["bert.context_length"] == 128
+        tokens = kv["tokenizer.ggml.tokens"]
+        assert tokens[kv["tokenizer.ggml.bos_token_id"]] == "<s>" and tokens[kv["tokenizer.ggml.eos_token_id"]] == "</s>"
+    elif arch == "bert":
         assert kv["tokenizer.ggml.model"] == "bert"
         assert kv["tokenizer.ggml.normalizer.lowercase"] is lower
         assert kv["tokenizer.ggml.normalizer.strip_accents"] is lower  # BertNormalizer: follows lowercase

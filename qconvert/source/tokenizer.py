@@ -10,7 +10,9 @@ Three vocabularies are handled:
        from a SentencePiece-style tokenizer.json when no tokenizer.model is there
        (transformers 5 saves only that; spm_json_vocab.py);
   wpm  WordPiece (BERT) from tokenizer.json or vocab.txt: model "bert", word-start
-       tokens, types and the normaliser flags (wpm_vocab.py).
+       tokens, types and the normaliser flags (wpm_vocab.py);
+  ugm  Unigram (XLM-RoBERTa) from tokenizer.json: model "t5", pieces, scores, the
+       precompiled character map and spacing flags (ugm_vocab.py).
 All then get special ids, add-BOS/EOS flags and the chat template (special_tokens.py).
 Nothing here needs transformers.
 """
@@ -30,8 +32,11 @@ from .pretokenizer import choose_pre
 from .special_tokens import _token_text, read_json, special_vocab
 from .spm_json_vocab import is_spm_style, read_spm_json_vocab
 from .spm_vocab import read_spm_vocab
-from .tokenizer_class import REBUILT_WORDPIECE, as_transformers_runs, effective_class, space_prefix
+from .tokenizer_class import (
+    REBUILT_UNIGRAM, REBUILT_WORDPIECE, as_transformers_runs, effective_class, space_prefix,
+)
 from .tokenizer_schema import check_tokenizer_json
+from .ugm_vocab import is_unigram, read_ugm_vocab, write_ugm
 from .wpm_vocab import is_wordpiece, read_vocab_txt, read_wpm_vocab, write_normalizer
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,8 @@ log = logging.getLogger(__name__)
 # Architectures whose llama.cpp converter reads tokenizer.model before tokenizer.json
 # (LlamaModel and its subclasses, Qwen2/Qwen3, the Gemmas, Phi-3...). Everything else
 # starts from tokenizer.json, like llama.cpp's base converter.
+# Encoders whose Unigram vocabulary llama.cpp runs with its "t5" (UGM) tokenizer (XLM-RoBERTa)
+UGM_ARCHES = frozenset({"bert"})
 SPM_FIRST_ARCHES = frozenset({
     "llama", "mistral", "smollm3", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3",
     "baichuan", "minicpm", "internlm2", "deepseek",
@@ -47,7 +54,7 @@ SPM_FIRST_ARCHES = frozenset({
 
 @dataclass(frozen=True)
 class TokenizerInfo:
-    kind: Literal["bpe", "spm", "wpm"]
+    kind: Literal["bpe", "spm", "wpm", "ugm"]
     n_tokens: int
     pre: str | None  # tokenizer.ggml.pre; "default" for SentencePiece
     special: dict[str, int] = field(default_factory=dict)
@@ -65,6 +72,8 @@ def _is_sentencepiece(path: Path) -> bool:
 
 
 def _choose_kind(model_dir: Path, arch: str, tokenizer_json: dict | None) -> str:
+    if is_unigram(tokenizer_json) and arch in UGM_ARCHES:
+        return "ugm"
     if is_wordpiece(tokenizer_json) or (tokenizer_json is None and (model_dir / "vocab.txt").is_file()):
         return "wpm"
     has_model = _is_sentencepiece(model_dir / "tokenizer.model")
@@ -111,6 +120,8 @@ def add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, *, config: dict,
 
     if kind == "wpm":
         return _add_wordpiece(writer, model_dir, tokenizer_json, tokenizer_config, config, vocab_size)
+    if kind == "ugm":
+        return _add_unigram(writer, model_dir, tokenizer_json, tokenizer_config, config, vocab_size)
     if kind == "bpe":
         _warn_normalizer(tokenizer_json, json_path)
         vocab = read_bpe_vocab(tokenizer_json, vocab_size, str(json_path))
@@ -187,5 +198,20 @@ def _add_wordpiece(writer: gguf.GGUFWriter, model_dir: Path, tokenizer_json: dic
     sv.special_token_ids.pop("cls", None)  # no GGUF key
     sv.add_to_gguf(writer, quiet=True)
     return TokenizerInfo(kind="wpm", n_tokens=len(vocab.tokens), pre="default",
+                         special=dict(sv.special_token_ids), add_bos=sv.add_special_token.get("bos"),
+                         source=str(source))
+
+
+def _add_unigram(writer: gguf.GGUFWriter, model_dir: Path, tokenizer_json: dict, tokenizer_config: dict,
+                 config: dict, vocab_size: int | None) -> TokenizerInfo:
+    """The "t5" vocabulary of an XLM-RoBERTa encoder; <s> ... </s> come from the template."""
+    source = model_dir / "tokenizer.json"
+    rebuilt = effective_class(config, tokenizer_config, tokenizer_json) in REBUILT_UNIGRAM
+    vocab = read_ugm_vocab(tokenizer_json, tokenizer_config, vocab_size, rebuilt=rebuilt, source=str(source))
+    write_ugm(writer, vocab)
+    sv = special_vocab(model_dir, vocab.tokens, merges=False, tokenizer_config=tokenizer_config)
+    sv.special_token_ids.pop("cls", None)  # no GGUF key; the template's first token is BOS
+    sv.add_to_gguf(writer, quiet=True)
+    return TokenizerInfo(kind="ugm", n_tokens=len(vocab.tokens), pre="default",
                          special=dict(sv.special_token_ids), add_bos=sv.add_special_token.get("bos"),
                          source=str(source))

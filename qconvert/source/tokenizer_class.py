@@ -60,6 +60,9 @@ REBUILT_PRE = {
 }
 # WordPiece classes whose constructor builds the BertNormalizer from tokenizer_config.json
 REBUILT_WORDPIECE = frozenset({"BertTokenizer", "DistilBertTokenizer"})
+# Unigram classes whose constructor builds WhitespaceSplit + Metaspace (add_prefix_space from
+# tokenizer_config.json) around the file's precompiled character map
+REBUILT_UNIGRAM = frozenset({"XLMRobertaTokenizer"})
 
 # transformers' registered class per config model_type (TOKENIZER_MAPPING_NAMES), for the
 # model types qconvert converts; "TokenizersBackend" means tokenizer.json as written
@@ -71,6 +74,7 @@ REGISTERED = {
     "cohere2": "CohereTokenizer", "gemma": "GemmaTokenizer", "gemma2": "GemmaTokenizer",
     "gemma3": "GemmaTokenizer", "gemma3_text": "GemmaTokenizer",
     "bert": "BertTokenizer", "distilbert": "BertTokenizer", "roberta": "RobertaTokenizer",
+    "xlm-roberta": "XLMRobertaTokenizer",
     "mistral": GENERIC, "mixtral": GENERIC, "mistral3": GENERIC, "phi3": GENERIC, "phimoe": GENERIC,
     "granite": GENERIC, "granitemoe": GENERIC, "olmo2": GENERIC, "glm": GENERIC, "glm4": GENERIC,
     "modernbert": GENERIC,
