@@ -352,3 +352,55 @@ def test_writer_reads_one_expert_at_a_time(models, which, monkeypatch, tmp_path)
     monkeypatch.setattr(ExpertStack, "load_packed", whole)  # the stacks' MXFP4 bytes, whole
     for type_name in ("Q8_0", "F32"):
         qconvert.quantize(models[which], tmp_path / f"{type_name}.gguf", type=type_name)
+
+
+# -- llama.cpp's own converter ------------------------------------------------------------------
+def llama_cpp_source() -> Path | None:
+    """A llama.cpp source tree (convert_hf_to_gguf.py and its gguf-py): $LLAMA_CPP_SRC,
+    /work/src/llama.cpp, or an unpacked llama-cpp-python sdist's vendor/llama.cpp."""
+    import os
+
+    cands = [os.environ.get("LLAMA_CPP_SRC"), "/work/src/llama.cpp",
+             *sorted(map(str, Path("/tmp").glob("llama-src/*/vendor/llama.cpp")))]
+    return next((Path(c) for c in cands if c and (Path(c) / "convert_hf_to_gguf.py").is_file()), None)
+
+
+# our fixture tokenizer's hash is in no table of the converter's: give it the name we derive
+_CONVERTER = """
+import runpy, sys
+src = sys.argv[1]
+sys.path[:0] = [src, src + "/gguf-py"]
+import conversion.base as b
+b.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-4o"
+sys.argv = ["convert_hf_to_gguf.py"] + sys.argv[2:]
+runpy.run_path(src + "/convert_hf_to_gguf.py", run_name="__main__")
+"""
+# keys we write that its converter leaves to llama.cpp's defaults (same values)
+OUR_EXTRA_KEYS = {"gpt-oss.rope.dimension_count", "gpt-oss.vocab_size", "tokenizer.ggml.add_bos_token"}
+
+
+@pytest.mark.parametrize("which, outtype", [("bf16", "F16"), ("bf16", "Q8_0"), ("mxfp4", "F32"), ("mxfp4", "Q8_0")])
+def test_equal_to_llama_cpp_converter(models, which, outtype):
+    """convert_hf_to_gguf.py --outtype X and `qconvert -t X`: every tensor the same name, type,
+    shape and bytes (MXFP4 experts included), every metadata value the same."""
+    import subprocess
+    import sys
+
+    src = llama_cpp_source()
+    if src is None:
+        pytest.skip("no llama.cpp source tree (set LLAMA_CPP_SRC)")
+    theirs = models["root"] / f"llama-cpp-{which}-{outtype}.gguf"
+    subprocess.run([sys.executable, "-c", _CONVERTER, str(src), str(models[which]), "--outfile", str(theirs),
+                    "--outtype", outtype.lower()], check=True, capture_output=True)
+    ours = converted(models, which, outtype)
+    a, b = _tensors(ours), _tensors(theirs)
+    assert sorted(a) == sorted(b)
+    for n, t in a.items():
+        u = b[n]
+        assert (t.tensor_type, list(t.shape)) == (u.tensor_type, list(u.shape)), n
+        assert np.array_equal(np.asarray(t.data).view(np.uint8), np.asarray(u.data).view(np.uint8)), n
+    fa, fb = _fields(ours), _fields(theirs)
+    # general.* beyond the architecture and file type is description (name, size label...)
+    keys = {k for k in fa.keys() | fb.keys() if not k.startswith("general.")} - OUR_EXTRA_KEYS - {"GGUF.kv_count"}
+    keys |= {"general.architecture", "general.file_type"}
+    assert {k: fa.get(k) for k in keys} == {k: fb.get(k) for k in keys}

@@ -79,7 +79,11 @@ def add_metadata(src: Source, w: gguf.GGUFWriter, plan: Plan, type_name: str):
         # a directory name that is not UTF-8 (Python keeps its bytes as lone surrogates)
         # cannot be a GGUF string; the bytes that do not decode become U+FFFD
         w.add_name(os.fsencode(src.name).decode("utf-8", "replace"))
-    w.add_file_type(file_type(type_name))
+    ftype = file_type(type_name)
+    if type_name in ("F32", "F16", "BF16") and any(t.qtype.name == "MXFP4" for t in plan.tensors):
+        # a float file holding a checkpoint's MXFP4 experts: llama.cpp's converter names it so
+        ftype = gguf.LlamaFileType.MOSTLY_MXFP4_MOE
+    w.add_file_type(ftype)
     if any(t.qtype.quantized for t in plan.tensors):
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     return tok
