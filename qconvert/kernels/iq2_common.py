@@ -1,5 +1,5 @@
-"""The searches of IQ2_XXS and IQ2_XS (llama.cpp's quantize_row_iq2_xxs_impl and
-quantize_row_iq2_xs_impl; both need importance weights).
+"""The searches of IQ2_XXS, IQ2_XS and IQ2_S (llama.cpp's quantize_row_iq2_xxs_impl,
+quantize_row_iq2_xs_impl, quantize_row_iq2_s_impl; the first two need importance weights).
 
 A super-block of 256 weights: sub-blocks of 32 (XXS) or 16 (XS) weights, each
 scale * (sign * codebook point) for its groups of 8, levels 0..2 per coordinate (lattice
@@ -25,6 +25,7 @@ from .kquant_common import F0, F1, GROUP_MAX_EPS, make_qp_quants, nearest_int, p
 F5 = np.float32(5.0)
 P01 = np.float32(0.1)
 HALF = np.float32(0.5)
+EPS_S = np.float32(1e-8)  # GROUP_MAX_EPS_IQ2_S
 
 
 @njit(**JIT)
@@ -143,13 +144,14 @@ def encode_xxs_block(x, qw, grid, kmap, neighbours, out):
 
 
 @njit(**JIT)
-def _xs_sub_block(xb, weight, waux, grid, kmap, neighbours, xval, L, signs):
-    """One 16-weight sub-block of IQ2_XS; returns its scale (< 0: all zero, skipped)."""
-    split_signs(xb, weight, 2, True, xval, signs)
+def _xs_sub_block(xb, weight, waux, grid, kmap, neighbours, xval, L, signs, even, eps):
+    """One 16-weight sub-block of IQ2_XS (even sign parity) or IQ2_S (8 sign bits);
+    returns its scale (< 0: all zero, skipped)."""
+    split_signs(xb, weight, 2, even, xval, signs)
     mx = largest(xval, 16)
     for i in range(16):
         L[i] = 0
-    if mx < GROUP_MAX_EPS:
+    if mx < eps:
         return np.float32(-1.0)
     Laux = np.empty(16, np.int8)
     on = np.ones(2, np.bool_)
@@ -186,7 +188,7 @@ def _xs_sub_block(xb, weight, waux, grid, kmap, neighbours, xval, L, signs):
     if scale < F0:
         scale = -scale
         for k in range(2):
-            signs[k] = (~signs[k]) & 127
+            signs[k] = (~signs[k]) & (127 if even else 255)
     return scale
 
 
@@ -205,7 +207,8 @@ def encode_xs_block(x, qw, grid, kmap, neighbours, out):
     max_scale = F0
     for ib in range(16):
         _weights(x, qw, 16 * ib, 16, sigma2, weight, waux)
-        scale = _xs_sub_block(x[16 * ib:16 * ib + 16], weight, waux, grid, kmap, neighbours, xval, L, signs)
+        scale = _xs_sub_block(x[16 * ib:16 * ib + 16], weight, waux, grid, kmap, neighbours, xval, L, signs,
+                              True, GROUP_MAX_EPS)
         if scale < F0:
             continue
         for k in range(2):
@@ -223,3 +226,46 @@ def encode_xs_block(x, qw, grid, kmap, neighbours, out):
     id_ = F1 / d
     for ib in range(16):
         out[66 + ib // 2] |= _scale_nibble(id_, scales[ib]) << (4 * (ib % 2))
+
+
+@njit(**JIT)
+def encode_s_block(x, qw, has_qw, grid, kmap, neighbours, out):
+    """One IQ2_S super-block (82 bytes; layout in iq2_s.py): IQ2_XS's search with 8 stored
+    sign bits, weights from sigma2 = 2*mean(x^2) (qw * sqrt(sigma2 + x^2), or without
+    importance sigma2/4 + x^2), eps 1e-8, and d stored times 0.9875."""
+    for k in range(out.shape[0]):
+        out[k] = 0
+    sigma2 = np.float32(2.0) * _sigma2(x)
+    weight = np.empty(16, np.float32)
+    waux = np.empty(16, np.float32)
+    xval = np.empty(16, np.float32)
+    L = np.empty(16, np.int8)
+    signs = np.empty(2, np.int64)
+    scales = np.zeros(16, np.float32)
+    max_scale = F0
+    for ib in range(16):
+        if has_qw:
+            _weights(x, qw, 16 * ib, 16, sigma2, weight, waux)
+        else:
+            for i in range(16):
+                weight[i] = np.float32(0.25) * sigma2 + x[16 * ib + i] * x[16 * ib + i]
+                waux[i] = np.sqrt(weight[i])
+        scale = _xs_sub_block(x[16 * ib:16 * ib + 16], weight, waux, grid, kmap, neighbours, xval, L, signs,
+                              False, EPS_S)
+        if scale < F0:
+            continue
+        for k in range(2):
+            i8 = 2 * ib + k
+            gi = _group_index(kmap, L, 8 * k)
+            out[2 + i8] = gi & 255
+            out[66 + i8 // 4] |= (gi >> 8) << (2 * (i8 % 4))
+            out[34 + i8] = signs[k]
+        scales[ib] = scale
+        max_scale = max_scale if max_scale > scale else scale
+    if max_scale == F0:  # llama.cpp keeps the codes it wrote, with d = 0
+        return
+    d = max_scale / np.float32(31.0)
+    put_f16(out, 0, d * np.float32(0.9875))
+    id_ = F1 / d
+    for ib in range(16):
+        out[74 + ib // 2] |= _scale_nibble(id_, scales[ib]) << (4 * (ib % 2))
