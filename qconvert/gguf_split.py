@@ -53,6 +53,12 @@ def prefix_of(path: Path) -> Path:
     return path.with_name(path.name[:-len(".gguf")]) if path.name.lower().endswith(".gguf") else path
 
 
+def one_set(paths: list[Path]) -> bool:
+    """Whether `paths` (sorted) are exactly the members of one split set, by their names."""
+    m = MEMBER.fullmatch(paths[0].name) if paths else None
+    return m is not None and paths == member_paths(paths[0].with_name(m["prefix"]), int(m["count"]))
+
+
 def add_split_keys(w: gguf.GGUFWriter, no: int, count: int, n_tensors: int) -> None:
     w.add_uint16(KEY_NO, no)
     w.add_uint16(KEY_COUNT, count)

@@ -41,7 +41,7 @@ from gguf import GGUFValueType
 
 from .errors import FormatError, InputError
 from .gguf_header import read_gguf_header
-from .gguf_split import read_set
+from .gguf_split import one_set, read_set
 from .source.input_file import checked_input_file, stat_input
 from .source.safetensors_file import overlaps, read_header, validate_header
 from .source.shard_index import read_index, shard_paths
@@ -185,7 +185,7 @@ def _pick_in_dir(d: Path) -> Path:
             return d / name
     for pattern in ("*.gguf", "*.safetensors.index.json", "*.safetensors"):
         found = sorted(d.glob(pattern))
-        if len(found) == 1:
+        if len(found) == 1 or (pattern == "*.gguf" and one_set(found)):
             return found[0]
         if len(found) > 1:
             names = ", ".join(f.name for f in found[:5])

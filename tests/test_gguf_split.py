@@ -218,3 +218,14 @@ def test_dry_run_names_the_set_and_its_exact_size(tiny, tmp_path, whole_and_spli
     largest = max(f.stat().st_size for f in res.files)
     assert f"({res.file_size:,} bytes; the largest file {largest:,})" in note  # the layout is the written one
     assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_of_a_directory_holding_one_set_reads_the_set(tiny, tmp_path):
+    (tmp_path / "d").mkdir()
+    parts = qconvert.quantize(tiny("llama"), tmp_path / "d" / "m.gguf", type="Q8_0", split_max_tensors=10).files
+    assert len(parts) == 3
+    rep = qconvert.inspect(tmp_path / "d")
+    assert [f["path"] for f in rep.files] == [str(p) for p in parts]
+    (tmp_path / "d" / "other.gguf").write_bytes(parts[0].read_bytes())
+    with pytest.raises(InputError, match="holds several"):
+        qconvert.inspect(tmp_path / "d")
