@@ -1,7 +1,8 @@
 """gpt-oss: a tiny transformers-built checkpoint (bf16, and the same model with OpenAI's
 MXFP4 expert layout; fixtures/gpt_oss_models.py) converts, loads in llama.cpp and computes
 what transformers computes; MXFP4 experts reach the GGUF byte for byte; the plan's types and
-bytes equal llama.cpp's own quantizer; the tokenizer tokenizes as transformers does.
+bytes equal llama.cpp's own quantizer, and the files equal what llama.cpp's own converter
+writes (tensor by tensor, key by key); the tokenizer tokenizes as transformers does.
 
 References: transformers' forward in float32, over the bf16 checkpoint, or over the MXFP4
 checkpoint dequantized by transformers' own MXFP4 reader (transformers.integrations.mxfp4;
@@ -404,3 +405,21 @@ def test_equal_to_llama_cpp_converter(models, which, outtype):
     keys = {k for k in fa.keys() | fb.keys() if not k.startswith("general.")} - OUR_EXTRA_KEYS - {"GGUF.kv_count"}
     keys |= {"general.architecture", "general.file_type"}
     assert {k: fa.get(k) for k in keys} == {k: fb.get(k) for k in keys}
+
+
+def test_openai_config_spelling(models):
+    """OpenAI's config.json (transformers 4.55): rope_theta + rope_scaling, experts_per_token
+    beside num_experts_per_tok, initial_context_length: the same file as the 5.x spelling."""
+    def v4(c):
+        rp = c.pop("rope_parameters")
+        c["rope_theta"] = rp.pop("rope_theta")
+        c["rope_scaling"] = rp
+        c["experts_per_token"] = c["num_experts_per_tok"]
+        c["initial_context_length"] = 4096
+
+    d = _edited_copy(models, "openai_spelling", v4)
+    out = models["root"] / "openai_spelling.gguf"
+    qconvert.quantize(d, out, type="F32")
+    a, b = _fields(out), _fields(converted(models, "bf16", "F32"))
+    a.pop("general.name"), b.pop("general.name")
+    assert a == b
