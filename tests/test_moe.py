@@ -471,3 +471,23 @@ def test_safetensors_output_of_per_expert_checkpoint_refused(moe, tmp_path):
     with pytest.raises(UnsupportedError, match="per-expert weights"):
         qconvert.quantize(moe("qwen3_moe"), out, format="safetensors")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["mixtral", "deepseek_v3"])
+def test_calibration_reads_experts_lazily_with_the_full_loads_statistics(name, moe, monkeypatch):
+    """The layer-by-layer calibration model fills transformers' fused expert parameters
+    from the per-expert tensors (Mixtral's block_sparse_moe.experts.N.w1/w3/w2 included), so
+    an MoE model is never loaded whole; its statistics equal those of transformers' full load."""
+    from qconvert.calib import layerwise
+    from qconvert.calib.collect import collect_importance
+    from qconvert.calib.lazy_model import lazy_weights
+
+    d = moe(name)
+    assert lazy_weights(layerwise.load_causal_lm(d)) is not None
+    lazy = collect_importance(d, n_samples=2, seqlen=32, device="cpu")
+    monkeypatch.setattr(layerwise, "load_lazy", lambda *a, **k: (None, "test: full load"))
+    full = collect_importance(d, n_samples=2, seqlen=32, device="cpu")
+    assert lazy.names() == full.names() and any("_exps" in n for n in lazy.names())
+    for n in lazy.names():
+        np.testing.assert_array_equal(lazy.counts(n), full.counts(n))
+        np.testing.assert_allclose(lazy.sums(n), full.sums(n), rtol=1e-5, err_msg=n)

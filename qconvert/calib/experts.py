@@ -30,19 +30,29 @@ def is_experts(module: nn.Module) -> bool:
     return isinstance(gu, torch.Tensor) and isinstance(down, torch.Tensor) and gu.ndim == 3 and down.ndim == 3
 
 
+def _down_input(module: nn.Module, e: int, xe: torch.Tensor) -> torch.Tensor:
+    """What expert e's down projection multiplies, for the tokens xe routed to it."""
+    if hasattr(module, "_apply_gate"):
+        # gpt-oss: (n_expert, hidden, 2 x ff) stored (in, out), gate/up rows interleaved,
+        # biases, and its own clamped SwiGLU (GptOssExperts._apply_gate)
+        gate_up = xe @ module.gate_up_proj[e].to(xe.dtype) + module.gate_up_proj_bias[e].to(xe.dtype)
+        return module._apply_gate(gate_up)
+    ff = module.down_proj.shape[-1]
+    gate_up = xe @ module.gate_up_proj[e].to(xe.dtype).T
+    return module.act_fn(gate_up[:, :ff]) * gate_up[:, ff:]
+
+
 def routed_inputs(module: nn.Module, x: torch.Tensor, top_k_index: torch.Tensor):
     """Per expert e: (e, its tokens' input to gate/up, their input to down)."""
     x = x.reshape(-1, x.shape[-1])
     idx = top_k_index.reshape(x.shape[0], -1)
-    ff = module.down_proj.shape[-1]
     for e in range(module.gate_up_proj.shape[0]):
         xe = x[(idx == e).any(dim=-1)]
         if xe.shape[0] == 0:
+            ff = module.down_proj.shape[1] if hasattr(module, "_apply_gate") else module.down_proj.shape[-1]
             yield e, xe, xe.new_zeros((0, ff))
             continue
-        gate_up = xe @ module.gate_up_proj[e].to(xe.dtype).T
-        h = module.act_fn(gate_up[:, :ff]) * gate_up[:, ff:]
-        yield e, xe, h
+        yield e, xe, _down_input(module, e, xe)
 
 
 def expert_hooks(layer: nn.Module, index: int, prefix: str,
@@ -65,3 +75,34 @@ def expert_hooks(layer: nn.Module, index: int, prefix: str,
 
         handles.append(mod.register_forward_hook(hook, with_kwargs=True))
     return handles
+
+
+# -- reading fused expert parameters from a per-expert checkpoint (calib/lazy_model.py) ------
+
+# what transformers 5 calls a projection in its fused parameters -> what checkpoints call it
+_STORED_PROJ = {"gate_proj": ("gate_proj", "w1"), "up_proj": ("up_proj", "w3"), "down_proj": ("down_proj", "w2")}
+
+
+def checkpoint_names(direct: str) -> list[str]:
+    """The names a checkpoint may give model tensor `direct` (already in checkpoint
+    prefixes): as is, or under Mixtral's `block_sparse_moe` (transformers 5 calls it `mlp`)."""
+    out = [direct]
+    if ".mlp." in direct:
+        out.append(direct.replace(".mlp.", ".block_sparse_moe.", 1))
+    return out
+
+
+def expert_sources(direct: str, shape: tuple[int, ...], has: Callable[[str], bool]) -> list[list[str]] | None:
+    """For a fused expert parameter (`...experts.gate_up_proj` (n, 2 x ff, hidden) or
+    `...experts.down_proj` (n, hidden, ff)): per expert, the checkpoint tensors whose rows
+    make it up (gate then up), or None when it is not one or the checkpoint lacks them."""
+    stem, _, param = direct.rpartition(".")
+    if not stem.endswith(".experts") or len(shape) != 3 or param not in ("gate_up_proj", "down_proj"):
+        return None
+    projs = ("gate_proj", "up_proj") if param == "gate_up_proj" else ("down_proj",)
+    for base in checkpoint_names(stem):
+        for style in (0, 1):
+            names = [[f"{base}.{e}.{_STORED_PROJ[p][style]}.weight" for p in projs] for e in range(shape[0])]
+            if all(has(n) for row in names for n in row):
+                return names
+    return None

@@ -41,6 +41,7 @@ from torch import nn
 
 from ..errors import UnsupportedError
 from ..source.checkpoint import Checkpoint
+from .experts import checkpoint_names, expert_sources
 
 TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 _ATTR = "_qconvert_lazy_weights"
@@ -124,10 +125,14 @@ class LazyWeights:
     def key(self, name: str) -> Optional[str]:
         """Checkpoint name of model tensor `name` (or of a parameter tied to it)."""
         for n in self.tied.get(name, [name]):
-            k = self._direct(n)
-            if k in self.files or k in self.ckpt.decoded:
-                return k
+            for k in checkpoint_names(self._direct(n)):  # Mixtral's block_sparse_moe too
+                if k in self.files or k in self.ckpt.decoded:
+                    return k
         return None
+
+    def experts(self, name: str, shape: tuple[int, ...]) -> Optional[list[list[str]]]:
+        """A fused expert parameter's per-expert checkpoint tensors (calib/experts.py)."""
+        return expert_sources(self._direct(name), tuple(shape), lambda k: k in self.files)
 
     def _direct(self, name: str) -> str:
         if not self.stack:
@@ -141,6 +146,8 @@ class LazyWeights:
         problems = []
         for name, p in module.named_parameters(prefix=prefix, remove_duplicate=False):
             k = self.key(name)
+            if k is None and self.experts(name, p.shape) is not None:
+                continue  # stacked from per-expert tensors; their shapes are checked on reading
             if k is None:
                 problems.append(f"{name}: not in the checkpoint")
             elif tuple(self.ckpt.handles[k].shape) != tuple(p.shape):
@@ -154,7 +161,18 @@ class LazyWeights:
         """Model tensor `name` from the checkpoint, in `dtype` (a fresh CPU tensor)."""
         k = self.key(name)
         if k is None:
-            raise UnsupportedError(f"{self.ckpt.dir}: {name!r} is not in the checkpoint")
+            shape = tuple(self.model.get_parameter(name).shape)
+            parts = self.experts(name, shape)
+            if parts is None:
+                raise UnsupportedError(f"{self.ckpt.dir}: {name!r} is not in the checkpoint")
+            out = torch.stack([torch.cat([self._read_key(k, dtype) for k in row]) for row in parts])
+            if tuple(out.shape) != shape:
+                raise UnsupportedError(f"{self.ckpt.dir}: experts {parts[0][0]!r}... make {tuple(out.shape)}, "
+                                       f"the model's {name} is {shape}")
+            return out
+        return self._read_key(k, dtype)
+
+    def _read_key(self, k: str, dtype: torch.dtype) -> torch.Tensor:
         if k in self.ckpt.decoded:  # stored quantized (FP8, GPTQ...): the float weight it stands for
             return torch.from_numpy(self.ckpt.handles[k].load()).to(dtype)
         f = self.files[k]
