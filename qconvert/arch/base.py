@@ -71,8 +71,8 @@ class ArchAdapter:
     def write_metadata(self, w: gguf.GGUFWriter) -> None:
         hp = self.hp
         w.add_block_count(hp.n_layers)
-        if hp.context_length is not None:
-            w.add_context_length(hp.context_length)
+        if self.context_length() is not None:
+            w.add_context_length(self.context_length())
         w.add_embedding_length(hp.n_embd)
         w.add_feed_forward_length(hp.n_ff)
         w.add_head_count(hp.n_head)
@@ -87,6 +87,9 @@ class ArchAdapter:
         self.write_rope(w)
         for scalar, value in zip(self.scalars, self.scalar_values):
             scalar.write(w, self.arch_name, value)
+
+    def context_length(self) -> Optional[int]:
+        return self.hp.context_length
 
     def write_rope(self, w: gguf.GGUFWriter) -> None:
         rp = self.hp.rope()

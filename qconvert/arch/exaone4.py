@@ -35,7 +35,7 @@ class Exaone4Adapter(ArchAdapter):
         # with a window, transformers gives sliding layers the window and rope, global ones
         # neither; without one, every layer is global with rope
         self.swa = None
-        if hp.get("sliding_window") is not None:
+        if hp.integer("sliding_window", lo=1, hi=2**32 - 1, default=None) is not None:
             if hp.n_layers != HYBRID_LAYERS:
                 raise UnsupportedError(f"{hp.source}: sliding_window is set in a {hp.n_layers}-layer model; "
                                        f"llama.cpp's exaone4 graph runs the sliding/global hybrid only with "

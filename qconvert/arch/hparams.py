@@ -135,6 +135,13 @@ class HParams:
                                    f"{'and at most' if lo_excluded else 'to'} {hi:g}")
         return float(v)
 
+    def flag(self, key: str) -> bool | None:
+        """A checked true/false switch, or None when the config does not set it."""
+        v = self.get(key)
+        if v is not None and not isinstance(v, bool):
+            raise self.bad(key, v, "true or false")
+        return v
+
     def fact(self, name: str, default: Any = _MISSING) -> int | None:
         keys, lo, hi = INT_FACTS[name]
         return self.integer(*keys, lo=lo, hi=hi, default=default)

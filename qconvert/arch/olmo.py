@@ -14,6 +14,8 @@ from ..errors import UnsupportedError
 from . import ARCHS
 from .base import ArchAdapter
 from .layer_kinds import SlidingWindow
+from .scalars import Scalar
+from .transforms import ROPE_PERMUTE
 
 PERIOD = 4  # OLMo 3's default pattern and llama.cpp's built-in one
 
@@ -49,3 +51,19 @@ class Olmo2Adapter(ArchAdapter):
         super().write_metadata(w)
         if self.swa is not None:
             self.swa.write(w, PERIOD, swa_by_default=False)
+
+
+@ARCHS.register("OlmoForCausalLM")  # lookups ignore case: OLMoForCausalLM too
+class OlmoAdapter(ArchAdapter):
+    """OLMo 1 (and 1.7): a Llama layout (q/k permuted for llama.cpp's rope) whose
+    LayerNorms have no weights at all and a fixed epsilon of 1e-5 that the config does
+    not state; `clip_qkv` clamps q, k and v."""
+
+    gguf_arch = gguf.MODEL_ARCH.OLMO
+    description = "OLMo 1 / 1.7: weightless LayerNorms, optional q/k/v clamp"
+    tensor_rules = ROPE_PERMUTE
+    scalars = (Scalar(("clip_qkv",), gguf.Keys.Attention.CLAMP_KQV),)
+
+    def write_metadata(self, w: gguf.GGUFWriter) -> None:
+        super().write_metadata(w)
+        w.add_layer_norm_eps(1e-5)  # OlmoLayerNorm's, hard-coded in transformers

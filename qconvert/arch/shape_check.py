@@ -54,8 +54,9 @@ def check_layer_count(hp: HParams, names: Iterable[str]) -> None:
 
 
 def dims(hp: HParams) -> dict[str, Dim]:
-    """The sizes a config names, by symbol: E hidden, V vocab, F feed-forward, D head, Q all
-    query heads, KV all key/value heads; F2 and QKV are fused tensors' row counts."""
+    """The sizes a config names, by symbol: E hidden, V vocab, F feed-forward, D head, H and
+    HKV the head counts, Q all query heads, KV all key/value heads; F2 and QKV are fused
+    tensors' row counts."""
     e, h, kv, d, f, v = hp.n_embd, hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_ff, hp.vocab_size
     d_label = "head_dim" if hp.get("head_dim") is not None else \
         f"head_dim ({hp.label('n_embd')} / {hp.label('n_head')})"
@@ -66,6 +67,8 @@ def dims(hp: HParams) -> dict[str, Dim]:
         "F": Dim(hp.label("n_ff"), str(f), f),
         "F2": Dim(f"2 x {hp.label('n_ff')}", f"2 x {f} = {2 * f}", 2 * f),
         "D": Dim(d_label, str(d), d),
+        "H": Dim(hp.label("n_head"), str(h), h),
+        "HKV": Dim(hp.label("n_head_kv"), str(kv), kv),
         "Q": Dim(q_label, f"{h} x {d} = {h * d}", h * d),
         "KV": Dim(kv_label, f"{kv} x {d} = {kv * d}", kv * d),
         "QKV": Dim(f"({q_label}) + 2 x ({kv_label})", f"{h * d} + 2 x {kv * d} = {(h + 2 * kv) * d}",

@@ -46,6 +46,6 @@ class Starcoder2Adapter(ArchAdapter):
     def __init__(self, ckpt, hf_arch: str) -> None:
         super().__init__(ckpt, hf_arch)
         hp = self.hp
-        if hp.get("use_bias") is False:
+        if hp.flag("use_bias") is False:
             raise UnsupportedError(f"{hp.source}: use_bias is false; llama.cpp's starcoder2 graph needs the "
                                    "norm and linear biases")

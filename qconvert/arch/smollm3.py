@@ -27,9 +27,6 @@ class SmolLM3Adapter(ArchAdapter):
         super().__init__(ckpt, hf_arch)
         hp = self.hp
         check_no_rope_layers(hp, NO_ROPE_STEP)
-        use_swa = hp.get("use_sliding_window")
-        if use_swa is not None and not isinstance(use_swa, bool):
-            raise hp.bad("use_sliding_window", use_swa, "true or false")
-        if use_swa and any(sliding_layers(hp, default_period=1)):
+        if hp.flag("use_sliding_window") and any(sliding_layers(hp, default_period=1)):
             raise UnsupportedError(f"{hp.source}: use_sliding_window is on; llama.cpp's smollm3 graph "
                                    "attends to the whole context")
