@@ -311,3 +311,50 @@ def test_activation_llama_cpp_does_not_run_is_refused(models, tmp_path):
     (d / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsupportedError, match="hidden_act 'relu'"):
         qconvert.quantize(d, tmp_path / "a.gguf", type="F32", dry_run=True)
+
+
+# -- llama.cpp's own converter -----------------------------------------------------------------
+# keys where our file and convert_hf_to_gguf.py's differ, and why:
+#   normalizer.strip_accents: we write it; llama.cpp defaults it to the lower-case flag (same value)
+#   modern-bert: the converter writes norm_eps as layer_norm_rms_epsilon, which llama.cpp's
+#   modern-bert loader does not read (it requires layer_norm_epsilon: the converter's file
+#   fails to load); it also writes llama.cpp's defaults (pattern 3, rope scaling none) and a
+#   classifier pooling type that only a classification head uses
+KEY_DIFFERENCES = {
+    "minilm": {"tokenizer.ggml.normalizer.strip_accents"},
+    "bge": {"tokenizer.ggml.normalizer.strip_accents"},
+    "e5multi": set(),
+    "modernbert": {"modern-bert.attention.layer_norm_epsilon", "modern-bert.attention.layer_norm_rms_epsilon",
+                   "modern-bert.attention.sliding_window_pattern", "modern-bert.classifier.pooling_type",
+                   "modern-bert.rope.scaling.type"},
+}
+
+
+@pytest.mark.parametrize("type_name", ["F32", "F16"])
+@pytest.mark.parametrize("name", list(SPECS))
+def test_equal_to_llama_cpp_converter(name, type_name, models, converted, tmp_path):
+    """convert_hf_to_gguf.py --outtype X and `qconvert -t X`: every tensor the same name, type,
+    shape and bytes; every metadata value the same but the differences listed above."""
+    from llama_cpp_converter import convert, has_protobuf, llama_cpp_source
+
+    src = llama_cpp_source()
+    if src is None:
+        pytest.skip("no llama.cpp source tree (set LLAMA_CPP_SRC)")
+    pre = "gpt-2" if name == "modernbert" else "default"  # what we derive; its table lacks our tokenizer
+    theirs = convert(src, models(name), tmp_path / "theirs.gguf", type_name, pre)
+    ours = converted(name, type_name)
+    a, b = gguf.GGUFReader(str(ours)), gguf.GGUFReader(str(theirs))
+    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    assert sorted(ta) == sorted(tb)
+    for n, t in ta.items():
+        u = tb[n]
+        assert (t.tensor_type, list(t.shape)) == (u.tensor_type, list(u.shape)), n
+        assert np.array_equal(np.asarray(t.data).view(np.uint8), np.asarray(u.data).view(np.uint8)), n
+    fa, fb = read(ours), read(theirs)
+    skip_tokenizer = name == "e5multi" and not has_protobuf()
+    keys = {k for k in fa.keys() | fb.keys()
+            if (not k.startswith("general.") or k in ("general.architecture", "general.file_type"))
+            and k != "GGUF.kv_count" and not (skip_tokenizer and k.startswith("tokenizer.ggml.")
+                                              and k != "tokenizer.ggml.token_type_count")}
+    differ = {k for k in keys if fa.get(k) != fb.get(k)}
+    assert differ == KEY_DIFFERENCES[name]
