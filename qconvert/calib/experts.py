@@ -17,6 +17,7 @@ convention for partial data)."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
@@ -26,13 +27,29 @@ PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
 
 def is_experts(module: nn.Module) -> bool:
+    """An experts module of the layout and call described above, or gpt-oss's (transposed,
+    biased, its own activation; called with the top-k indices too: _down_input replays it).
+    Others with 3-D weights (Llama 4's: fed every token pre-scaled) are not: their experts
+    get no statistics of their own."""
     gu, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
-    return isinstance(gu, torch.Tensor) and isinstance(down, torch.Tensor) and gu.ndim == 3 and down.ndim == 3
+    if not (isinstance(gu, torch.Tensor) and isinstance(down, torch.Tensor) and gu.ndim == 3 and down.ndim == 3):
+        return False
+    if _is_gpt_oss(module):
+        return gu.shape[2] == 2 * down.shape[1] and gu.shape[1] == down.shape[2]
+    if gu.shape[1] != 2 * down.shape[2] or gu.shape[2] != down.shape[1]:
+        return False
+    return "top_k_index" in inspect.signature(module.forward).parameters
+
+
+def _is_gpt_oss(module: nn.Module) -> bool:
+    # GptOssExperts.forward(hidden_states, router_indices, routing_weights)
+    return hasattr(module, "_apply_gate") and isinstance(getattr(module, "gate_up_proj_bias", None), torch.Tensor) \
+        and "router_indices" in inspect.signature(module.forward).parameters
 
 
 def _down_input(module: nn.Module, e: int, xe: torch.Tensor) -> torch.Tensor:
     """What expert e's down projection multiplies, for the tokens xe routed to it."""
-    if hasattr(module, "_apply_gate"):
+    if _is_gpt_oss(module):
         # gpt-oss: (n_expert, hidden, 2 x ff) stored (in, out), gate/up rows interleaved,
         # biases, and its own clamped SwiGLU (GptOssExperts._apply_gate)
         gate_up = xe @ module.gate_up_proj[e].to(xe.dtype) + module.gate_up_proj_bias[e].to(xe.dtype)
@@ -49,7 +66,7 @@ def routed_inputs(module: nn.Module, x: torch.Tensor, top_k_index: torch.Tensor)
     for e in range(module.gate_up_proj.shape[0]):
         xe = x[(idx == e).any(dim=-1)]
         if xe.shape[0] == 0:
-            ff = module.down_proj.shape[1] if hasattr(module, "_apply_gate") else module.down_proj.shape[-1]
+            ff = module.down_proj.shape[1] if _is_gpt_oss(module) else module.down_proj.shape[-1]
             yield e, xe, xe.new_zeros((0, ff))
             continue
         yield e, xe, _down_input(module, e, xe)
