@@ -423,3 +423,45 @@ def test_openai_config_spelling(models):
     a, b = _fields(out), _fields(converted(models, "bf16", "F32"))
     a.pop("general.name"), b.pop("general.name")
     assert a == b
+
+
+# -- calibration ------------------------------------------------------------------------------
+@pytest.mark.parametrize("which", ["bf16", "mxfp4"])
+def test_importance_statistics_per_expert_from_its_routed_tokens(models, which):
+    """Each expert's rows of statistics sum x^2 over the tokens transformers' router sent to
+    it: gate/up over the normalised input, down over the clamped-SwiGLU output of those
+    tokens (recomputed here with hooks on the router and the norm, and GptOssExperts'
+    own activation). The MXFP4 checkpoint is calibrated on its decoded experts (the model
+    transformers would dequantize to; its MXFP4 loader needs accelerate and triton)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from qconvert.calib.collect import collect_importance
+    from qconvert.calib.text import calibration_samples
+
+    d = models[which]
+    imx = collect_importance(d, n_samples=2, seqlen=48, device="cpu")
+    samples = calibration_samples(AutoTokenizer.from_pretrained(str(d)), n_samples=2, seqlen=48)
+    model = _model(d, checkpoint_state(d))
+    for i, layer in enumerate(model.model.layers):
+        seen: dict = {}
+        h1 = layer.post_attention_layernorm.register_forward_hook(lambda m, a, o: seen.setdefault("x", []).append(o))
+        h2 = layer.mlp.router.register_forward_hook(lambda m, a, o: seen.setdefault("idx", []).append(o[2]))
+        with torch.no_grad():
+            for row in samples:
+                model(row[None])
+        h1.remove(), h2.remove()
+        x = torch.cat([t.reshape(-1, t.shape[-1]) for t in seen["x"]])
+        idx = torch.cat([t.reshape(-1, t.shape[-1]) for t in seen["idx"]])
+        ex = layer.mlp.experts
+        routed = [(idx == e).any(-1) for e in range(ex.num_experts)]
+        counts = np.array([int(r.sum()) for r in routed])
+        want = np.stack([(x[r].double() ** 2).sum(0).numpy() for r in routed])
+        with torch.no_grad():
+            down = np.stack([(ex._apply_gate(x[r] @ ex.gate_up_proj[e] + ex.gate_up_proj_bias[e]).double() ** 2)
+                             .sum(0).numpy() for e, r in enumerate(routed)])
+        assert counts.sum() == x.shape[0] * model.config.num_experts_per_tok
+        for proj, ref in (("gate", want), ("up", want), ("down", down)):
+            name = f"blk.{i}.ffn_{proj}_exps.weight"
+            np.testing.assert_array_equal(imx.counts(name), counts)
+            np.testing.assert_allclose(imx.sums(name), ref, rtol=2e-4, atol=1e-6)

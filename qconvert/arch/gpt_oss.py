@@ -64,6 +64,12 @@ def mxfp4_from_hf(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return out.reshape(*blocks.shape[:-2], blocks.shape[-2] * 17)
 
 
+def dequantize_hf_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """HF MXFP4 (..., rows, G, 16) + (..., rows, G) -> float32 (..., rows, G * 32)."""
+    packed = mxfp4_from_hf(blocks, scales)
+    return kernels.decode("MXFP4", packed).reshape(*packed.shape[:-1], blocks.shape[-2] * 32)
+
+
 @ARCHS.register("GptOssForCausalLM")
 class GptOssAdapter(ArchAdapter):
     gguf_arch = gguf.MODEL_ARCH.GPT_OSS

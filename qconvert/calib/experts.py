@@ -83,7 +83,7 @@ def expert_hooks(layer: nn.Module, index: int, prefix: str,
 
         def hook(m, args, kwargs, _out, base=base):
             x = args[0] if args else kwargs["hidden_states"]
-            top_k = args[1] if len(args) > 1 else kwargs["top_k_index"]
+            top_k = args[1] if len(args) > 1 else kwargs.get("top_k_index", kwargs.get("router_indices"))
             with torch.no_grad():
                 for e, xe, h in routed_inputs(m, x.detach(), top_k.detach()):
                     on_linear(index, f"{base}.{e}.gate_proj", xe)

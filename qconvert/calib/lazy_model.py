@@ -36,11 +36,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..errors import UnsupportedError
-from ..source.checkpoint import Checkpoint
+from ..source.checkpoint import Checkpoint, packed_suffixes
 from .experts import checkpoint_names, expert_sources
 
 TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
@@ -130,6 +131,13 @@ class LazyWeights:
                     return k
         return None
 
+    def mxfp4(self, name: str) -> Optional[tuple[str, str]]:
+        """(blocks, scales) checkpoint names when `name` is stored as MXFP4 (gpt-oss experts)."""
+        direct = self._direct(name)
+        if direct + "_blocks" in self.files and direct + "_scales" in self.files:
+            return direct + "_blocks", direct + "_scales"
+        return None
+
     def experts(self, name: str, shape: tuple[int, ...]) -> Optional[list[list[str]]]:
         """A fused expert parameter's per-expert checkpoint tensors (calib/experts.py)."""
         return expert_sources(self._direct(name), tuple(shape), lambda k: k in self.files)
@@ -146,8 +154,8 @@ class LazyWeights:
         problems = []
         for name, p in module.named_parameters(prefix=prefix, remove_duplicate=False):
             k = self.key(name)
-            if k is None and self.experts(name, p.shape) is not None:
-                continue  # stacked from per-expert tensors; their shapes are checked on reading
+            if k is None and (self.experts(name, p.shape) is not None or self.mxfp4(name) is not None):
+                continue  # stacked from per-expert tensors / decoded MXFP4; shapes checked on reading
             if k is None:
                 problems.append(f"{name}: not in the checkpoint")
             elif tuple(self.ckpt.handles[k].shape) != tuple(p.shape):
@@ -160,6 +168,8 @@ class LazyWeights:
     def read(self, name: str, dtype: torch.dtype) -> torch.Tensor:
         """Model tensor `name` from the checkpoint, in `dtype` (a fresh CPU tensor)."""
         k = self.key(name)
+        if k is None and self.mxfp4(name) is not None:
+            return self._read_mxfp4(name, dtype)
         if k is None:
             shape = tuple(self.model.get_parameter(name).shape)
             parts = self.experts(name, shape)
@@ -171,6 +181,20 @@ class LazyWeights:
                                        f"the model's {name} is {shape}")
             return out
         return self._read_key(k, dtype)
+
+    def _read_mxfp4(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """gpt-oss's MXFP4 experts decoded (arch/gpt_oss.py) to the (n_expert, in, out)
+        parameter transformers holds: its dequantized model, without its MXFP4 loader."""
+        from ..arch.gpt_oss import dequantize_hf_mxfp4
+
+        kb, ks = self.mxfp4(name)
+        w = dequantize_hf_mxfp4(self.files[kb].raw(kb), self.files[ks].raw(ks))  # (n_expert, out, in)
+        self.files[kb].release(kb)
+        self.files[ks].release(ks)
+        shape = tuple(self.model.get_parameter(name).shape)
+        if (w.shape[0], w.shape[2], w.shape[1]) != shape:
+            raise UnsupportedError(f"{self.ckpt.dir}: {kb!r} decodes to {w.shape}, the model's {name} is {shape}")
+        return torch.from_numpy(np.ascontiguousarray(w.transpose(0, 2, 1))).to(dtype)
 
     def _read_key(self, k: str, dtype: torch.dtype) -> torch.Tensor:
         if k in self.ckpt.decoded:  # stored quantized (FP8, GPTQ...): the float weight it stands for
@@ -243,7 +267,7 @@ def load_lazy(model_dir: Path | str, stack_of) -> tuple[Optional[nn.Module], str
 
     ckpt = Checkpoint(model_dir)
     config = transformers.AutoConfig.from_pretrained(str(model_dir))
-    if ckpt.decoded and hasattr(config, "quantization_config"):
+    if (ckpt.decoded or packed_suffixes(ckpt.config)) and hasattr(config, "quantization_config"):
         # weights stored quantized are read decoded (source/quantized_input.py): the model
         # is built as the float model they stand for, not with the quantized layers
         # (which would need their kernels: optimum for GPTQ, a GPU for FP8)
