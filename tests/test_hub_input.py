@@ -68,6 +68,14 @@ def test_a_model_id_converts_from_the_cache_offline(tiny, tmp_path):
         hashlib.sha256(f.read_bytes()).hexdigest() for f in model.iterdir())
 
 
+def test_safetensors_output_from_an_id_is_named_after_the_model(tiny, tmp_path):
+    cache = tmp_path / "hub"
+    make_cache(cache, "acme/Tiny-Llama-1B", tiny("llama"))
+    r = run_cli("quantize", "acme/Tiny-Llama-1B", "--format", "safetensors", cwd=tmp_path, cache=cache)
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in tmp_path.iterdir() if p != cache] == ["Tiny-Llama-1B-W4A16-G128"]
+
+
 def test_an_unknown_id_offline_is_one_line_error(tmp_path):
     cache = tmp_path / "hub"
     cache.mkdir()

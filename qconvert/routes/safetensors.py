@@ -10,6 +10,7 @@ from typing import Optional
 from ..errors import InputError
 from ..job import Job
 from ..results import SafetensorsResult
+from ..source.hub import hub_name
 from .base import CALIBRATION_RUN, Route
 
 BITS = (2, 3, 4, 8)
@@ -68,7 +69,8 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
     def output_path(self, job: Job, planned: SafetensorsPlanned) -> Path:
         from ..sink.output_check import check_output_dir
 
-        out = job.output if job.output is not None else Path.cwd() / f"{job.source.resolve().name}-{planned.label}"
+        name = hub_name(job.source) or job.source.resolve().name  # a Hub cache snapshot: the model's name
+        out = job.output if job.output is not None else Path.cwd() / f"{name}-{planned.label}"
         return check_output_dir(out, job.force, input_dir=job.source)
 
     def prepare(self, job: Job, planned: SafetensorsPlanned, scratch: Optional[Path]):
