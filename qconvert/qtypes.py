@@ -64,13 +64,15 @@ MAX_ABS = {"F32": math.inf, "F16": F16_MAX, "BF16": BF16_MAX,
            # MXFP4's E8M0 scale reaches 2**127: any finite float32 block encodes finitely
            "MXFP4": math.inf,
            # i-quants, measured as the K-quants (first Inf: IQ4_NL 116, IQ4_XS > 4000, IQ3_XXS 276,
-           # IQ3_S 334, IQ2_XXS 59, IQ2_XS 120, IQ2_S 105 x F16_MAX)
+           # IQ3_S 334, IQ2_XXS 59, IQ2_XS 120, IQ2_S 105, IQ1_S 1.9, IQ1_M 1.56 x F16_MAX)
            "IQ4_NL": 87 * F16_MAX, "IQ4_XS": 3000 * F16_MAX, "IQ3_XXS": 200 * F16_MAX, "IQ3_S": 250 * F16_MAX,
-           "IQ2_XXS": 44 * F16_MAX, "IQ2_XS": 90 * F16_MAX, "IQ2_S": 78 * F16_MAX}
+           "IQ2_XXS": 44 * F16_MAX, "IQ2_XS": 90 * F16_MAX, "IQ2_S": 78 * F16_MAX,
+           "IQ1_S": 1.4 * F16_MAX, "IQ1_M": 1.15 * F16_MAX}
 
 _NAMES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
           "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "MXFP4", "IQ4_NL", "IQ4_XS",
-          "IQ3_XXS", "IQ3_S", "IQ2_XXS", "IQ2_XS", "IQ2_S"]
+          "IQ3_XXS", "IQ3_S", "IQ2_XXS", "IQ2_XS", "IQ2_S",
+          "IQ1_S", "IQ1_M"]
 for _n in _NAMES:
     _g = GGMLQuantizationType[_n]
     _bs, _ts = GGML_QUANT_SIZES[_g]

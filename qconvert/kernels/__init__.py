@@ -38,7 +38,7 @@ KERNELS: Registry[Kernel] = Registry("quantization kernel")
 # round the same way with or without it (llama.cpp ignores an imatrix for them too)
 IMPORTANCE_TYPES = frozenset({"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
                               "IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_S",
-                              "IQ2_XXS", "IQ2_XS", "IQ2_S"})
+                              "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M"})
 # types llama.cpp quantizes only with an importance matrix (ggml_quantize_requires_imatrix;
 # their encoders assert it)
 REQUIRES_IMPORTANCE = frozenset({"IQ2_XXS", "IQ2_XS", "IQ1_S"})
@@ -53,7 +53,7 @@ _MODULES = {
     "Q2_K": "q2_k", "Q3_K": "q3_k", "Q4_K": "q4_k", "Q5_K": "q5_k", "Q6_K": "q6_k",
     "MXFP4": "mxfp4", "IQ4_NL": "iq4_nl", "IQ4_XS": "iq4_xs",
     "IQ3_XXS": "iq3_xxs", "IQ3_S": "iq3_s", "IQ2_XXS": "iq2_xxs", "IQ2_XS": "iq2_xs",
-    "IQ2_S": "iq2_s",
+    "IQ2_S": "iq2_s", "IQ1_S": "iq1_s", "IQ1_M": "iq1_m",
 }
 
 

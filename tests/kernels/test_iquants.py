@@ -14,12 +14,12 @@ from qconvert.kernels import IMPORTANCE_TYPES, decode, encode, kernel
 from qconvert.qtypes import qtype
 
 F32 = np.float32
-TYPES = ["IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_S", "IQ2_XXS", "IQ2_XS", "IQ2_S"]
-NEEDS_IMPORTANCE = {"IQ2_XXS", "IQ2_XS"}  # llama.cpp's ggml_quantize_requires_imatrix
+TYPES = ["IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M"]
+NEEDS_IMPORTANCE = {"IQ2_XXS", "IQ2_XS", "IQ1_S"}  # llama.cpp's ggml_quantize_requires_imatrix
 PLAIN = [t for t in TYPES if t not in NEEDS_IMPORTANCE]
 # relative RMS error of plain rounding on normal data; bounds a little above measured
 ERROR_BOUND = {"IQ4_NL": 0.11, "IQ4_XS": 0.11, "IQ3_XXS": 0.24, "IQ3_S": 0.19, "IQ2_XXS": 0.37, "IQ2_XS": 0.32,
-               "IQ2_S": 0.28}
+               "IQ2_S": 0.28, "IQ1_S": 0.52, "IQ1_M": 0.61}
 # cases too slow for llama.cpp's own search at every importance vector (the big ones)
 IMPORTANCE_CASES = ("normal", "outlier_per_block", "tiny_1e-8_1e-5", "zeros", "half_zero", "student_t2",
                     "constant_per_row", "small_ints")
