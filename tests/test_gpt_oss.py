@@ -465,3 +465,32 @@ def test_importance_statistics_per_expert_from_its_routed_tokens(models, which):
             name = f"blk.{i}.ffn_{proj}_exps.weight"
             np.testing.assert_array_equal(imx.counts(name), counts)
             np.testing.assert_allclose(imx.sums(name), ref, rtol=2e-4, atol=1e-6)
+
+
+def test_gptq_solves_routed_experts_in_llama_cpp_orientation(models, tmp_path):
+    """--scheme gptq: each routed expert's slabs solved against its own tokens (they differ
+    from round-to-nearest, and stay near the weights: the (out, in) orientation is right);
+    an expert no token reached is rounded to nearest, byte for byte the plain file's."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "gptq.gguf"
+    res = qconvert.quantize(models["bf16"], out, type="Q4_K_M", scheme="gptq", calibration=True,
+                            calibration_samples=2, calibration_seqlen=48, device="cpu")
+    assert any("GPTQ on" in n for n in res.notes)
+    ours, plain = _tensors(out), _tensors(converted(models, "bf16", "Q4_K_M"))
+    sd: dict = {}
+    for f in sorted(models["bf16"].glob("*.safetensors")):
+        sd.update(load_file(str(f)))
+    for i in range(2):
+        gu = sd[f"model.layers.{i}.mlp.experts.gate_up_proj"].float().numpy()
+        dn = sd[f"model.layers.{i}.mlp.experts.down_proj"].float().numpy()
+        weights = {"gate": gu[:, :, 0::2], "up": gu[:, :, 1::2], "down": dn}  # (E, in, out)
+        routed = {e for e in range(4) if (e + i) % 2 == 0}  # the fixture's router bias picks these
+        for kind, w in weights.items():
+            t, p = ours[f"blk.{i}.ffn_{kind}_exps.weight"], plain[f"blk.{i}.ffn_{kind}_exps.weight"]
+            got = dequantize(t.data, t.tensor_type).reshape(w.shape[0], w.shape[2], w.shape[1])
+            for e in range(4):
+                same = np.array_equal(np.asarray(t.data)[e], np.asarray(p.data)[e])
+                assert same == (e not in routed), (t.name, e)
+                rel = np.linalg.norm(got[e] - w[e].T) / np.linalg.norm(w[e])
+                assert rel < 0.2, (t.name, e, rel)

@@ -59,6 +59,20 @@ def _down_input(module: nn.Module, e: int, xe: torch.Tensor) -> torch.Tensor:
     return module.act_fn(gate_up[:, :ff]) * gate_up[:, ff:]
 
 
+def expert_weight(module: nn.Module, e: int, proj: str) -> torch.Tensor:
+    """Expert e's weight of projection `proj` as llama.cpp stores its slab, (out, in): a view
+    of the module's parameter, so assigning to it writes the parameter."""
+    if _is_gpt_oss(module):  # (n_expert, in, out), gate/up columns interleaved
+        if proj == "down_proj":
+            return module.down_proj.data[e].T
+        first = 0 if proj == "gate_proj" else 1
+        return module.gate_up_proj.data[e, :, first::2].T
+    if proj == "down_proj":
+        return module.down_proj.data[e]
+    ff = module.down_proj.shape[-1]
+    return module.gate_up_proj.data[e, :ff] if proj == "gate_proj" else module.gate_up_proj.data[e, ff:]
+
+
 def routed_inputs(module: nn.Module, x: torch.Tensor, top_k_index: torch.Tensor):
     """Per expert e: (e, its tokens' input to gate/up, their input to down)."""
     x = x.reshape(-1, x.shape[-1])

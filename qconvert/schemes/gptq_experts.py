@@ -25,7 +25,7 @@ import torch
 
 from .. import kernels
 from ..arch.moe import expert_key
-from ..calib.experts import PROJECTIONS, is_experts
+from ..calib.experts import PROJECTIONS, expert_weight, is_experts
 from ..plan.tensor_plan import TensorPlan
 
 
@@ -58,7 +58,6 @@ class ExpertSolver:
         for mod_name, mod in layer.named_modules():
             if not is_experts(mod):
                 continue
-            ff = mod.down_proj.shape[-1]
             imp: dict[str, list] = {}
             for e in range(mod.gate_up_proj.shape[0]):
                 for proj in PROJECTIONS:
@@ -68,16 +67,15 @@ class ExpertSolver:
                     gname, _ = self.key(full)
                     tp = self.by_name[gname]
                     h = hess.pop(full)
-                    param, rows = (mod.down_proj, slice(None)) if proj == "down_proj" else \
-                        (mod.gate_up_proj, slice(0, ff) if proj == "gate_proj" else slice(ff, 2 * ff))
+                    view = expert_weight(mod, e, proj)  # (out, in), writes through to the module
                     if tp.scheme == "importance":
-                        n_in = param.shape[-1]
+                        n_in = view.shape[-1]
                         diag = np.diag(h.hessian().cpu().numpy()) / 2 if float(h.rows) else np.ones(n_in)
                         imp.setdefault(gname, []).append(diag)
                         continue
-                    W = param[e, rows].detach().to(torch.float32).cpu().numpy()
+                    W = view.detach().to(torch.float32).cpu().numpy()
                     got = solve_one(gname, W, h) if float(h.rows) else _plain(tp, W)
-                    param.data[e, rows] = torch.as_tensor(got["deq"]).to(param.device, param.dtype)
+                    view.copy_(torch.as_tensor(got["deq"]).to(view.device, view.dtype))
                     if store is not None:
                         np.save(store / staged_name(gname, e), got["rows"])
                     stats[f"{gname}[{e}]"] = {k: got[k] for k in ("err", "rtn_err") if k in got}
