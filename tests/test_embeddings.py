@@ -1,15 +1,16 @@
 """Sentence-embedding models: llama.cpp's embeddings of our GGUF equal sentence-transformers'.
 
-Fixtures (fixtures/embedding_models.py) are tiny seeded BERT, XLM-RoBERTa and ModernBERT
-checkpoints, bf16 and sharded, with the sentence-transformers files (modules.json, the
-Pooling config, Normalize). The reference is sentence-transformers itself loading the
-directory in float32 (`SentenceTransformer.encode`, pooling as the config says,
+Fixtures (fixtures/embedding_models.py) are tiny seeded BERT, RoBERTa, XLM-RoBERTa and
+ModernBERT checkpoints, bf16 and sharded, with the sentence-transformers files
+(modules.json, the Pooling config, Normalize). The reference is sentence-transformers itself
+loading the directory in float32 (`SentenceTransformer.encode`, pooling as the config says,
 unnormalised); llama.cpp pools by the GGUF's pooling type. Measured minimum cosines over the
-eight texts (minilm / bge / e5multi / modernbert): F32 and F16 1.000000 (to six places) for
-all four; Q8_0 0.999888 / 0.999945 / 0.999952 / 0.999452 (Q4_K_M, not tested: 0.99598 /
-0.99817 / 0.99723 / 0.99271). The threshold 0.999 is far above what a conversion mistake
-scores: the right GGUF pooled the wrong way (CLS instead of the configured mean) scores
-below 0.95 (test below); ModernBERT with its window ignored, 0.767-0.916.
+eight texts (minilm / bge / e5multi / roberta / modernbert): F32 and F16 1.000000 (to six
+places) for all five; Q8_0 0.999888 / 0.999945 / 0.999952 / 0.999942 / 0.999452 (Q4_K_M, not
+tested: 0.99598 / 0.99817 / 0.99723 / 0.99868 / 0.99271). The threshold 0.999 is far above
+what a conversion mistake scores: the right GGUF pooled the wrong way (CLS instead of the
+configured mean) scores below 0.95 (test below); ModernBERT with its window ignored,
+0.767-0.916.
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ def read(path) -> dict:
     ("bge", "bert", gguf.PoolingType.CLS, False),
     ("modernbert", "modern-bert", gguf.PoolingType.LAST, None),
     ("e5multi", "bert", gguf.PoolingType.MEAN, None),
+    ("roberta", "bert", gguf.PoolingType.CLS, None),
 ])
 def test_metadata(name, arch, pooling, lower, converted):
     kv = read(converted(name, "F32"))
@@ -167,6 +169,10 @@ def test_metadata(name, arch, pooling, lower, converted):
         assert kv["bert.context_length"] == 128
         tokens = kv["tokenizer.ggml.tokens"]
         assert tokens[kv["tokenizer.ggml.bos_token_id"]] == "<s>" and tokens[kv["tokenizer.ggml.eos_token_id"]] == "</s>"
+    elif name == "roberta":
+        assert kv["tokenizer.ggml.model"] == "gpt2" and kv["tokenizer.ggml.pre"] == "gpt-2"
+        assert kv["bert.context_length"] == 128
+        assert kv["tokenizer.ggml.add_bos_token"] is True and kv["tokenizer.ggml.add_eos_token"] is True
     elif arch == "bert":
         assert kv["tokenizer.ggml.model"] == "bert"
         assert kv["tokenizer.ggml.normalizer.lowercase"] is lower
@@ -324,23 +330,26 @@ KEY_DIFFERENCES = {
     "minilm": {"tokenizer.ggml.normalizer.strip_accents"},
     "bge": {"tokenizer.ggml.normalizer.strip_accents"},
     "e5multi": set(),
+    "roberta": set(),
     "modernbert": {"modern-bert.attention.layer_norm_epsilon", "modern-bert.attention.layer_norm_rms_epsilon",
                    "modern-bert.attention.sliding_window_pattern", "modern-bert.classifier.pooling_type",
                    "modern-bert.rope.scaling.type"},
 }
 
 
-@pytest.mark.parametrize("type_name", ["F32", "F16"])
 @pytest.mark.parametrize("name", list(SPECS))
-def test_equal_to_llama_cpp_converter(name, type_name, models, converted, tmp_path):
-    """convert_hf_to_gguf.py --outtype X and `qconvert -t X`: every tensor the same name, type,
-    shape and bytes; every metadata value the same but the differences listed above."""
+def test_equal_to_llama_cpp_converter(name, models, converted, tmp_path):
+    """convert_hf_to_gguf.py --outtype f16 and `qconvert -t F16`: every tensor the same name,
+    type, shape and bytes (F16 matrices, F32 vectors, norms and position / token-type tables);
+    every metadata value the same but the differences listed above. (F32 was checked alike.)"""
+    type_name = "F16"
     from llama_cpp_converter import convert, has_protobuf, llama_cpp_source
 
     src = llama_cpp_source()
     if src is None:
         pytest.skip("no llama.cpp source tree (set LLAMA_CPP_SRC)")
-    pre = "gpt-2" if name == "modernbert" else "default"  # what we derive; its table lacks our tokenizer
+    # what we derive; its table lacks our tokenizers
+    pre = "gpt-2" if name in ("modernbert", "roberta") else "default"
     theirs = convert(src, models(name), tmp_path / "theirs.gguf", type_name, pre)
     ours = converted(name, type_name)
     a, b = gguf.GGUFReader(str(ours)), gguf.GGUFReader(str(theirs))

@@ -1,11 +1,13 @@
-"""XLM-RoBERTa encoders (multilingual-e5, paraphrase-multilingual, bge-m3): GGUF arch `bert`.
+"""RoBERTa and XLM-RoBERTa encoders (all-distilroberta, multilingual-e5,
+paraphrase-multilingual): GGUF arch `bert`.
 
 The BERT graph with two differences, both as llama.cpp's converter handles them:
 - RoBERTa numbers positions from pad_token_id + 1 (position 0 of a text reads row 2 of the
   table when the pad id is 1); llama.cpp numbers them from 0, so the first pad_token_id + 1
   rows are dropped and the context length shrinks by as many.
-- A Unigram (SentencePiece) vocabulary, run by llama.cpp's "t5" tokenizer (ugm_vocab.py).
-XLMRobertaForMaskedLM keeps its encoder under `roberta.` beside the `lm_head.`.
+- The vocabulary: XLM-RoBERTa's Unigram (SentencePiece) one, run by llama.cpp's "t5"
+  tokenizer (ugm_vocab.py); RoBERTa's byte-level BPE, run by its BPE tokenizer.
+The *ForMaskedLM classes keep the encoder under `roberta.` beside the `lm_head.`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from .bert import BertAdapter
 from .transforms import rows
 
 
-@ARCHS.register("XLMRobertaModel", "XLMRobertaForMaskedLM")
+@ARCHS.register("XLMRobertaModel", "XLMRobertaForMaskedLM", "RobertaModel", "RobertaForMaskedLM")
 class XLMRobertaAdapter(BertAdapter):
     gguf_arch = gguf.MODEL_ARCH.BERT
-    description = ("XLM-RoBERTa sentence encoders (multilingual-e5, paraphrase-multilingual): "
-                   "Unigram vocab, positions from pad_token_id + 1")
+    description = ("RoBERTa / XLM-RoBERTa sentence encoders (all-distilroberta, multilingual-e5): "
+                   "byte-level BPE or Unigram vocab, positions from pad_token_id + 1")
     config_defaults = {**BertAdapter.config_defaults, "layer_norm_eps": 1e-5, "type_vocab_size": 1,
                        "pad_token_id": 1}
 
