@@ -33,7 +33,8 @@ from ggml_oracle import ggml_quantize
 
 PROMPT = "The return statement leaves the current function call with the expression list (or None)"
 N_TOKENS = 24
-GGUF_ARCH = {"qwen3_moe": "qwen3moe", "mixtral": "llama", "qwen2_moe": "qwen2moe", "deepseek_v3": "deepseek2"}
+GGUF_ARCH = {"qwen3_moe": "qwen3moe", "mixtral": "llama", "qwen2_moe": "qwen2moe", "deepseek_v3": "deepseek2",
+             "llama4": "llama4"}
 # max |llama.cpp - reference| as a fraction of the reference logits' std (see the docstring)
 TOLERANCE = {"F32": 0.01, "F16": 0.02}
 MIN_GAP = 0.01  # router logits (spread ~4); llama.cpp's f16 KV cache moves them by a few 1e-3
@@ -78,23 +79,34 @@ def hf_logits(model_dir: Path, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
     k = model.config.num_experts_per_tok
     gaps: list[np.ndarray] = []
 
-    def hook(m, _inp, out):
-        logits = (out[0] if isinstance(out, tuple) else out).detach()
-        scores, slope = logits.reshape(-1, logits.shape[-1]), 1.0
+    def hook(m, inp, _out):
+        x = inp[0].detach()  # the router's logits, recomputed: routers return them in different places
+        logits = x.reshape(-1, x.shape[-1]).float() @ m.weight.detach().float().T
+        scores, slope = logits, 1.0
         bias = getattr(m, "e_score_correction_bias", None)
         if bias is not None:  # DeepSeek: chosen by sigmoid + bias; a score gap g needs a logit error >= 4g
             scores, slope = scores.sigmoid() + bias, 4.0
         top = torch.topk(scores, k + 1, dim=-1).values
         gaps.append(((top[:, k - 1] - top[:, k]) * slope).numpy())
 
-    handles = [layer.mlp.gate.register_forward_hook(hook) for layer in model.model.layers
-               if hasattr(layer.mlp, "gate") and not isinstance(layer.mlp.gate, torch.nn.Linear)]
+    handles = [router.register_forward_hook(hook) for router in routers(model)]
     with torch.no_grad():
         out = model(torch.tensor([ids])).logits[0].numpy()
     for h in handles:
         h.remove()
     assert handles, "no router found"
     return out, np.min(gaps, axis=0)
+
+
+def routers(model) -> list:
+    """Each MoE layer's router: mlp.gate (Qwen, Mixtral, DeepSeek), feed_forward.router (Llama 4)."""
+    out = []
+    for layer in model.model.layers:
+        ff = getattr(layer, "mlp", None) or getattr(layer, "feed_forward", None)
+        r = getattr(ff, "router", None) or getattr(ff, "gate", None)
+        if r is not None and getattr(ff, "experts", None) is not None:
+            out.append(r)
+    return out
 
 
 def llama_logits(path: Path, ids: list[int]) -> np.ndarray:
@@ -123,6 +135,7 @@ def reference_from_gguf(model_dir: Path, gguf_path: Path, out: Path) -> Path:
     heads = {"attn_q": cfg["num_attention_heads"], "attn_k": cfg["num_key_value_heads"]}
     tensors: dict[str, np.ndarray] = {}
     kv_b: dict[str, dict[str, np.ndarray]] = {}  # DeepSeek's kv_b_proj, split in two
+    fused: dict[str, dict[str, np.ndarray]] = {}  # Llama 4's stored stacks, split into gate/up
     for t in gguf.GGUFReader(str(gguf_path)).tensors:
         w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
         s = by_name[t.name]
@@ -133,6 +146,8 @@ def reference_from_gguf(model_dir: Path, gguf_path: Path, out: Path) -> Path:
             w = w.reshape(n, w.shape[0] // n // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
         if kind in ("attn_k_b", "attn_v_b"):
             kv_b.setdefault(s.hf_name, {})[kind] = w
+        elif isinstance(s, ExpertStack) and s.parts[0].hf_name.endswith("]"):  # Llama 4: stored stacked
+            fused.setdefault(s.hf_name, {})[kind] = w
         elif isinstance(s, ExpertStack):
             for part, slab in zip(s.parts, w):
                 tensors[part.hf_name] = np.ascontiguousarray(slab)
@@ -141,6 +156,9 @@ def reference_from_gguf(model_dir: Path, gguf_path: Path, out: Path) -> Path:
     for hf_name, parts in kv_b.items():  # (n_head, rank, nope) transposed back, then the value rows
         merged = np.concatenate([parts["attn_k_b"].transpose(0, 2, 1), parts["attn_v_b"]], axis=1)
         tensors[hf_name] = np.ascontiguousarray(merged.reshape(-1, merged.shape[-1]))
+    for hf_name, parts in fused.items():  # back to (n, in, out): gate columns, then up
+        rows = [parts[k] for k in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps") if k in parts]
+        tensors[hf_name] = np.ascontiguousarray(np.concatenate(rows, axis=1).transpose(0, 2, 1))
     out.mkdir()
     save_file(tensors, str(out / "model.safetensors"))
     for f in model_dir.iterdir():
@@ -166,18 +184,23 @@ def check_metadata(path: Path, name: str, model_dir: Path) -> None:
     ff = cfg.get("moe_intermediate_size") or cfg["intermediate_size"]
     e = cfg["hidden_size"]
     dense = cfg.get("first_k_dense_replace", 0)
+    step = cfg.get("interleave_moe_layer_step", 1)
     for layer in range(cfg["num_hidden_layers"]):
-        if layer < dense:
-            assert shapes[f"blk.{layer}.ffn_gate.weight"] == (e, cfg["intermediate_size"])
+        if layer < dense or (layer + 1) % step:
+            assert shapes[f"blk.{layer}.ffn_gate.weight"] == (e, cfg.get("intermediate_size_mlp",
+                                                                          cfg["intermediate_size"]))
             assert f"blk.{layer}.ffn_gate_exps.weight" not in shapes
             continue
         assert shapes[f"blk.{layer}.ffn_gate_exps.weight"] == (e, ff, n_expert)
         assert shapes[f"blk.{layer}.ffn_up_exps.weight"] == (e, ff, n_expert)
         assert shapes[f"blk.{layer}.ffn_down_exps.weight"] == (ff, e, n_expert)
         assert shapes[f"blk.{layer}.ffn_gate_inp.weight"] == (e, n_expert)
-        assert (f"blk.{layer}.ffn_gate_shexp.weight" in shapes) == (name in ("qwen2_moe", "deepseek_v3"))
+        assert (f"blk.{layer}.ffn_gate_shexp.weight" in shapes) == (name in ("qwen2_moe", "deepseek_v3", "llama4"))
     if name == "deepseek_v3":
         check_deepseek(kv, shapes, cfg)
+    if name == "llama4":
+        assert kv["llama4.interleave_moe_layer_step"] == step
+        assert kv["llama4.feed_forward_length"] == cfg["intermediate_size_mlp"]
 
 
 def check_deepseek(kv: dict, shapes: dict, cfg: dict) -> None:
@@ -337,6 +360,10 @@ def _edit_config(d: Path, **changes) -> None:
     ("qwen2_moe", "norm_topk_prob", True, "norm_topk_prob"),
     ("qwen3_moe", "mlp_only_layers", [1], "dense"),
     ("qwen3_moe", "decoder_sparse_step", 2, "dense"),
+    ("llama4", "attention_chunk_size", 4096, "attention_chunk_size"),
+    ("llama4", "no_rope_layers", [1, 1, 0, 1], "no_rope_layers"),
+    ("llama4", "use_qk_norm", False, "use_qk_norm"),
+    ("deepseek_v3", "rope_interleave", False, "rope_interleave"),
 ])
 def test_routing_llama_cpp_cannot_express_is_refused(name, key, value, needle, moe, tmp_path):
     d = _copy(moe, name, tmp_path)
@@ -491,3 +518,25 @@ def test_calibration_reads_experts_lazily_with_the_full_loads_statistics(name, m
     for n in lazy.names():
         np.testing.assert_array_equal(lazy.counts(n), full.counts(n))
         np.testing.assert_allclose(lazy.sums(n), full.sums(n), rtol=1e-5, err_msg=n)
+
+
+def test_gptq_experts_calibration_cannot_reach_are_rounded_to_nearest(moe, tmp_path):
+    """Llama 4's experts module takes every token pre-scaled, so the calibration pass has no
+    routed inputs for its experts: GPTQ still runs on its attention and dense layers, and
+    its expert slabs are ggml_quantize_chunk's plain bytes."""
+    from qconvert.source.expert_stack import ExpertStack
+    from qconvert.source.model_source import open_source
+
+    d = moe("llama4")
+    out = tmp_path / "gptq.gguf"
+    res = qconvert.quantize(d, out, type="Q4_K_M", scheme="gptq", calibration_samples=1, calibration_seqlen=16,
+                            device="cpu")
+    assert res.stats and not any("_exps" in k for k in res.stats)
+    plan = {tp.name: tp for tp in res.plan.tensors}
+    files = {t.name: t for t in gguf.GGUFReader(str(out)).tensors}
+    stacks = [s for s in open_source(d).tensors if isinstance(s, ExpertStack)]
+    assert stacks
+    for s in stacks:
+        slabs = np.asarray(files[s.name].data).reshape(len(s.parts), -1)
+        for e, part in enumerate(s.parts):
+            assert np.array_equal(slabs[e], ggml_quantize(plan[s.name].qtype.name, part.load()).reshape(-1))

@@ -17,16 +17,24 @@ Its converter stacks experts in index order; so do we, after checking every inde
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Iterator
+
+import numpy as np
 
 from ..errors import FormatError, UnsupportedError
 from ..source.expert_stack import ExpertStack
+from ..source.safetensors_file import TensorHandle
 from ..source.source_tensor import SourceTensor
 from .base import ArchAdapter, _order
 
 # `<stem>.experts.<index>.<projection>.weight`; the index has at most 6 digits so a hostile
 # name never reaches int() with thousands of them
 _EXPERT = re.compile(r"^(?P<stem>.+\.experts)\.(?P<index>\d{1,6})\.(?P<proj>[A-Za-z0-9_]+)\.weight$")
+
+
+# a layer's experts stored already stacked: `<stem>.experts.gate_up_proj` / `.down_proj` (3-D)
+_FUSED = re.compile(r"^(?P<stem>.+\.experts)\.(?P<param>gate_up_proj|down_proj)(?:\.weight)?$")
 
 
 def expert_key(hf_name: str) -> tuple[str, int] | None:
@@ -85,9 +93,17 @@ class MoEAdapter(ArchAdapter):
         """What a family adds: shared-expert width, gating function, weight scale..."""
 
     # -- tensors --------------------------------------------------------------------------
+    # checkpoints storing each layer's experts stacked (Llama 4): gate_up_proj (n, 2 x ff, hidden)
+    # and down_proj (n, hidden, ff), or with the last two axes swapped when this is set
+    fused_transposed: bool = False
+
     def skip(self, hf_name: str) -> bool:
         # per-expert weights are not tensors of the GGUF by themselves: tensors() stacks them
-        return expert_key(hf_name) is not None or super().skip(hf_name)
+        if expert_key(hf_name) is not None:
+            return True
+        if _FUSED.match(hf_name) and len(self.ckpt.handles[hf_name].shape) == 3:
+            return True  # split into gate / up and restacked by expert_stacks()
+        return super().skip(hf_name)
 
     def tensors(self) -> list[SourceTensor]:
         out = super().tensors() + list(self.expert_stacks())
@@ -101,6 +117,32 @@ class MoEAdapter(ArchAdapter):
                 groups.setdefault(key[0], {})[key[1]] = hf_name
         for stacked, members in groups.items():
             yield self.stack(stacked, members)
+        for hf_name, h in self.ckpt.handles.items():
+            m = _FUSED.match(hf_name)
+            if m and len(h.shape) == 3 and not super().skip(hf_name):
+                projs = ("gate_proj", "up_proj") if m["param"] == "gate_up_proj" else ("down_proj",)
+                for k, proj in enumerate(projs):
+                    yield self.fused_stack(f"{m['stem']}.{proj}.weight", hf_name, h, k, len(projs))
+
+    def fused_stack(self, stacked: str, hf_name: str, h, k: int, n_parts: int) -> ExpertStack:
+        """Part k of n_parts (gate, up) of a stored stack, one lazy slab per expert."""
+        name = self.gguf_name(stacked)
+        if name is None:
+            raise FormatError(f"{h.source}: expert weights {hf_name!r} have no llama.cpp name for {self.hf_arch}")
+        if h.shape[0] != self.n_expert:
+            raise FormatError(f"{self.hp.source}: the config gives {self.n_expert} experts, but {hf_name!r} "
+                              f"stacks {h.shape[0]}; the config does not match the weights")
+        out, cols = (h.shape[2], h.shape[1]) if self.fused_transposed else (h.shape[1], h.shape[2])
+        if out % n_parts:
+            raise FormatError(f"{h.source}: {hf_name!r} {list(h.shape)} does not split into gate and up")
+        shape = (out // n_parts, cols)
+        self.check_expert_shape(name, hf_name, shape)
+        parts = []
+        for e in range(self.n_expert):
+            handle = TensorHandle(f"{hf_name}[{e}]", h.dtype, shape, partial(_fused_slab, h, e, k, n_parts,
+                                                                            self.fused_transposed), h.source)
+            parts.append(SourceTensor(name, f"{hf_name}[{e}]", shape, h.dtype, handle, self.transforms(name, stacked)))
+        return ExpertStack.of(name, hf_name, parts)
 
     def stack(self, stacked: str, members: dict[int, str]) -> ExpertStack:
         src = self.hp.source
@@ -138,6 +180,15 @@ class MoEAdapter(ArchAdapter):
             raise FormatError(f"{self.hp.source}: tensor {hf_name} has shape {list(shape)}, but "
                               f"{self.hp.label('n_embd')} {e} and {ff_key} {f} imply {list(want)}; "
                               "the config does not match the weights")
+
+
+def _fused_slab(h, e: int, k: int, n_parts: int, transposed: bool) -> np.ndarray:
+    """Expert e's part k (rows of gate, then of up) of a stored stack, as (rows, cols)."""
+    slab = h.rows(e, e + 1)[0] if h.rows is not None else h.load()[e]
+    if transposed:
+        slab = slab.T
+    n = slab.shape[0] // n_parts
+    return np.ascontiguousarray(slab[k * n:(k + 1) * n])
 
 
 def refuse_per_expert_safetensors(ckpt) -> None:

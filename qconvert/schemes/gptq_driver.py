@@ -140,5 +140,31 @@ def run_gptq(src: Source, plan: Plan, store: Optional[Path], *, text_file: Optio
 
     run_layerwise(model, samples, on_linear=on_linear, transform=transform, device=device,
                   batch_size=batch_size, show_progress=progress if world.writer else False)
+    if store is not None:
+        stage_unreached(src, by_name, store)
     return stats
+
+
+def stage_unreached(src: Source, by_name: dict, store: Path) -> int:
+    """Expert slabs the calibration pass never reached -- a family whose experts module
+    calib/experts.py does not replay (Llama 4 feeds every expert every token, pre-scaled) --
+    are staged rounded to nearest, as unrouted experts are (gptq_experts.py); a stack
+    planned for importance weighting gets uniform rows. Returns how many slabs."""
+    from .. import kernels
+    from .gptq_experts import staged_name
+
+    n = 0
+    for s in src.tensors:
+        tp = by_name.get(s.name)
+        if not isinstance(s, ExpertStack) or tp is None:
+            continue
+        if tp.scheme == "gptq":
+            for e, part in enumerate(s.parts):
+                path = store / staged_name(s.name, e)
+                if not path.exists():
+                    np.save(path, kernels.encode(tp.qtype.name, part.load()).reshape(-1))
+                    n += 1
+        elif tp.scheme == "importance" and not (store / f"{s.name}.imp.npy").exists():
+            np.save(store / f"{s.name}.imp.npy", np.ones((s.shape[0], s.shape[-1]), dtype=np.float32))
+    return n
 
