@@ -494,3 +494,16 @@ def test_gptq_solves_routed_experts_in_llama_cpp_orientation(models, tmp_path):
                 assert same == (e not in routed), (t.name, e)
                 rel = np.linalg.norm(got[e] - w[e].T) / np.linalg.norm(w[e])
                 assert rel < 0.2, (t.name, e, rel)
+
+
+def test_sized_plan_keeps_mxfp4_experts(models, tmp_path):
+    """--target-bpw re-chooses every quantized tensor's type but not the checkpoint's MXFP4
+    experts: they are copied as under any preset (requantizing needs --allow-requantize)."""
+    out = tmp_path / "sized.gguf"
+    qconvert.quantize(models["mxfp4"], out, target_bpw=5.0, sensitivity_cache=tmp_path / "sens.json")
+    sized, kept = _tensors(out), _tensors(converted(models, "mxfp4", "F32"))
+    experts = [n for n in sized if "_exps.weight" in n]
+    assert len(experts) == 6
+    for n in experts:
+        assert sized[n].tensor_type == gguf.GGMLQuantizationType.MXFP4
+        assert np.array_equal(np.asarray(sized[n].data), np.asarray(kept[n].data)), n

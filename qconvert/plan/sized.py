@@ -99,7 +99,10 @@ def sized_plan(src, base: Plan, *, header_bytes: int, alignment: int, target_siz
         raise InputError("give one of --target-size, --target-bpw, --target-vram")
     kind = given[0]
     tied = not any(t.name == "output.weight" for t in base.tensors)
-    cands = {tp.name: candidate_types(tp, tied) for tp in base.tensors}
+    # tensors the checkpoint stores in a ggml type the plan keeps (gpt-oss's MXFP4 experts)
+    # are copied, not re-chosen: requantizing them needs --allow-requantize
+    kept = {s.name for s in getattr(src, "tensors", ()) if s.packed_type}
+    cands = {tp.name: [] if tp.name in kept else candidate_types(tp, tied) for tp in base.tensors}
     variable = {n: c for n, c in cands.items() if c}
     fixed_bytes = sum(pad(tp.nbytes, alignment) for tp in base.tensors if tp.name not in variable)
     header = pad(header_bytes, alignment)
