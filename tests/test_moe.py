@@ -540,3 +540,36 @@ def test_gptq_experts_calibration_cannot_reach_are_rounded_to_nearest(moe, tmp_p
         slabs = np.asarray(files[s.name].data).reshape(len(s.parts), -1)
         for e, part in enumerate(s.parts):
             assert np.array_equal(slabs[e], ggml_quantize(plan[s.name].qtype.name, part.load()).reshape(-1))
+
+
+def test_checkpoint_with_stacked_experts_converts_like_per_expert(moe, tmp_path):
+    """The same Qwen3-MoE stored with each layer's experts stacked as transformers 5 holds
+    them (experts.gate_up_proj (n, 2 x ff, hidden), experts.down_proj (n, hidden, ff)) gives
+    the same GGUF tensors as the per-expert checkpoint."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    src = moe("qwen3_moe")
+    d = tmp_path / "stacked"
+    d.mkdir()
+    for f in src.iterdir():
+        if f.suffix == ".json" and not f.name.startswith("model.safetensors"):
+            shutil.copy(f, d / f.name)
+    tensors = {}
+    for shard in sorted(src.glob("*.safetensors")):
+        tensors.update(load_file(str(shard)))
+    n = json.loads((src / "config.json").read_text())["num_local_experts"]
+    for layer in range(2):
+        p = f"model.layers.{layer}.mlp.experts"
+        gate_up = [torch.cat([tensors.pop(f"{p}.{e}.gate_proj.weight"), tensors.pop(f"{p}.{e}.up_proj.weight")])
+                   for e in range(n)]
+        tensors[f"{p}.gate_up_proj"] = torch.stack(gate_up)
+        tensors[f"{p}.down_proj"] = torch.stack([tensors.pop(f"{p}.{e}.down_proj.weight") for e in range(n)])
+    save_file(tensors, str(d / "model.safetensors"))
+    a = qconvert.quantize(src, tmp_path / "a.gguf", type="Q4_K_M").output
+    b = qconvert.quantize(d, tmp_path / "b.gguf", type="Q4_K_M").output
+    ta = {t.name: t for t in gguf.GGUFReader(str(a)).tensors}
+    tb = {t.name: t for t in gguf.GGUFReader(str(b)).tensors}
+    assert sorted(ta) == sorted(tb) and any("_exps" in k for k in ta)
+    for k in ta:
+        assert np.array_equal(np.asarray(ta[k].data), np.asarray(tb[k].data)), k
