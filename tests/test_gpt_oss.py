@@ -507,3 +507,20 @@ def test_sized_plan_keeps_mxfp4_experts(models, tmp_path):
     for n in experts:
         assert sized[n].tensor_type == gguf.GGMLQuantizationType.MXFP4
         assert np.array_equal(np.asarray(sized[n].data), np.asarray(kept[n].data)), n
+
+
+def test_gguf_input_keeps_mxfp4_experts(models, tmp_path):
+    """A GGUF holding MXFP4 experts (as llama.cpp's converter writes gpt-oss) requantizes to
+    Q4_K_M without --allow-requantize: the experts are copied, the F32 rest quantized; the
+    file equals the one made from the checkpoint. --allow-requantize decodes them too."""
+    src = converted(models, "mxfp4", "F32")
+    out = tmp_path / "from-gguf.gguf"
+    res = qconvert.quantize(src, out, type="Q4_K_M")
+    assert not any("already quantized" in n for n in res.notes)
+    a, b = _tensors(out), _tensors(converted(models, "mxfp4", "Q4_K_M"))
+    assert sorted(a) == sorted(b)
+    for n in a:
+        assert a[n].tensor_type == b[n].tensor_type and np.array_equal(np.asarray(a[n].data), np.asarray(b[n].data)), n
+    res = qconvert.quantize(src, tmp_path / "rq.gguf", type="Q4_K_M", allow_requantize=True)
+    assert any("6 tensors were already quantized" in n for n in res.notes)
+    assert _tensors(tmp_path / "rq.gguf")["blk.0.ffn_gate_exps.weight"].tensor_type.name == "Q4_K"

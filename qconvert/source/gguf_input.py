@@ -34,6 +34,10 @@ from .safetensors_file import TensorHandle
 from .source_tensor import SourceTensor
 
 FLOAT_TYPES = {"F32", "F16", "BF16"}
+# quantized types a GGUF input's tensors keep as stored bytes when the plan keeps the type:
+# MXFP4 is gpt-oss's own release format (llama.cpp's converter writes its experts so), not a
+# rounding of a float model, so copying it is not a requantization
+COPIED_TYPES = {"MXFP4"}
 # keys that describe the file being written, not the model: the writer sets them anew
 _OWN_KEYS = ("general.architecture", "general.file_type", "general.quantization_version")
 # keys about this file's layout: never copied (see the module doc)
@@ -202,7 +206,8 @@ class GGUFInput:
         return [t.name for _, t in self._all() if t.type.name not in FLOAT_TYPES and len(t.ne) > 1]
 
     def check_requantize(self, allow: bool) -> None:
-        q = set(self.quantized_tensors())
+        quantized = set(self.quantized_tensors())
+        q = {t.name for _, t in self._all() if t.name in quantized and t.type.name not in COPIED_TYPES}
         if q and not allow:
             kinds = sorted({t.type.name for _, t in self._all() if t.name in q})
             raise InputError(
@@ -216,7 +221,9 @@ class GGUFInput:
         for d, t in self._all():
             shape = tuple(int(n) for n in reversed(t.ne))
             h = TensorHandle(t.name, t.type.name, shape, d.loader(t), str(d.h.path))
-            out.append(SourceTensor(t.name, t.name, shape, t.type.name, h))
+            packed = {"packed_type": t.type.name, "packed_loader": lambda d=d, t=t: d.raw(t)} \
+                if t.type.name in COPIED_TYPES else {}
+            out.append(SourceTensor(t.name, t.name, shape, t.type.name, h, **packed))
         return out
 
     def copy_metadata(self, w: gguf.GGUFWriter) -> None:

@@ -77,9 +77,13 @@ def open_gguf(path: Path, allow_requantize: bool) -> Source:
     head_kv = g.arch_int("attention.head_count_kv", head, first_of_array=True)
     base = prefix_of(g.files[0]).name if len(g.files) > 1 else path.stem  # a set: its shared prefix
     stem = re.sub(r"[-_.](F32|F16|BF16|f32|f16|bf16)$", "", base)
-    return Source(path, stem, g.arch_name, g.tensors(), g.arch_int("block_count", 0), head, head_kv,
+    tensors = g.tensors()
+    if allow_requantize:  # MXFP4 tensors too are decoded and quantized to the plan's type
+        for s in tensors:
+            s.packed_type, s.packed_loader = "", None
+    return Source(path, stem, g.arch_name, tensors, g.arch_int("block_count", 0), head, head_kv,
                   g.arch_int("expert_count", 0), write_metadata, is_gguf=True,
-                  requantized=len(g.quantized_tensors()), files=tuple(g.files))
+                  requantized=len(g.quantized_tensors()) if allow_requantize else 0, files=tuple(g.files))
 
 
 def open_source(path: Path | str, *, vocab_pre: Optional[str] = None, allow_requantize: bool = False) -> Source:
