@@ -6,8 +6,10 @@ asks for; the runner (runner.py) drives every route through the same stages.
     gguf-gptq    --scheme gptq
     safetensors  --format safetensors (rtn or gptq)
 
-A new output (split GGUF, another format) is a new Route subclass registered here, not a
-branch in a driver."""
+A new output format is a new Route subclass registered here, not a branch in a driver.
+Split GGUF output (--split-max-size / --split-max-tensors) is not a route of its own: every
+GGUF route consumes those options and its writer groups the plan into files
+(gguf_split_out.py)."""
 
 from __future__ import annotations
 
