@@ -85,14 +85,18 @@ def test_two_ranks_collect_the_statistics_of_one_process(text, tmp_path, one_thr
 
 def test_two_ranks_write_the_gptq_gguf_of_one_process(text, tmp_path, one_thread):
     one, two = dirs(tmp_path)
-    res = qconvert.quantize(MODEL, one / "g.gguf", type="Q4_0", scheme="gptq", calibration=text, device="cpu", **CAL)
-    p = torchrun(["-t", "Q4_0", "--scheme", "gptq", "--calibration", str(text), "-o", "g.gguf", *CAL_ARGS], two)
+    # the attention projections only (the MLP's F16): a third of the solving time, still 4
+    # solves per layer dealt out to 2 ranks (the README's figures cover the whole Q4_K_M mix)
+    res = qconvert.quantize(MODEL, one / "g.gguf", type="Q4_0", scheme="gptq", tensor_types=["ffn_=F16"],
+                            calibration=text, device="cpu", **CAL)
+    p = torchrun(["-t", "Q4_0", "--tensor-type", "ffn_=F16", "--scheme", "gptq", "--calibration", str(text),
+                  "-o", "g.gguf", *CAL_ARGS], two)
     assert p.returncode == 0, p.stderr[-3000:]
     # byte-equal: the same batches, Hessian sums equal to float32 resolution, and every
     # rank continues with the weights the solving rank broadcast
     assert (two / "g.gguf").read_bytes() == (one / "g.gguf").read_bytes()
     assert sorted(os.listdir(two)) == ["g.gguf"]
-    assert len(res.stats) == 4 * 7 and (p.stdout + p.stderr).count("wrote ") == 1
+    assert len(res.stats) == 4 * 4 and (p.stdout + p.stderr).count("wrote ") == 1
 
 
 def test_two_ranks_write_the_gptq_safetensors_of_one_process(text, tmp_path, one_thread):
