@@ -1,16 +1,16 @@
 """Sentence-embedding models: llama.cpp's embeddings of our GGUF equal sentence-transformers'.
 
-Fixtures (fixtures/embedding_models.py) are tiny seeded BERT, RoBERTa, XLM-RoBERTa and
-ModernBERT checkpoints, bf16 and sharded, with the sentence-transformers files
-(modules.json, the Pooling config, Normalize). The reference is sentence-transformers itself
-loading the directory in float32 (`SentenceTransformer.encode`, pooling as the config says,
-unnormalised); llama.cpp pools by the GGUF's pooling type. Measured minimum cosines over the
-eight texts (minilm / bge / e5multi / roberta / modernbert): F32 and F16 1.000000 (to six
-places) for all five; Q8_0 0.999888 / 0.999945 / 0.999952 / 0.999942 / 0.999452 (Q4_K_M, not
-tested: 0.99598 / 0.99817 / 0.99723 / 0.99868 / 0.99271). The threshold 0.999 is far above
-what a conversion mistake scores: the right GGUF pooled the wrong way (CLS instead of the
-configured mean) scores below 0.95 (test below); ModernBERT with its window ignored,
-0.767-0.916.
+Fixtures (fixtures/embedding_models.py) are tiny seeded BERT, DistilBERT, RoBERTa,
+XLM-RoBERTa and ModernBERT checkpoints, bf16 and sharded, with the sentence-transformers
+files (modules.json, the Pooling config, Normalize). The reference is sentence-transformers
+itself loading the directory in float32 (`SentenceTransformer.encode`, pooling as the config
+says, unnormalised); llama.cpp pools by the GGUF's pooling type. Measured minimum cosines
+over the eight texts (minilm / bge / msmarco / e5multi / roberta / modernbert): F32 and F16
+1.000000 (to six places) for all six; Q8_0 0.999888 / 0.999945 / 0.999952 / 0.999952 /
+0.999942 / 0.999452 (Q4_K_M, not tested: 0.99598 / 0.99817 / 0.99872 / 0.99723 / 0.99868 /
+0.99271). The threshold 0.999 is far above what a conversion mistake scores: the right GGUF
+pooled the wrong way (CLS instead of the configured mean) scores below 0.95 (test below);
+ModernBERT with its window ignored, 0.767-0.916.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ LONG_WORD = "supercalifragilistic" * 6
 
 
 def known_different(name: str, strings: list[str]) -> set[str]:
-    if not SPECS[name].arch.startswith("Bert"):  # WordPiece models only
+    if SPECS[name].config_cls not in ("BertConfig", "DistilBertConfig"):  # WordPiece models only
         return set()
     hangul = SPECS[name].lowercase  # accents stripped with lower-casing
     return {t for t in strings if LONG_WORD in t or (hangul and any("\uac00" <= c <= "\ud7a3" for c in t))}
@@ -151,6 +151,7 @@ def read(path) -> dict:
 @pytest.mark.parametrize("name,arch,pooling,lower", [
     ("minilm", "bert", gguf.PoolingType.MEAN, True),
     ("bge", "bert", gguf.PoolingType.CLS, False),
+    ("msmarco", "bert", gguf.PoolingType.MEAN, True),
     ("modernbert", "modern-bert", gguf.PoolingType.LAST, None),
     ("e5multi", "bert", gguf.PoolingType.MEAN, None),
     ("roberta", "bert", gguf.PoolingType.CLS, None),
@@ -177,7 +178,7 @@ def test_metadata(name, arch, pooling, lower, converted):
         assert kv["tokenizer.ggml.model"] == "bert"
         assert kv["tokenizer.ggml.normalizer.lowercase"] is lower
         assert kv["tokenizer.ggml.normalizer.strip_accents"] is lower  # BertNormalizer: follows lowercase
-        assert kv["tokenizer.ggml.token_type_count"] == 2
+        assert kv["tokenizer.ggml.token_type_count"] == (1 if name == "msmarco" else 2)  # DistilBERT: none
         tokens = kv["tokenizer.ggml.tokens"]
         assert tokens[kv["tokenizer.ggml.bos_token_id"]] == "[CLS]"
         assert tokens[kv["tokenizer.ggml.seperator_token_id"]] == "[SEP]"
@@ -329,6 +330,7 @@ def test_activation_llama_cpp_does_not_run_is_refused(models, tmp_path):
 KEY_DIFFERENCES = {
     "minilm": {"tokenizer.ggml.normalizer.strip_accents"},
     "bge": {"tokenizer.ggml.normalizer.strip_accents"},
+    "msmarco": {"tokenizer.ggml.normalizer.strip_accents"},
     "e5multi": set(),
     "roberta": set(),
     "modernbert": {"modern-bert.attention.layer_norm_epsilon", "modern-bert.attention.layer_norm_rms_epsilon",

@@ -38,13 +38,14 @@ class BertAdapter(ArchAdapter):
     skip_suffixes = ("position_ids",)
     config_defaults = {"layer_norm_eps": 1e-12, "hidden_act": "gelu", "type_vocab_size": 2,
                        "position_embedding_type": "absolute"}
+    act_keys: tuple[str, ...] = ("hidden_act",)  # the config keys naming the activation
 
     def __init__(self, ckpt, hf_arch: str) -> None:
         super().__init__(ckpt, hf_arch)
         hp = self.hp
-        act = hp.get("hidden_act")
+        key, act = hp.find(*self.act_keys)
         if act not in GELU:
-            raise UnsupportedError(f"{hp.source}: hidden_act {act!r}; llama.cpp's bert graph computes GELU")
+            raise UnsupportedError(f"{hp.source}: {key} {act!r}; llama.cpp's bert graph computes GELU")
         pos = hp.get("position_embedding_type")
         if pos != "absolute":
             raise UnsupportedError(f"{hp.source}: position_embedding_type {pos!r}; llama.cpp's bert graph "
