@@ -1,5 +1,6 @@
-"""GGUF output: metadata and tensor infos from the plan first, then tensor data one
-tensor at a time, so memory holds one tensor and its encoding, never the model."""
+"""GGUF output: metadata and tensor infos from the plan first, then tensor data in file
+order, each tensor a slice of rows at a time (sink/tensor_pipeline.py), so memory holds a
+few slices and their encodings, never a whole tensor or the model."""
 
 from __future__ import annotations
 
