@@ -9,7 +9,7 @@ import re
 from typing import Callable, Optional
 
 from ..errors import FormatError
-from .rules import ModelFacts, Rule, TensorInfo
+from .rules import ModelFacts, Rule, TensorInfo, ggml_n_dims
 
 # -- categories ---------------------------------------------------------------------------
 # llama.cpp sorts a tensor into one broad category by substring, first hit wins; the
@@ -80,7 +80,7 @@ F32_NAMES = NEVER_NAMES
 
 def quantizable(name: str, shape: tuple[int, ...]) -> bool:
     """llama.cpp's test: a 2-D or 3-D `*weight` that is not on its never-quantize list."""
-    if len(shape) < 2 or not name.endswith("weight") or name in NEVER_NAMES:
+    if ggml_n_dims(shape) < 2 or not name.endswith("weight") or name in NEVER_NAMES:
         return False
     return not any(s in name for s in NEVER_SUBSTRINGS)
 
@@ -88,7 +88,7 @@ def quantizable(name: str, shape: tuple[int, ...]) -> bool:
 def kept_type(name: str, shape: tuple[int, ...], float_type: str) -> str:
     """The type of a tensor that is never quantized: F32 for vectors, norms and what the
     converter pins to F32; the model's float type for the rest."""
-    if len(shape) <= 1 or not name.endswith(".weight") or name in F32_NAMES \
+    if ggml_n_dims(shape) <= 1 or not name.endswith(".weight") or name in F32_NAMES \
             or any(s in name for s in F32_SUBSTRINGS):
         return "F32"
     return float_type

@@ -65,10 +65,20 @@ class Rule:
     choose: Chooser
 
 
+def ggml_n_dims(shape: tuple[int, ...]) -> int:
+    """Dimensions as ggml counts them: trailing ggml dims of size 1 (leading in numpy order)
+    do not count, so Qwen2-MoE's (1, n_embd) shared-expert gate is a vector to llama.cpp
+    (ggml_n_dims), which therefore never quantizes it."""
+    shape = tuple(shape)
+    while len(shape) > 1 and shape[0] == 1:
+        shape = shape[1:]
+    return len(shape)
+
+
 def keep_f32_1d() -> Rule:
     # norms, biases and rope factors are tiny and precision-sensitive; llama.cpp
     # requires F32 for most of them.
-    return Rule("1-D tensors stay F32", lambda t: "F32" if len(t.shape) <= 1 else None)
+    return Rule("1-D tensors stay F32", lambda t: "F32" if ggml_n_dims(t.shape) <= 1 else None)
 
 
 def keep_f32_bias() -> Rule:
