@@ -6,7 +6,7 @@ Fixtures (fixtures/family_models.py) are tiny seeded bf16 checkpoints written by
 transformers' own classes, sharded, with each family's quirks switched on. The reference
 is transformers' float32 forward (eager attention) over 24 tokens; llama.cpp runs each
 GGUF over the same ids. Tolerances are fractions of the reference logits' std (1.5-3.1),
-measured over the 18 fixtures. F32 keeps every weight exact, so what remains is llama.cpp's
+measured over the 19 fixtures. F32 keeps every weight exact, so what remains is llama.cpp's
 arithmetic (f16 KV cache): max |diff| 0.0011-0.0029 x std, bound 0.01. F16: 0.0016-0.0045,
 bound 0.02. Q8_0: max 0.056-0.16 and mean 0.011-0.028 x std (correlation >= 0.9993), bounds
 0.3 / 0.05. Q4_K_M on random weights loses far more (mean 0.063-0.25 x std, correlation
@@ -38,7 +38,8 @@ MIN_CORR = {"Q8_0": 0.999, "Q4_K_M": 0.9}
 # default 0.16, window ignored 1.4; Granite multipliers at 1: 8.1; LongRoPE long/short
 # tables swapped 3.1, attention factor left at 1: 1.7; SmolLM3 q/k unpermuted 2.9; GLM-4
 # rope over the whole head 3.4; Cohere2 sliding pattern of period 2: 2.4; OLMo 3 window
-# ignored 4.2; Mistral 3 q/k unpermuted 2.4.
+# ignored 4.2; Mistral 3 q/k unpermuted 2.4; Ministral 3 without the attention temperature
+# 1.0, without yarn_log_mul 1.3.
 
 
 @pytest.fixture(scope="session")
@@ -192,6 +193,16 @@ def test_olmo1_cohere_phi2_metadata(f32):
     assert "output.bias" in tensors and "blk.0.attn_norm.bias" in tensors
 
 
+def test_ministral3_yarn_and_temperature(f32):
+    kv, _, cfg = f32("ministral3")
+    rp = cfg.rope_parameters
+    assert kv["mistral3.rope.scaling.type"] == "yarn"
+    assert kv["mistral3.rope.scaling.factor"] == pytest.approx(rp["factor"])
+    assert kv["mistral3.rope.scaling.original_context_length"] == rp["original_max_position_embeddings"]
+    assert kv["mistral3.rope.scaling.yarn_log_multiplier"] == pytest.approx(rp["mscale_all_dim"])
+    assert kv["mistral3.attention.temperature_scale"] == pytest.approx(rp["llama_4_scaling_beta"])
+
+
 def test_mistral3_text_part_only(f32):
     kv, tensors, cfg = f32("mistral3")
     assert kv["mistral3.attention.key_length"] == cfg.text_config.head_dim == 32
@@ -226,6 +237,9 @@ def _refused(d: Path, err: type, *needles: str, tmp_path: Path) -> None:
         assert n in msg, msg
 
 
+_MINISTRAL_ROPE = FAMILIES["ministral3"].config["rope_parameters"]
+
+
 @pytest.mark.parametrize("name,changes,err,needles", [
     ("phi_longrope", {"rope_scaling": {"type": "longrope", "long_factor": [1.0] * 3, "short_factor": [1.0] * 32}},
      FormatError, ("rope_scaling.long_factor", "32 positive numbers")),
@@ -258,6 +272,12 @@ def _refused(d: Path, err: type, *needles: str, tmp_path: Path) -> None:
      UnsupportedError, ("sliding_window", "64 layers")),
     ("starcoder2", {"use_bias": False}, UnsupportedError, ("use_bias",)),
     ("cohere", {"use_qk_norm": True}, UnsupportedError, ("use_qk_norm", "64")),
+    ("ministral3", {"rope_parameters": dict(_MINISTRAL_ROPE, mscale=2.0)}, UnsupportedError,
+     ("rope_parameters.mscale",)),
+    ("ministral3", {"rope_parameters": dict(_MINISTRAL_ROPE, llama_4_scaling_beta="0.1")}, FormatError,
+     ("rope_parameters.llama_4_scaling_beta",)),
+    ("ministral3", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}, UnsupportedError,
+     ("rope_type", "yarn")),
     ("cohere", {"model_max_length": -5}, FormatError, ("model_max_length",)),
     ("phi2", {"qk_layernorm": True}, UnsupportedError, ("qk_layernorm",)),
     ("phi2", {"num_key_value_heads": 2}, UnsupportedError, ("KV heads",)),
