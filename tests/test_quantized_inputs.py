@@ -182,3 +182,26 @@ def test_an_fp4_packing_is_refused_naming_the_tensor(made, tmp_path):
     save_file(tensors, str(d / "model.safetensors"))
     with pytest.raises(UnsupportedError, match=r"up_proj.weight_packed' is U8, not int32 words"):
         Checkpoint(d)
+
+
+@pytest.mark.parametrize("grid,row0", [((128, 128), 0), ((96, 80), 200), ((1, 300), 7), ((5, 1), 3)])
+def test_fp8_kernel_equals_its_numpy_twin(grid, row0):
+    """kernels/fp8_scaled (numba, one pass) against quantized_input.grid_rows (table, then
+    scale per cell): every value identical, NaN codes included."""
+    from qconvert.kernels.fp8_scaled import fp8_grid_rows
+    from qconvert.source.fp8 import TABLES
+    from qconvert.source.quantized_input import grid_rows
+
+    rng = np.random.default_rng(grid[0] + row0)
+    raw = rng.integers(0, 256, size=(300, 300), dtype=np.uint8)  # all codes, 0x7F/0xFF (NaN) too
+    n_cells = (-(-(row0 + 300) // grid[0]), -(-300 // grid[1]))
+    cells = (rng.standard_normal(n_cells) * 1e-3).astype(np.float32)
+    table = TABLES["F8_E4M3"]
+    first = row0 // grid[0]
+
+    def codes(a, b):
+        return decode(raw[a - row0:b - row0], "F8_E4M3")
+
+    twin = grid_rows(codes, lambda r: cells[r], None, grid, row0, row0 + 300)
+    fast = fp8_grid_rows(raw, table, cells[first:], row0, grid)
+    assert np.array_equal(fast, twin, equal_nan=True) and np.isnan(fast).any()

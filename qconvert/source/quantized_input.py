@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import FormatError, UnsupportedError
 from . import int_packed
 from .finite import check_finite
-from .fp8 import FP8_DTYPES, decode
+from .fp8 import FP8_DTYPES, TABLES
 from .safetensors_file import FLOAT_DTYPES, SafetensorsFile, TensorHandle
 from .safetensors_file import _widen as widen
 
@@ -181,12 +181,14 @@ def _fp8(parts: Parts, p: str) -> Optional[Quantized]:
     cells = (-(-shape[0] // grid[0]), -(-shape[1] // grid[1]))
     parts.check_float(s_name)
 
-    def codes(a: int, b: int) -> np.ndarray:
-        return decode(parts.raw(w)[a:b], dtype)
+    def rows(a: int, b: int) -> np.ndarray:  # decoded and scaled in one pass (NumPy twin: grid_rows)
+        from ..kernels.fp8_scaled import fp8_grid_rows
+
+        scale = parts.floats(s_name, cells, slice(a // grid[0], -(-b // grid[0])))
+        return fp8_grid_rows(parts.raw(w)[a:b], TABLES[dtype], scale, a, grid)
 
     kind = f"FP8 {dtype[3:]} ({grid_words(grid, shape)})"
-    return Quantized(w, shape, dtype, kind, (w, s_name),
-                     lambda a, b: grid_rows(codes, lambda r: parts.floats(s_name, cells, r), None, grid, a, b))
+    return Quantized(w, shape, dtype, kind, (w, s_name), rows)
 
 
 def _int8(parts: Parts, p: str) -> Quantized:
