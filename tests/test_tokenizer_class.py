@@ -31,7 +31,7 @@ from tokenizer_builders import (
 # model types with a byte-level BPE vocabulary (BertTokenizer / GemmaTokenizer rebuild a
 # WordPiece / SentencePiece pipeline: not a byte-level file's business)
 MODEL_TYPES = ("qwen2", "qwen3", "qwen3_moe", "llama", "mistral", "granite", "gpt2", "olmo", "olmo2",
-               "cohere2", "smollm3", "modernbert", "phi3", "gpt_oss")
+               "cohere2", "smollm3", "modernbert", "phi3", "gpt_oss", "phi", "starcoder2", "ernie4_5", "olmoe")
 HUB_CLASSES = ("Qwen2Tokenizer", "Qwen2TokenizerFast", "GPT2Tokenizer", "PreTrainedTokenizerFast",
                "LlamaTokenizerFast", None, "CohereTokenizerFast", "GPTNeoXTokenizer", "TokenizersBackend")
 
@@ -57,6 +57,19 @@ def test_table_matches_each_class(cls_name, prefix):
     tok = cls(vocab={"a": 0, "b": 1, "<|endoftext|>": 2, "<unk>": 3, "<pad>": 4}, merges=[],
               add_prefix_space=prefix)
     assert chain_of(_pre_of(tok)) == chain_of(REBUILT_PRE[cls_name](prefix))
+
+
+def test_registered_classes_are_transformers_own():
+    """REGISTERED and HUB_CLASS_OVERRIDDEN restate transformers' tables for the model types
+    qconvert converts (a model type transformers maps to nothing is simply not listed)."""
+    from transformers.models.auto.tokenization_auto import (
+        MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS, TOKENIZER_MAPPING_NAMES,
+    )
+
+    from qconvert.source.tokenizer_class import HUB_CLASS_OVERRIDDEN, REGISTERED
+
+    assert {k: TOKENIZER_MAPPING_NAMES.get(k) for k in REGISTERED} == REGISTERED
+    assert HUB_CLASS_OVERRIDDEN == {k for k in REGISTERED if k in MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS}
 
 
 @pytest.fixture(scope="module")

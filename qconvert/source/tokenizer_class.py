@@ -77,11 +77,13 @@ REGISTERED = {
     "xlm-roberta": "XLMRobertaTokenizer",
     "mistral": GENERIC, "mixtral": GENERIC, "mistral3": GENERIC, "phi3": GENERIC, "phimoe": GENERIC,
     "granite": GENERIC, "granitemoe": GENERIC, "olmo2": GENERIC, "glm": GENERIC, "glm4": GENERIC,
-    "modernbert": GENERIC,
+    "modernbert": GENERIC, "phi": "GPT2Tokenizer", "starcoder2": "GPT2Tokenizer", "olmoe": "GPTNeoXTokenizer",
+    "qwen3_next": "Qwen2Tokenizer", "ernie4_5": GENERIC, "olmo3": GENERIC, "ministral": GENERIC,
+    "ministral3": GENERIC, "glm4_moe": GENERIC, "granitemoehybrid": GENERIC,
 }
 # model types whose Hub tokenizer_class transformers overrides with the registered class
 # (MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS), of those above
-HUB_CLASS_OVERRIDDEN = frozenset({"qwen2", "qwen3_5", "qwen3_5_moe", "phi3", "phimoe", "modernbert"})
+HUB_CLASS_OVERRIDDEN = frozenset({"qwen2", "qwen3_5", "qwen3_5_moe", "phi3", "phimoe", "modernbert", "ernie4_5"})
 _NOT_SPECIALISED = frozenset({GENERIC, "PythonBackend", "PreTrainedTokenizerFast", "MistralCommonBackend"})
 
 
