@@ -16,7 +16,7 @@ from ..schemes.importance import importance_for, importance_plan
 from ..sink.encoded_chunks import pieces
 from ..source.model_source import Source, open_source
 from .base import CALIBRATION_RUN, GGUF_OUTPUT, Route
-from .gguf_file import output_path, write_gguf, written
+from .gguf_output import output_path, write_gguf, written
 from .gguf_split_out import dry_notes
 from .statistics import (check_calibration_source, checked_save_path, collected_importance, loaded_importance,
                          statistics_reads)

@@ -37,26 +37,11 @@ def default_output(src: Source, label: str) -> Path:
     return Path.cwd() / f"{src.name}-{label}.gguf"
 
 
-def output_path(src: Source, output: Optional[Path], label: str, force: bool, reads=(), split=None,
-                plan: Optional[Plan] = None) -> Path:
-    """The checked output file (sink/output_check.py), never one of the files the run reads.
-    With `split` (a job.Split), every member of the set `plan` makes is checked, and the
-    first member's path is returned (routes/gguf_split_out.py)."""
+def output_path(src: Source, output: Optional[Path], label: str, force: bool, reads=()) -> Path:
+    """The checked output file (sink/output_check.py), never one of the files the run reads
+    (a split GGUF input: every file of its set)."""
     out = output if output is not None else default_output(src, label)
-    reads = (src.path, *src.files, *reads)
-    if split is not None:
-        from .gguf_split_out import checked_set
-        return checked_set(src, plan, out, split, force, reads)[0]
-    return check_output(out, force, reads=reads)
-
-
-def written(out: Path, split=None) -> dict:
-    """GGUFResult's `files` and `file_size` for a finished write: `out`, or every member of
-    the split set whose first member `out` is."""
-    from .gguf_split_out import output_files
-
-    files = output_files(out, split)
-    return {"files": files, "file_size": sum(f.stat().st_size for f in files)}
+    return check_output(out, force, reads=(src.path, *src.files, *reads))
 
 
 def paired(src: Source, plan: Plan) -> list[tuple[SourceTensor, TensorPlan]]:
@@ -89,12 +74,8 @@ def add_metadata(src: Source, w: gguf.GGUFWriter, plan: Plan, type_name: str):
     return tok
 
 
-def write_gguf(src: Source, plan: Plan, out: Path, encoder: Encoder, progress, split=None) -> Optional[object]:
-    """Write the file atomically (with `split`, a job.Split, the set of files whose first
-    is `out`: routes/gguf_split_out.py); returns the tokenizer facts the metadata step found."""
-    if split is not None:
-        from .gguf_split_out import write_split
-        return write_split(src, plan, out, encoder, progress, split)
+def write_gguf(src: Source, plan: Plan, out: Path, encoder: Encoder, progress) -> Optional[object]:
+    """Write the file atomically; returns the tokenizer facts the metadata step found."""
     pairs = paired(src, plan)
     with atomic_path(out) as tmp:
         with reporter(progress) as rep:

@@ -17,7 +17,7 @@ from ..sink.encoded_chunks import pieces, staged
 from ..source.model_source import open_source
 from .base import CALIBRATION_RUN, GGUF_OUTPUT, Route
 from .gguf import PRESET_OPTIONS, GGUFPlanned, preset_plan_of
-from .gguf_file import output_path, write_gguf, written
+from .gguf_output import output_path, write_gguf, written
 from .gguf_split_out import dry_notes
 from .statistics import statistics_reads
 

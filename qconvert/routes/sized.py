@@ -16,7 +16,8 @@ from ..sink.output_check import check_parent
 from ..source.model_source import open_source
 from .base import GGUF_OUTPUT, Route
 from .gguf import GGUFPlanned, importance_options, requantize_notes, write_with_importance
-from .gguf_file import default_output, header_layout, output_path
+from .gguf_file import default_output, header_layout
+from .gguf_output import output_path
 from .gguf_split_out import dry_notes
 from .statistics import checked_save_path, collected_importance, loaded_importance, statistics_reads
 
