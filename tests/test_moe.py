@@ -573,3 +573,12 @@ def test_checkpoint_with_stacked_experts_converts_like_per_expert(moe, tmp_path)
     assert sorted(ta) == sorted(tb) and any("_exps" in k for k in ta)
     for k in ta:
         assert np.array_equal(np.asarray(ta[k].data), np.asarray(tb[k].data)), k
+
+
+@pytest.mark.parametrize("type_name", ["F16", "Q8_0", "Q4_K_M"])
+def test_shared_expert_gate_stays_f32(type_name, moe):
+    """Qwen2-MoE's shared-expert gate (1, n_embd) is a vector to ggml (ggml_n_dims 1): llama.cpp's
+    converter writes it F32 and llama-quantize copies it; so do we, under every type."""
+    res = qconvert.quantize(moe("qwen2_moe"), None, type=type_name, dry_run=True)
+    gates = [tp for tp in res.plan.tensors if tp.name.endswith("ffn_gate_inp_shexp.weight")]
+    assert gates and {tp.qtype.name for tp in gates} == {"F32"}
