@@ -342,7 +342,9 @@ def test_last_resort_is_f16():
 def test_preset_registry_and_bits():
     assert BITS_TO_PRESET == {2: "Q2_K", 3: "Q3_K_M", 4: "Q4_K_M", 5: "Q5_K_M", 6: "Q6_K", 8: "Q8_0",
                               16: "F16", 32: "F32"}
-    assert set(ALL) == set(PRESETS.names())
+    from qconvert.plan.iquant_presets import BASE as IQ_PRESETS  # checked in test_iquant_presets.py
+
+    assert set(ALL) | set(IQ_PRESETS) == set(PRESETS.names())
     assert _plan("q4_k_m").ftype == "Q4_K_M"  # lookups ignore case
     with pytest.raises(UnsupportedError, match="Q4_K_M"):
         _plan("Q4_K_XL")

@@ -155,6 +155,38 @@ def down_first(num: int, den: int) -> Pred:
     return lambda t: (lambda i, n: i < n * num // den)(*ffn_down_position(t))
 
 
+def gate_up_position(t: TensorInfo) -> tuple[int, int]:
+    """(i, n) for ffn_gate / ffn_up rules: like ffn_down's, with their own counters."""
+    n = t.model.n_layers
+    if t.model.n_expert > 1:
+        return ffn_down_position(t)
+    return (t.i_ffn_gate if t.category == FFN_GATE else t.i_ffn_up), n
+
+
+def gate_up_middle(t: TensorInfo) -> bool:
+    """ffn_gate / ffn_up outside the first and last eighth of the layers (IQ3_XS)."""
+    i, n = gate_up_position(t)
+    return n // 8 <= i < 7 * n // 8
+
+
+def down_counter_first8(t: TensorInfo) -> bool:
+    """The IQ1/IQ2 mixes' ffn_down test: the running counter (even for MoE models) against
+    an eighth of the layer count."""
+    return t.i_ffn_down < t.model.n_layers // 8
+
+
+def has_imatrix(t: TensorInfo) -> bool:
+    return t.model.has_imatrix
+
+
+def no_imatrix(t: TensorInfo) -> bool:
+    return not t.model.has_imatrix
+
+
+def gqa4_or_experts4(t: TensorInfo) -> bool:
+    return t.model.n_gqa >= 4 or t.model.n_expert >= 4
+
+
 def down_more_bits(t: TensorInfo) -> bool:
     return use_more_bits(*ffn_down_position(t))
 

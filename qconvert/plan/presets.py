@@ -24,6 +24,7 @@ from ..qtypes import QTYPES, qtype
 from ..registry import Registry
 from . import llama_rules as L
 from .llama_rules import ATTN_K, ATTN_OUTPUT, ATTN_V_LIKE, FFN_DOWN, OUTPUT, TOKEN_EMBD, on
+from . import iquant_presets as iq
 from .rules import ModelFacts, Rule, TensorInfo, everything, first_match, keep_stored, plan_tensor
 from .tensor_plan import Plan
 
@@ -47,7 +48,7 @@ BITS_TO_PRESET = {2: "Q2_K", 3: "Q3_K_M", 4: "Q4_K_M", 5: "Q5_K_M", 6: "Q6_K", 8
 
 
 # -- the mixes ------------------------------------------------------------------------------
-def _output_like(t: TensorInfo) -> bool:
+def output_like(t: TensorInfo) -> bool:
     # with tied embeddings token_embd is also the output matrix, so it gets the output's type
     return t.category == OUTPUT or (t.model.tied_embeddings and t.category == TOKEN_EMBD)
 
@@ -58,12 +59,12 @@ def _common(base: str) -> list[Rule]:
     for Falcon), and 8-expert models' attn_v / attn_k at Q8_0 (about 128 MB on Mixtral)."""
     bs = qtype(base).block_size
     rules = [
-        Rule("falcon: output at Q8_0", lambda t: "Q8_0" if _output_like(t) and L.falcon(t) else None),
+        Rule("falcon: output at Q8_0", lambda t: "Q8_0" if output_like(t) and L.falcon(t) else None),
         Rule(f"output: row width not a multiple of {base}'s block size {bs}, so Q8_0",
-             lambda t: "Q8_0" if _output_like(t) and t.row % bs else None),
+             lambda t: "Q8_0" if output_like(t) and t.row % bs else None),
     ]
     if base != "Q8_0":
-        rules.append(Rule("output / tied token_embd at Q6_K", lambda t: "Q6_K" if _output_like(t) else None))
+        rules.append(Rule("output / tied token_embd at Q6_K", lambda t: "Q6_K" if output_like(t) else None))
     return rules + [
         on(ATTN_V_LIKE, "Q8_0", "8-expert model: attn_v at Q8_0", L.experts8),
         on(ATTN_K, "Q8_0", "8-expert model: attn_k at Q8_0", L.experts8),
@@ -128,7 +129,13 @@ _MIXES: dict[str, list[Rule]] = {
         on(ATTN_V_LIKE, "Q6_K", "Q5_K_M: attn_v in use_more_bits slots at Q6_K", L.attn_v_more_bits),
         on(FFN_DOWN, "Q6_K", "Q5_K_M: ffn_down in use_more_bits layers at Q6_K", L.down_more_bits),
     ],
-    "Q6_K": [], "Q8_0": [], "Q4_0": [], "Q4_1": [], "Q5_0": [], "Q5_1": [],
+    "Q6_K": [], "Q8_0": [], "Q4_1": [], "Q5_1": [],
+    # with importance statistics llama.cpp guards the first ffn_down layers of Q4_0 / Q5_0
+    # with the _1 type (without, it keeps the plain type, so old files stay reproducible)
+    "Q4_0": [on(FFN_DOWN, "Q4_1", "Q4_0 with importance: first 1/8 of ffn_down at Q4_1",
+                L.both(L.has_imatrix, L.down_first(1, 8)))],
+    "Q5_0": [on(FFN_DOWN, "Q5_1", "Q5_0 with importance: first 1/8 of ffn_down at Q5_1",
+                L.both(L.has_imatrix, L.down_first(1, 8)))],
 }
 
 _BASE = {"Q3_K_S": "Q3_K", "Q3_K_M": "Q3_K", "Q3_K_L": "Q3_K", "Q4_K_S": "Q4_K", "Q4_K_M": "Q4_K",
@@ -149,6 +156,9 @@ for _name, _mix in _MIXES.items():
     _base = _BASE.get(_name, _name)
     PRESETS.add(_name, Preset(_name, _base, tuple(_common(_base) + _mix),
                               _SUMMARY.get(_name, f"{_base} everywhere but output (Q6_K)")))
+for _name in iq.BASE:
+    _base, _rules = iq.mix(_name)
+    PRESETS.add(_name, Preset(_name, _base, _rules, iq.SUMMARY[_name]))
 for _name in ("F32", "F16", "BF16"):
     PRESETS.add(_name, Preset(_name, _name, (), f"{_name} for every matrix, vectors F32"))
 # llama-quantize's MXFP4_MOE: 3-D expert stacks MXFP4, every other matrix (output and token
@@ -228,6 +238,7 @@ def preset_plan(
     pure: bool = False,
     no_fallback: bool = False,
     keep: Mapping[str, str] | None = None,
+    has_imatrix: bool = False,
 ) -> Plan:
     """Plan a file of llama-quantize file type `preset` (Q4_K_M, Q8_0, F16...).
 
@@ -236,7 +247,8 @@ def preset_plan(
     count, head counts, expert count, arch name). Overrides are (regex, type) pairs,
     first match wins; unlike llama-quantize they also apply to F16/BF16/F32 presets.
     keep: tensor name -> the block type the checkpoint already stores it in (gpt-oss's
-    MXFP4 experts): kept, unless an override names the tensor (see keep_stored)."""
+    MXFP4 experts): kept, unless an override names the tensor (see keep_stored).
+    has_imatrix: importance statistics will weight the rounding (some mixes differ)."""
     p = PRESETS.get(preset)
     if output_tensor_type:
         output_tensor_type = option_type("--output-tensor-type", output_tensor_type)
@@ -244,7 +256,7 @@ def preset_plan(
     cats = {n: L.category(n) for n in names}
     model = ModelFacts(arch=arch_name, n_layers=int(n_layers), n_head=int(n_head), n_head_kv=int(n_head_kv),
                        n_expert=int(n_expert or 0), tied_embeddings="output.weight" not in cats,
-                       n_attn_v=sum(c in ATTN_V_LIKE for c in cats.values()))
+                       n_attn_v=sum(c in ATTN_V_LIKE for c in cats.values()), has_imatrix=bool(has_imatrix))
     head = _option_rules(p, overrides, output_tensor_type, token_embedding_type, pure, keep)
     mix: list[Rule] = []
     if p.quantized and output_tensor_type:
@@ -258,14 +270,16 @@ def preset_plan(
     rules = head + mix + [everything(p.base, f"{p.name}: base type {p.base}")]
 
     out: list = [None] * len(tensors)
-    i_attn_v = i_ffn_down = 0
+    i_attn_v = i_ffn_down = i_ffn_gate = i_ffn_up = 0
     for i in sorted(range(len(tensors)), key=lambda k: L.llama_order(names[k])):
         name, shape, dtype = tensors[i]
         info = TensorInfo(name, tuple(int(d) for d in shape), dtype, model, cats[name], L.layer_of(name),
-                          i_attn_v, i_ffn_down)
+                          i_attn_v, i_ffn_down, i_ffn_gate, i_ffn_up)
         k, rule, want = first_match(info, rules)
         if k >= len(head) and p.quantized:  # the tensor went through the mix: counters advance
             i_attn_v += info.category in ATTN_V_LIKE
             i_ffn_down += info.category == FFN_DOWN
+            i_ffn_gate += info.category == L.FFN_GATE
+            i_ffn_up += info.category == L.FFN_UP
         out[i] = plan_tensor(info, rule, want, no_fallback)
     return Plan(out, ftype=p.name)

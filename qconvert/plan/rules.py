@@ -28,6 +28,7 @@ class ModelFacts:
     n_expert: int = 0
     tied_embeddings: bool = False  # no output.weight: token_embd doubles as the output
     n_attn_v: int = 0  # tensors of the attn_v kind (attn_v, attn_qkv, attn_kv_b) in the file
+    has_imatrix: bool = False  # importance statistics given: some i-quant mixes differ with them
 
     @property
     def n_gqa(self) -> int:
@@ -49,6 +50,8 @@ class TensorInfo:
     # rules before this one (tensors pinned by an override or --pure do not count)
     i_attn_v: int = 0
     i_ffn_down: int = 0
+    i_ffn_gate: int = 0
+    i_ffn_up: int = 0
 
     @property
     def row(self) -> int:
@@ -99,7 +102,9 @@ def everything(type_name: str, reason: str) -> Rule:
 # What llama.cpp uses when a row does not split into the wanted type's blocks: a
 # 256-wide K-quant steps down to the 32-wide legacy type of about the same size; a
 # 32-wide type, or a step-down that still does not fit, becomes F16.
-FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
+            # every 256-wide i-quant steps down to the 32-wide non-linear 4-bit type
+            **dict.fromkeys(("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_XS"), "IQ4_NL")}
 LAST_RESORT = "F16"
 
 

@@ -16,7 +16,7 @@ from .tensor_plan import Plan
 
 def make_quant_plan(src: Source, type_name: str, *, tensor_types: Sequence[str] = (),
                     output_tensor_type: Optional[str] = None, token_embedding_type: Optional[str] = None,
-                    pure: bool = False, no_fallback: bool = False) -> Plan:
+                    pure: bool = False, no_fallback: bool = False, has_imatrix: bool = False) -> Plan:
     items = [(s.name, s.shape, s.src_dtype) for s in src.tensors]
     keep = {s.name: s.packed_type for s in src.tensors if s.packed_type}
     if type_name in PRESETS:
@@ -24,7 +24,7 @@ def make_quant_plan(src: Source, type_name: str, *, tensor_types: Sequence[str] 
                            n_expert=src.n_expert, arch_name=src.arch_name,
                            overrides=[parse_override(t) for t in tensor_types],
                            output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type,
-                           pure=pure, no_fallback=no_fallback, keep=keep)
+                           pure=pure, no_fallback=no_fallback, keep=keep, has_imatrix=has_imatrix)
     if tensor_types or output_tensor_type or token_embedding_type:
         raise InputError(f"--type {type_name} is a plain tensor type; per-tensor overrides need a preset "
                          f"(e.g. {type_name}_M or {type_name}_S where it exists)")

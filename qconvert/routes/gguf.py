@@ -53,12 +53,23 @@ def importance_options(job: Job) -> frozenset[str]:
 
 
 def preset_plan_of(job: Job, src: Source) -> tuple[str, Plan]:
+    """The preset's plan; with importance statistics coming (--imatrix, --calibration) the
+    mixes llama.cpp varies with them, without them a refusal where llama.cpp needs them."""
+    from ..errors import InputError
+    from ..plan.iquant_presets import missing_importance
+
     type_name = resolve_type(job.type_name, job.bits)
     o = job.overrides
-    return type_name, make_quant_plan(src, type_name, tensor_types=o.tensor_types,
-                                      output_tensor_type=o.output_tensor_type,
-                                      token_embedding_type=o.token_embedding_type, pure=o.pure,
-                                      no_fallback=o.no_fallback)
+    has_imatrix = job.calibration.imatrix is not None or job.calibration.text is not None
+    plan = make_quant_plan(src, type_name, tensor_types=o.tensor_types, output_tensor_type=o.output_tensor_type,
+                           token_embedding_type=o.token_embedding_type, pure=o.pure, no_fallback=o.no_fallback,
+                           has_imatrix=has_imatrix)
+    if not has_imatrix:
+        needs = missing_importance(plan)
+        if needs:
+            raise InputError(f"--type {type_name}: tensor {needs} needs importance statistics, as in llama.cpp; "
+                             "add --calibration default (or your text) or --imatrix FILE")
+    return type_name, plan
 
 
 def write_with_importance(job: Job, planned: GGUFPlanned, plan: Plan, imx, out: Path, notes) -> GGUFResult:
