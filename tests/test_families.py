@@ -6,7 +6,7 @@ Fixtures (fixtures/family_models.py) are tiny seeded bf16 checkpoints written by
 transformers' own classes, sharded, with each family's quirks switched on. The reference
 is transformers' float32 forward (eager attention) over 24 tokens; llama.cpp runs each
 GGUF over the same ids. Tolerances are fractions of the reference logits' std (1.5-3.1),
-measured over the 19 fixtures. F32 keeps every weight exact, so what remains is llama.cpp's
+measured over the 20 fixtures. F32 keeps every weight exact, so what remains is llama.cpp's
 arithmetic (f16 KV cache): max |diff| 0.0011-0.0029 x std, bound 0.01. F16: 0.0016-0.0045,
 bound 0.02. Q8_0: max 0.056-0.16 and mean 0.011-0.028 x std (correlation >= 0.9993), bounds
 0.3 / 0.05. Q4_K_M on random weights loses far more (mean 0.063-0.25 x std, correlation
@@ -282,6 +282,8 @@ _MINISTRAL_ROPE = FAMILIES["ministral3"].config["rope_parameters"]
     ("phi2", {"qk_layernorm": True}, UnsupportedError, ("qk_layernorm",)),
     ("phi2", {"num_key_value_heads": 2}, UnsupportedError, ("KV heads",)),
     ("olmo1", {"clip_qkv": -1}, FormatError, ("clip_qkv",)),
+    ("nemotron", {"tie_word_embeddings": True}, UnsupportedError, ("tied embeddings",)),
+    ("nemotron", {"norm_eps": 0.9}, FormatError, ("norm_eps",)),
     ("starcoder2", {"use_bias": 1}, FormatError, ("use_bias", "true or false")),
     ("cohere2", {"attention_bias": "no"}, FormatError, ("attention_bias", "true or false")),
     ("exaone4", {"sliding_window": "4096"}, FormatError, ("sliding_window",)),

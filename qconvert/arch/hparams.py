@@ -202,7 +202,8 @@ class HParams:
 
     @property
     def norm_eps(self) -> float | None:
-        return self.number("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon", lo=0.0, hi=0.5)
+        return self.number("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon", "norm_eps",
+                           lo=0.0, hi=0.5)
 
     @property
     def rotary_fraction(self) -> float:

@@ -5,6 +5,8 @@ tensor names come from gguf-py's map and nothing is transformed but what is list
 - Arcee AFM: a Llama whose MLP is up/down with squared ReLU; q/k permuted like Llama's.
 - Seed-OSS: q/k/v biases, NEOX rope.
 - StarCoder 2: LayerNorm with biases, GELU MLP with biases, NEOX rope.
+- Nemotron (Minitron): LayerNorm1P (x * (1 + w) + b: +1 on the way out, as for Gemma),
+  squared-ReLU up/down MLP, NEOX rope over part of each head.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import gguf
 from ..errors import UnsupportedError
 from . import ARCHS
 from .base import ArchAdapter
-from .transforms import ROPE_PERMUTE
+from .transforms import NORM_PLUS_ONE, ROPE_PERMUTE
 
 
 @ARCHS.register("Ernie4_5ForCausalLM")
@@ -49,3 +51,20 @@ class Starcoder2Adapter(ArchAdapter):
         if hp.flag("use_bias") is False:
             raise UnsupportedError(f"{hp.source}: use_bias is false; llama.cpp's starcoder2 graph needs the "
                                    "norm and linear biases")
+
+
+@ARCHS.register("NemotronForCausalLM")
+class NemotronAdapter(ArchAdapter):
+    gguf_arch = gguf.MODEL_ARCH.NEMOTRON
+    description = "NVIDIA Nemotron / Minitron: LayerNorm1P (norms +1), squared-ReLU MLP, partial rope"
+    norm = "layer"
+    tensor_rules = NORM_PLUS_ONE
+    shape_overrides = {"attn_output.weight": ("E", "E")}
+
+    def __init__(self, ckpt, hf_arch: str) -> None:
+        super().__init__(ckpt, hf_arch)
+        hp = self.hp
+        if hp.head_dim * hp.n_head != hp.n_embd or hp.tied_embeddings:
+            raise UnsupportedError(f"{hp.source}: head_dim {hp.head_dim} x {hp.n_head} heads vs hidden_size "
+                                   f"{hp.n_embd}, tied embeddings {hp.tied_embeddings}; llama.cpp's nemotron graph "
+                                   "needs heads splitting the hidden size and its own output matrix")
