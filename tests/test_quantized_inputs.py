@@ -205,3 +205,28 @@ def test_fp8_kernel_equals_its_numpy_twin(grid, row0):
     twin = grid_rows(codes, lambda r: cells[r], None, grid, row0, row0 + 300)
     fast = fp8_grid_rows(raw, table, cells[first:], row0, grid)
     assert np.array_equal(fast, twin, equal_nan=True) and np.isnan(fast).any()
+
+
+def test_safetensors_output_writes_a_decoded_tensor_kept_dense_as_floats(made, tmp_path):
+    """An FP8 lm_head is kept dense by --format safetensors: written as the bf16 of the
+    weights its codes stand for (the model's dtype), never as the FP8 codes without their
+    scale."""
+    path, _, _ = made("fp8_block")
+    tensors = load_file(str(path / "model.safetensors"))
+    w = tensors["lm_head.weight"].to(torch.float32)
+    scale = w.abs().amax() / 448
+    tensors["lm_head.weight"] = (w / scale).to(torch.float8_e4m3fn)
+    tensors["lm_head.weight_scale_inv"] = scale.reshape(())
+    d = tmp_path / "fp8-head"
+    d.mkdir()
+    for f in path.iterdir():
+        if f.suffix == ".json":
+            d.joinpath(f.name).write_bytes(f.read_bytes())
+    save_file(tensors, str(d / "model.safetensors"))
+    res = qconvert.quantize(d, tmp_path / "st", format="safetensors")
+    out = {}
+    for f in res.output.glob("*.safetensors"):
+        out.update(load_file(str(f)))
+    want = (tensors["lm_head.weight"].to(torch.float32) * scale).to(torch.bfloat16)
+    assert out["lm_head.weight"].dtype == torch.bfloat16 and torch.equal(out["lm_head.weight"], want)
+    assert "lm_head.weight_scale_inv" not in out

@@ -27,8 +27,8 @@ import torch
 from ..errors import InputError, ShapeError, UnsupportedError
 from ..progress import reporter
 from ..schemes.absmax import check_grid, check_grid_holds, dequantize, rtn_grid
-from ..source.checkpoint import Checkpoint, _shard_files
-from ..source.safetensors_file import SafetensorsFile
+from ..source.checkpoint import Checkpoint, _shard_files, packed_suffixes
+from ..source.safetensors_file import FLOAT_DTYPES, SafetensorsFile
 from . import compressed_tensors as ct
 from .atomic_dir import atomic_dir
 from .output_check import check_output_dir
@@ -142,6 +142,8 @@ def dense_dtype(stored: str, config: dict) -> str:
     bfloat16 model — so the quantized checkpoint is not mostly float32; never widened."""
     want = SCALE_DTYPES.get(str(config.get("dtype") or config.get("torch_dtype") or "").lower()
                             .removeprefix("torch."))
+    if stored not in FLOAT_DTYPES:  # decoded from a quantized checkpoint (FP8, GPTQ...): never its codes
+        return want if want in ("BF16", "F16") else "F32"
     return want if stored == "F32" and want in ("BF16", "F16") else stored
 
 
@@ -157,7 +159,12 @@ def plan_safetensors(ckpt: Checkpoint, *, bits: int, group_size: int, sym: bool,
     sd = resolve_scale_dtype(scale_dtype, ckpt.config, ckpt.handles.values())
     items: list[Item] = []
     ignore = ["lm_head"]
+    mxfp4 = packed_suffixes(ckpt.config) == ("_blocks", "_scales")
     for name, h in ckpt.handles.items():
+        if mxfp4 and name.endswith(("_blocks", "_scales")):
+            if name.endswith("_blocks"):  # its _scales go with it
+                items.append(_decoded_mxfp4_item(name, tuple(h.shape), ckpt.config))
+            continue
         module = name[:-len(".weight")] if name.endswith(".weight") else None
         it = Item(name, tuple(h.shape), h.dtype, False, "kept: not a decoder-layer projection")
         if module is not None and len(h.shape) == 2 and re.fullmatch(QUANTIZED_MODULE, module):
@@ -177,6 +184,26 @@ def plan_safetensors(ckpt: Checkpoint, *, bits: int, group_size: int, sym: bool,
             it.outputs = [Entry(name, it.out_dtype, tuple(h.shape))]
         items.append(it)
     return SafetensorsPlan(items, bits, group_size, sym, sd, ignore)
+
+
+def _decoded_mxfp4_item(blocks_name: str, shape: tuple[int, ...], config: dict) -> Item:
+    """gpt-oss's MXFP4 experts (`<param>_blocks` (E, out, in/32, 16) + `_scales`): written
+    decoded, as the dense (E, in, out) parameter transformers' bf16 gpt-oss holds (no
+    compressed-tensors format describes MXFP4 blocks beside int-N projections)."""
+    stem = blocks_name[:-len("_blocks")]
+    e, rows, g, _ = shape
+    out_shape = (e, g * 32, rows)
+    dt = dense_dtype("MXFP4", config)
+    return Item(stem, out_shape, "MXFP4", False, "MXFP4 experts decoded, kept dense",
+                outputs=[Entry(stem, dt, out_shape)], out_dtype=dt)
+
+
+def _decoded_mxfp4(ckpt: Checkpoint, it: Item) -> np.ndarray:
+    from ..arch.gpt_oss import dequantize_hf_mxfp4
+
+    w = dequantize_hf_mxfp4(ckpt.raw(it.hf_name + "_blocks"), ckpt.raw(it.hf_name + "_scales"))
+    t = torch.from_numpy(np.ascontiguousarray(w.transpose(0, 2, 1))).to(TORCH_DTYPES[it.out_dtype])
+    return t.view(torch.int16).numpy().view(np.uint16) if it.out_dtype == "BF16" else t.numpy()
 
 
 def _supplier(scheme: str, quantized: Optional[Supplier], plan: SafetensorsPlan) -> Callable[[str], Optional[Result]]:
@@ -283,6 +310,9 @@ def write_quantized_safetensors(model, out_dir: Union[str, Path], *, bits: int =
                     arrays, _ = quantize_item(it, ckpt, plan, supply)
                     for name, arr in arrays.items():
                         writer.write(name, arr)
+                elif it.src_dtype == "MXFP4":
+                    writer.write(it.hf_name, _decoded_mxfp4(ckpt, it))
+                    arrays = None
                 elif it.out_dtype == it.src_dtype:  # the stored bytes in the original dtype
                     f = _file_of(ckpt, it.hf_name)
                     writer.write(it.hf_name, f.raw(it.hf_name))
