@@ -369,3 +369,11 @@ def test_equal_to_llama_cpp_converter(name, models, converted, tmp_path):
                                               and k != "tokenizer.ggml.token_type_count")}
     differ = {k for k in keys if fa.get(k) != fb.get(k)}
     assert differ == KEY_DIFFERENCES[name]
+
+
+def test_vocab_pre_is_refused_for_a_vocabulary_that_has_none(models, tmp_path):
+    from qconvert.errors import InputError
+
+    with pytest.raises(InputError, match="--vocab-pre.*WordPiece"):
+        qconvert.quantize(models("minilm"), tmp_path / "a.gguf", type="F32", vocab_pre="gpt-2")
+    assert list(tmp_path.iterdir()) == []  # nothing left behind

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # Architectures whose llama.cpp converter reads tokenizer.model before tokenizer.json
 # (LlamaModel and its subclasses, Qwen2/Qwen3, the Gemmas, Phi-3...). Everything else
 # starts from tokenizer.json, like llama.cpp's base converter.
+KIND_NAMES = {"bpe": "byte-level BPE", "spm": "SentencePiece", "spm-json": "SentencePiece-style BPE",
+              "wpm": "WordPiece", "ugm": "Unigram"}
 # Encoders whose Unigram vocabulary llama.cpp runs with its "t5" (UGM) tokenizer (XLM-RoBERTa)
 UGM_ARCHES = frozenset({"bert"})
 SPM_FIRST_ARCHES = frozenset({
@@ -117,6 +119,10 @@ def add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, *, config: dict,
     tokenizer_json = check_tokenizer_json(read_json(json_path), str(json_path)) if json_path.is_file() else None
     tokenizer_config = read_json(model_dir / "tokenizer_config.json")
     kind = _choose_kind(model_dir, arch, tokenizer_json)
+    if vocab_pre is not None and kind != "bpe":
+        # llama.cpp reads the pre-tokenizer name for byte-level BPE only
+        raise InputError(f"--vocab-pre names a byte-level BPE pre-tokenizer; {model_dir}'s tokenizer is "
+                         f"{KIND_NAMES[kind]}, which llama.cpp splits its own way: leave the option out")
 
     if kind == "wpm":
         return _add_wordpiece(writer, model_dir, tokenizer_json, tokenizer_config, config, vocab_size)
