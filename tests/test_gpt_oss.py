@@ -526,3 +526,22 @@ def test_gguf_input_keeps_mxfp4_experts(models, tmp_path):
     res = qconvert.quantize(src, tmp_path / "rq.gguf", type="Q4_K_M", allow_requantize=True)
     assert any("6 tensors were already quantized" in n for n in res.notes)
     assert _tensors(tmp_path / "rq.gguf")["blk.0.ffn_gate_exps.weight"].tensor_type.name == "Q4_K"
+
+
+def test_safetensors_output_of_mxfp4_checkpoint_loads_in_transformers(models, tmp_path):
+    """--format safetensors from the MXFP4 checkpoint: attention projections int4
+    (compressed-tensors), experts written decoded as the dense bf16 parameters transformers
+    holds; transformers loads the result and its experts equal its own MXFP4 dequantization."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "st"
+    qconvert.quantize(models["mxfp4"], out, format="safetensors")
+    model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    ref = checkpoint_state(models["mxfp4"])
+    for i in range(2):
+        for p in EXPERT_PROJ:
+            name = f"model.layers.{i}.mlp.experts.{p}"
+            assert torch.equal(model.get_parameter(name), ref[name]), name
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.tensor([token_ids(models["mxfp4"])])).logits).all()
