@@ -184,6 +184,7 @@ def test_metadata(name, arch, pooling, lower, converted):
         assert tokens[kv["tokenizer.ggml.seperator_token_id"]] == "[SEP]"
         assert any(t.startswith("\u2581") for t in tokens) and not any(t.startswith("##") for t in tokens)
     else:
+        assert kv["tokenizer.ggml.pre"] == "modern-bert"  # llama.cpp's name for its GPT-2 split
         assert kv["modern-bert.attention.sliding_window"] == 8
         assert kv["modern-bert.rope.freq_base"] == 160000.0
         assert kv["modern-bert.rope.freq_base_swa"] == 10000.0
@@ -351,7 +352,7 @@ def test_equal_to_llama_cpp_converter(name, models, converted, tmp_path):
     if src is None:
         pytest.skip("no llama.cpp source tree (set LLAMA_CPP_SRC)")
     # what we derive; its table lacks our tokenizers
-    pre = "gpt-2" if name in ("modernbert", "roberta") else "default"
+    pre = {"modernbert": "modern-bert", "roberta": "gpt-2"}.get(name, "default")
     theirs = convert(src, models(name), tmp_path / "theirs.gguf", type_name, pre)
     ours = converted(name, type_name)
     a, b = gguf.GGUFReader(str(ours)), gguf.GGUFReader(str(theirs))

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 # Architectures whose llama.cpp converter reads tokenizer.model before tokenizer.json
 # (LlamaModel and its subclasses, Qwen2/Qwen3, the Gemmas, Phi-3...). Everything else
 # starts from tokenizer.json, like llama.cpp's base converter.
+# Names llama.cpp's converter gives a family's tokenizer where llama.cpp runs them exactly as
+# the derived name (ModernBERT's GPT-2 regex is "modern-bert" there)
+ARCH_PRE_NAMES = {("modern-bert", "gpt-2"): "modern-bert"}
 KIND_NAMES = {"bpe": "byte-level BPE", "spm": "SentencePiece", "spm-json": "SentencePiece-style BPE",
               "wpm": "WordPiece", "ugm": "Unigram"}
 # Encoders whose Unigram vocabulary llama.cpp runs with its "t5" (UGM) tokenizer (XLM-RoBERTa)
@@ -133,6 +136,8 @@ def add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, *, config: dict,
         vocab = read_bpe_vocab(tokenizer_json, vocab_size, str(json_path))
         runs, cls = as_transformers_runs(tokenizer_json, tokenizer_config, config)
         pre = choose_pre(runs, tokenizer_config, vocab_pre, str(json_path))
+        if vocab_pre is None:
+            pre = ARCH_PRE_NAMES.get((arch, pre), pre)
         if cls is not None:
             log.info("%s: transformers builds this tokenizer as %s, which replaces the file's "
                      "pre-tokenizer; tokenizer.ggml.pre %s follows the class", json_path, cls, pre)
