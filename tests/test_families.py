@@ -6,7 +6,7 @@ Fixtures (fixtures/family_models.py) are tiny seeded bf16 checkpoints written by
 transformers' own classes, sharded, with each family's quirks switched on. The reference
 is transformers' float32 forward (eager attention) over 24 tokens; llama.cpp runs each
 GGUF over the same ids. Tolerances are fractions of the reference logits' std (1.5-3.1),
-measured over the 20 fixtures. F32 keeps every weight exact, so what remains is llama.cpp's
+measured over the 21 fixtures. F32 keeps every weight exact, so what remains is llama.cpp's
 arithmetic (f16 KV cache): max |diff| 0.0011-0.0029 x std, bound 0.01. F16: 0.0016-0.0045,
 bound 0.02. Q8_0: max 0.056-0.16 and mean 0.011-0.028 x std (correlation >= 0.9993), bounds
 0.3 / 0.05. Q4_K_M on random weights loses far more (mean 0.063-0.25 x std, correlation
@@ -283,6 +283,8 @@ _MINISTRAL_ROPE = FAMILIES["ministral3"].config["rope_parameters"]
     ("phi2", {"num_key_value_heads": 2}, UnsupportedError, ("KV heads",)),
     ("olmo1", {"clip_qkv": -1}, FormatError, ("clip_qkv",)),
     ("nemotron", {"tie_word_embeddings": True}, UnsupportedError, ("tied embeddings",)),
+    ("stablelm", {"use_parallel_residual": "true"}, FormatError, ("use_parallel_residual",)),
+    ("stablelm", {"num_key_value_heads": 3}, FormatError, ("num_key_value_heads",)),
     ("nemotron", {"norm_eps": 0.9}, FormatError, ("norm_eps",)),
     ("starcoder2", {"use_bias": 1}, FormatError, ("use_bias", "true or false")),
     ("cohere2", {"attention_bias": "no"}, FormatError, ("attention_bias", "true or false")),
@@ -367,6 +369,33 @@ def test_llama3_rope_table_is_what_transformers_scales_by(theta, head_dim, orig)
     scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg)
     plain = 1.0 / theta ** (np.arange(0, head_dim, 2) / head_dim)
     np.testing.assert_allclose(llama3_rope_factors(rp, head_dim), plain / scaled.double().numpy(), rtol=2e-5)
+
+
+def test_stacked_joins_in_order_and_checks_shapes():
+    from qconvert.arch.rope import generated
+    from qconvert.arch.transforms import stacked
+
+    parts = [(f"norms.{i}.weight", generated(f"h{i}", np.full(3, i, np.float32)).handle) for i in range(4)]
+    s = stacked("blk.0.attn_q_norm.weight", parts)
+    assert s.shape == (4, 3)
+    np.testing.assert_array_equal(s.load()[:, 0], [0, 1, 2, 3])
+    with pytest.raises(FormatError, match="norms.1.weight"):
+        stacked("x", [parts[0], ("norms.1.weight", generated("odd", np.zeros(2, np.float32)).handle)])
+
+
+def test_stablelm_per_head_norms_stacked(f32, family):
+    kv, tensors, cfg = f32("stablelm")
+    q = tensors["blk.1.attn_q_norm.weight"]
+    assert q.shape.tolist() == [cfg.hidden_size // cfg.num_attention_heads, cfg.num_attention_heads]
+    assert tensors["blk.1.attn_k_norm.weight"].shape.tolist()[1] == cfg.num_key_value_heads
+    assert "blk.0.ffn_norm.weight" not in tensors  # parallel blocks: one norm per layer
+    assert kv["stablelm.use_parallel_residual"] is True
+    from safetensors.torch import load_file
+
+    d = family("stablelm")[0]
+    index = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
+    head2 = "model.layers.1.self_attn.q_layernorm.norms.2.weight"
+    np.testing.assert_array_equal(np.asarray(q.data)[2], load_file(d / index[head2])[head2].float().numpy())
 
 
 def test_registry_lists_every_family_with_a_description():

@@ -8,7 +8,7 @@ tensors (by name suffix) get which transform, built from the adapter (for head c
 
 Most transforms keep the shape, so the plan is made from shapes alone; a split
 (`rows`) changes it, and the adapter states the part's shape when it builds the
-SourceTensor (`split_rows`)."""
+SourceTensor (`split_rows`); a join (`stacked`) makes one GGUF tensor of several HF ones."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..errors import FormatError
+from ..source.safetensors_file import TensorHandle
 from ..source.source_tensor import SourceTensor, Transform
 
 
@@ -65,6 +67,20 @@ def split_rows(base: SourceTensor, parts: Sequence[tuple[str, int]]) -> list[Sou
                                 [rows(start, start + n), *base.transforms]))
         start += n
     return out
+
+
+def stacked(name: str, parts: Sequence[tuple[str, TensorHandle]]) -> SourceTensor:
+    """Several HF tensors of one shape as one GGUF tensor with a new leading axis, in the
+    order given (per-head norms stored one module per head); loaded together when the
+    writer pulls it."""
+    first_name, first = parts[0]
+    for hf_name, h in parts:
+        if tuple(h.shape) != tuple(first.shape):
+            raise FormatError(f"{h.source}: {hf_name} has shape {tuple(h.shape)}, unlike {first_name} "
+                              f"{tuple(first.shape)}; they should stack into {name}")
+    shape = (len(parts), *first.shape)
+    handle = TensorHandle(name, first.dtype, shape, lambda: np.stack([h.load() for _, h in parts]), first.source)
+    return SourceTensor(name, f"{first_name} (+{len(parts) - 1} stacked)", shape, first.dtype, handle)
 
 
 @dataclass(frozen=True)
