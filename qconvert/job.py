@@ -210,6 +210,10 @@ def _check_numbers(o: dict) -> None:
     if o["group_size"] is not None and o["group_size"] != -1:
         check_count("--group-size", o["group_size"], MAX_GROUP_SIZE,
                     "-1 (one scale per output channel) or a positive number of weights per scale")
+        g = o["group_size"]
+        if g < 16 or g & (g - 1):  # what real checkpoints and GPU kernels use: 32, 64, 128, 256...
+            raise InputError(f"--group-size {g}: give a power of two from 16 (32, 64, 128...) or -1 "
+                             "(one scale per output channel)")
     if o["target_bpw"] is not None:
         _fraction("target_bpw", o["target_bpw"], 0.0, MAX_BPW, "a number of bits per weight above 0", low_ok=False)
     if o["damp"] is not None:  # a fraction of the Hessian's mean diagonal; GPTQ raises it itself when needed

@@ -262,7 +262,8 @@ QUANTIZE_ABSURD = [
     ([*ST, "--group-size", "-5"], "--group-size"),
     ([*ST, "--group-size", "0"], "--group-size"),
     ([*ST, "--group-size", "99999999999999999999"], "--group-size"),
-    ([*ST, "--group-size", "7"], "--group-size"),  # divides none of the model's widths (256, 768)
+    ([*ST, "--group-size", "7"], "--group-size"),  # not a power of two from 16
+    ([*ST, "--group-size", "96"], "--group-size"),
     ([*GPTQ, "--calibration-samples", "0"], "--calibration-samples"),
     ([*GPTQ, "--calibration-samples", "99999999999"], "--calibration-samples"),
     ([*GPTQ, "--calibration-seqlen", "-1"], "--calibration-seqlen"),

@@ -95,11 +95,13 @@ def test_block_formats_count_their_scales():
     assert e.row("Q6_K").weight_bytes == 1000 * 210
     assert e.row("Q4_K_M").weight_bytes == 1000 * 144  # costed at Q4_K, its main type
     assert e.row("Q8_0").bits_per_weight == 8.5
-    assert [p.name for p in PRECISIONS] == ["FP32", "FP16/BF16", "INT8", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M",
-                                            "INT4", "Q3_K_M", "Q2_K"]
+    names = ["FP32", "FP16/BF16", "INT8", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "INT4", "IQ3_M",
+             "Q3_K_M", "IQ3_XXS", "Q2_K", "IQ2_M", "IQ2_XXS", "IQ1_S"]
+    assert [p.name for p in PRECISIONS] == names
+    assert e.row("IQ4_XS").bits_per_weight == 4.25 and e.row("IQ1_S").bits_per_weight == 1.5625
     # heavier types never need less memory
-    sizes = [e.row(n).weight_bytes for n in ("FP32", "FP16", "Q8_0", "INT8", "Q6_K", "Q5_K_M", "Q4_K_M",
-                                             "INT4", "Q3_K_M", "Q2_K")]
+    by_size = ["FP32", "FP16/BF16", "Q8_0", "INT8"] + names[4:]  # Q8_0's scales put it above INT8
+    sizes = [e.row(n).weight_bytes for n in by_size]
     assert sizes == sorted(sizes, reverse=True)
 
 

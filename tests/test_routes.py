@@ -109,7 +109,7 @@ def test_defaults_do_not_count_as_given():
 
 def test_refusal_names_every_unused_option():
     with pytest.raises(InputError) as e:
-        qconvert.quantize(EXAMPLE, type="F16", sym=False, act_order=True, group_size=7, save_imatrix="x",
+        qconvert.quantize(EXAMPLE, type="F16", sym=False, act_order=True, group_size=64, save_imatrix="x",
                           dry_run=True)
     msg = str(e.value)
     for name in ("--asym", "--act-order", "--group-size", "--save-imatrix"):
@@ -128,7 +128,7 @@ def run_cli(*args, columns: int = 250):
 
 
 def test_cli_refuses_unused_options_with_exit_2(tmp_path):
-    r = run_cli("quantize", EXAMPLE, "--type", "F16", "--asym", "--act-order", "--group-size", "7",
+    r = run_cli("quantize", EXAMPLE, "--type", "F16", "--asym", "--act-order", "--group-size", "64",
                 "--save-imatrix", tmp_path / "x", "--dry-run")
     assert r.returncode == 2
     assert all(n in r.stderr for n in ("--asym", "--act-order", "--group-size", "--save-imatrix"))

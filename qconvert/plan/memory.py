@@ -42,7 +42,13 @@ _BOUND = {"--layers": MAX_LAYERS, "--kv-heads": MAX_KV_HEADS, "--head-dim": MAX_
 # (attn_v, ffn_down, output) a larger one. Until the planner's presets can size the mix
 # for a known model, each mix is costed at the type that dominates it, which slightly
 # under-counts (by roughly 0.1-0.4 bits per weight).
-MIX_DOMINANT_TYPE = {"Q5_K_M": "Q5_K", "Q4_K_M": "Q4_K", "Q3_K_M": "Q3_K", "Q2_K": "Q2_K"}
+MIX_DOMINANT_TYPE = {"Q5_K_M": "Q5_K", "Q4_K_M": "Q4_K", "Q3_K_M": "Q3_K", "Q2_K": "Q2_K",
+                     # i-quant mixes (all but IQ4_XS need importance statistics to be made)
+                     "IQ4_XS": "IQ4_XS", "IQ3_M": "IQ3_S", "IQ3_XXS": "IQ3_XXS", "IQ2_M": "IQ2_S",
+                     "IQ2_XXS": "IQ2_XXS", "IQ1_S": "IQ1_S"}
+# the table's llama.cpp mixes, largest first (a model's own plan gives each its real bits)
+MIX_ROWS = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "IQ3_M", "Q3_K_M", "IQ3_XXS", "Q2_K", "IQ2_M",
+            "IQ2_XXS", "IQ1_S")
 
 
 @dataclass(frozen=True)
@@ -65,10 +71,10 @@ PRECISIONS: list[Precision] = [
     _from_qtype("Q8_0", "Q8_0"),
     _from_qtype("Q6_K", "Q6_K"),
     *(_from_qtype(mix, MIX_DOMINANT_TYPE[mix], f"costed as {MIX_DOMINANT_TYPE[mix]}, the mix's main type")
-      for mix in ("Q5_K_M", "Q4_K_M")),
+      for mix in ("Q5_K_M", "Q4_K_M", "IQ4_XS")),
     Precision("INT4", None, 4.0, "integer weights only; scales ignored"),
     *(_from_qtype(mix, MIX_DOMINANT_TYPE[mix], f"costed as {MIX_DOMINANT_TYPE[mix]}, the mix's main type")
-      for mix in ("Q3_K_M", "Q2_K")),
+      for mix in ("IQ3_M", "Q3_K_M", "IQ3_XXS", "Q2_K", "IQ2_M", "IQ2_XXS", "IQ1_S")),
 ]
 _ALIASES = {"FP16": "FP16/BF16", "BF16": "FP16/BF16", "F16": "FP16/BF16", "F32": "FP32"}
 
@@ -287,9 +293,9 @@ def _planned_bits(model_dir: str | Path, skip: dict) -> dict[str, float]:
     except QConvertError:
         return {}
     out = {}
-    for name in ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"):
-        if name not in skip:
-            out[name] = make_quant_plan(src, name).bits_per_weight
+    for name in MIX_ROWS:
+        if name not in skip:  # i-quant mixes are planned as made: with importance statistics
+            out[name] = make_quant_plan(src, name, has_imatrix=name.startswith("IQ")).bits_per_weight
     return out
 
 
