@@ -60,6 +60,26 @@ def nearest_int(f):
     return (bits & 0x7FFFFF) - 0x400000
 
 
+# The final re-rounding of every K-quant divides each weight by its sub-block's stored
+# scale. Dividing inside the rounding loop keeps LLVM from vectorising the divisions; done
+# in a loop of their own into a scratch row, then rounded in int32, it runs 6x faster
+# (Q3_K: 17 -> 2.7 ms per 2M weights) with the same float32 operations as C's
+# nearest_int(x / d): one rounded division, one rounded addition of MAGIC.
+@njit(inline="always", **KJIT)
+def round_divided(x, start, n, dm, dd, tmp, L, lo, hi, bias):
+    """L[start+i] = clamp(nearest_int((x[start+i] + dm) / dd), lo, hi) + bias, i < n.
+    dm is None for the symmetric types (C divides x itself: x + 0 would turn -0 into +0)."""
+    if dm is None:
+        for i in range(n):
+            tmp[i] = x[start + i] / dd + MAGIC
+    else:
+        for i in range(n):
+            tmp[i] = (x[start + i] + dm) / dd + MAGIC
+    for i in range(n):
+        q = (_f32_bits_i32(tmp[i]) & np.int32(0x7FFFFF)) - np.int32(0x400000)
+        L[start + i] = max(np.int32(lo), min(np.int32(hi), q)) + np.int32(bias)
+
+
 @njit(**KJIT)
 def put_f16(out, pos, v):
     """Store float32 v as little-endian fp16 at out[pos:pos+2]; return it back as float32

@@ -10,7 +10,7 @@ from . import KERNELS, Kernel
 from .flags import prange
 from .kquant_common import (
     F0, KJIT, KPARALLEL, QK_K, get_f16, make_qkx_quants, make_qp_quants, nearest_int, njit,
-    pack_2bit, put_f16,
+    pack_2bit, put_f16, round_divided,
 )
 from .reference import q2_k as ref
 
@@ -28,14 +28,13 @@ TYPE_SIZE = 84
 @njit(**KJIT)
 def _finish_block(x, L, d, dmin, out):
     """Re-round with the stored scales (C skips sub-blocks whose scale is 0) and pack."""
+    tmp = np.empty(16, np.float32)
     for j in range(16):
         dd = d * np.float32(out[j] & 0xF)
         if dd == F0:
             continue
         dm = dmin * np.float32(out[j] >> 4)
-        for ii in range(16):
-            l = nearest_int((x[16 * j + ii] + dm) / dd)
-            L[16 * j + ii] = max(0, min(3, l))
+        round_divided(x, 16 * j, 16, dm, dd, tmp, L, 0, 3, 0)
     pack_2bit(L, out, 16)
 
 

@@ -10,7 +10,7 @@ from . import KERNELS, Kernel
 from .flags import prange
 from .kquant_common import (
     F0, F1, KJIT, KPARALLEL, QK_K, get_f16, make_q3_quants, make_qx_quants, nearest_int, njit,
-    pack_2bit, put_f16,
+    pack_2bit, put_f16, round_divided,
 )
 from .reference import q3_k as ref
 
@@ -57,13 +57,12 @@ def _scale(q, j):
 def _finish_block(x, L, d, out):
     """Re-round with the stored scales, then split each 3-bit quant into hmask + qs."""
     dq = put_f16(out, 108, d)
+    tmp = np.empty(16, np.float32)
     for j in range(16):
         dd = dq * np.float32(_scale(out, j))
         if dd == F0:
             continue
-        for ii in range(16):
-            l = nearest_int(x[16 * j + ii] / dd)
-            L[16 * j + ii] = max(-4, min(3, l)) + 4
+        round_divided(x, 16 * j, 16, None, dd, tmp, L, -4, 3, 4)
     for m in range(32):
         out[m] = 0
     for j in range(QK_K):

@@ -10,7 +10,7 @@ from . import KERNELS, Kernel
 from .flags import prange
 from .kquant_common import (
     F0, KJIT, KPARALLEL, QK_K, get_f16, get_scale_min_k4, make_qkx_quants,
-    make_qp_quants, nearest_int, njit, pack_scale_min_k4, put_f16,
+    make_qp_quants, nearest_int, njit, pack_scale_min_k4, put_f16, round_divided,
 )
 from .reference import q4_k as ref
 
@@ -96,6 +96,7 @@ def search_importance(x, qw, nmax, L, ls, lm):
 def write_head(x, nmax, L, ls, lm, d, dmin, out):
     """Store d, dmin and the scale table (bytes 0..15), then re-round every weight
     with the stored, rounded values into L (0..nmax), as C does before packing."""
+    tmp = np.empty(32, np.float32)
     for j in range(12):
         out[4 + j] = 0
     pack_scale_min_k4(ls, lm, out, 4)
@@ -107,9 +108,7 @@ def write_head(x, nmax, L, ls, lm, d, dmin, out):
         if dd == F0:
             continue
         dm = dmq * np.float32(m)
-        for ii in range(32):
-            l = nearest_int((x[32 * j + ii] + dm) / dd)
-            L[32 * j + ii] = max(0, min(nmax, l))
+        round_divided(x, 32 * j, 32, dm, dd, tmp, L, 0, nmax, 0)
 
 
 @njit(**KJIT)

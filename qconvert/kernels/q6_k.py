@@ -10,7 +10,7 @@ from . import KERNELS, Kernel
 from .flags import prange
 from .kquant_common import (
     F0, F1, GROUP_MAX_EPS, KJIT, KPARALLEL, QK_K, get_f16, make_qx_quants, nearest_int,
-    njit, put_f16,
+    njit, put_f16, round_divided,
 )
 from .reference import q6_k as ref
 
@@ -36,6 +36,7 @@ def _encode_block(x, qw, has_qw, out):
     scales = np.empty(16, np.float32)
     w = np.empty(16, np.float32)
     wx = np.empty(16, np.float32)
+    tmp = np.empty(16, np.float32)
     max_scale = F0
     max_abs_scale = F0
     for ib in range(16):
@@ -61,9 +62,7 @@ def _encode_block(x, qw, has_qw, out):
         dd = d * np.float32(sc)
         if dd == F0:
             continue
-        for ii in range(16):
-            l = nearest_int(x[16 * j + ii] / dd)
-            L[16 * j + ii] = max(-32, min(31, l)) + 32
+        round_divided(x, 16 * j, 16, None, dd, tmp, L, -32, 31, 32)
     for h in range(2):
         j = 128 * h
         for l in range(32):
