@@ -545,3 +545,20 @@ def test_safetensors_output_of_mxfp4_checkpoint_loads_in_transformers(models, tm
             assert torch.equal(model.get_parameter(name), ref[name]), name
     with torch.no_grad():
         assert torch.isfinite(model(torch.tensor([token_ids(models["mxfp4"])])).logits).all()
+
+
+def test_missing_expert_tensors_are_named(models, tmp_path):
+    """A checkpoint without one layer's experts (a shard lost) is refused naming the layer."""
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "no_experts"
+    d.mkdir()
+    for f in models["bf16"].iterdir():
+        if f.suffix != ".safetensors" and f.name != "model.safetensors.index.json":
+            (d / f.name).write_bytes(f.read_bytes())
+    sd: dict = {}
+    for f in sorted(models["bf16"].glob("*.safetensors")):
+        sd.update(load_file(str(f)))
+    save_file({k: v for k, v in sd.items() if "layers.1.mlp.experts" not in k}, str(d / "model.safetensors"))
+    with pytest.raises(qconvert.errors.FormatError, match=r"no expert tensors for layer\(s\) 1"):
+        qconvert.quantize(d, tmp_path / "x.gguf", type="F32", dry_run=True)

@@ -130,6 +130,11 @@ class GptOssAdapter(ArchAdapter):
                                   "expert tensor (gate_up_proj / down_proj, with _bias, or _blocks/_scales)")
             if m is not None:
                 groups.setdefault(m["stem"], {})[m["proj"] + (m["part"] or "")] = hf_name
+        layers = {int(re.search(r"\.layers\.(\d+)\.mlp\.experts$", stem).group(1)) for stem in groups}
+        missing = [i for i in range(self.hp.n_layers) if i not in layers]
+        if missing:
+            raise FormatError(f"{self.hp.source}: no expert tensors for layer(s) {', '.join(map(str, missing[:5]))} "
+                              "(model.layers.N.mlp.experts.*); incomplete download?")
         out = super().tensors()
         for stem, parts in groups.items():
             out += list(self._experts(stem, parts))
