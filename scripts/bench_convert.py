@@ -122,6 +122,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="where checkpoints and outputs go (default: /tmp)")
     ap.add_argument("--check-bytes", action="store_true", help="compare the tensor bytes of both outputs")
     ap.add_argument("--cold", action="store_true", help="also time a first run with an empty numba cache")
+    ap.add_argument("--pooled", action="store_true", help="synthetic weights from one pool of draws (fast to make)")
     a = ap.parse_args()
     src = None if a.no_llama_cpp else llama_src(a.llama_cpp)
     if not a.no_llama_cpp and src is None:
@@ -140,7 +141,7 @@ def main() -> None:
         for model, layers in models:
             if layers is not None:
                 _, total = make_checkpoint(model, layers=layers, hidden=a.hidden, vocab=a.vocab, ff=a.ff,
-                                                 kv=a.kv)
+                                           kv=a.kv, pooled=a.pooled)
                 label = f"{layers}L h{a.hidden} ({total / 1e9:.1f} GB)"
             else:
                 total = sum(f.stat().st_size for f in model.glob("*.safetensors"))

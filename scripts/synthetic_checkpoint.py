@@ -11,7 +11,24 @@ from pathlib import Path
 import numpy as np
 
 
-def write_bf16_safetensors(path: Path, tensors: dict[str, tuple[int, ...]], rng) -> None:
+class Pool:
+    """Normal(0, 0.02) bf16 values for very large checkpoints: one pool of 8M draws, each
+    slice a window of it at a random offset. Drawing 7 billion values one by one takes most
+    of an hour on 2 cores; timing and memory do not need them independent."""
+
+    SIZE = 1 << 23
+
+    def __init__(self, rng) -> None:
+        self.rng = rng
+        bits = (rng.standard_normal(self.SIZE, dtype=np.float32) * 0.02).view(np.uint32) >> 16
+        self.bits = np.concatenate([bits, bits]).astype(np.uint16)
+
+    def take(self, n: int) -> np.ndarray:
+        start = int(self.rng.integers(self.SIZE))
+        return self.bits[start:start + n]
+
+
+def write_bf16_safetensors(path: Path, tensors: dict[str, tuple[int, ...]], rng, pool: Pool | None = None) -> None:
     header, offset = {}, 0
     for name, shape in tensors.items():
         n = int(np.prod(shape)) * 2
@@ -27,6 +44,9 @@ def write_bf16_safetensors(path: Path, tensors: dict[str, tuple[int, ...]], rng)
             per = max(1, (8 << 20) // max(1, int(np.prod(shape)) // rows))
             for r in range(0, rows, per):
                 part = (min(per, rows - r), *shape[1:]) if len(shape) > 1 else shape
+                if pool is not None and int(np.prod(part)) <= Pool.SIZE:
+                    f.write(pool.take(int(np.prod(part))).tobytes())
+                    continue
                 x = (rng.standard_normal(part, dtype=np.float32) * 0.02).view(np.uint32)
                 f.write((x >> 16).astype(np.uint16).tobytes())
 
@@ -48,11 +68,12 @@ def write_spm_tokenizer(d: Path, vocab: int = 1000) -> None:
 
 
 def make_checkpoint(d: Path, layers: int = 24, hidden: int = 1024, vocab: int = 32000, ff: int | None = None,
-                    kv: int | None = None) -> tuple[int, int]:
+                    kv: int | None = None, pooled: bool = False) -> tuple[int, int]:
     """Write the checkpoint into d; return (largest tensor bytes, total tensor bytes).
     ff (feed-forward width) defaults to 2.75 x hidden, kv (rows of k and of v; heads are 64
     wide) to hidden / 4. The tensor shapes of Llama-3-8B: hidden 4096, ff 14336, kv 1024,
-    vocab 128256; of Llama-3.1-405B: hidden 16384, ff 53248, kv 1024, vocab 128256."""
+    vocab 128256; of Llama-3.1-405B: hidden 16384, ff 53248, kv 1024, vocab 128256. `pooled`:
+    values from a `Pool` (fast; for checkpoints of many GB)."""
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     ff = ff or hidden * 11 // 4 // 256 * 256
@@ -73,9 +94,10 @@ def make_checkpoint(d: Path, layers: int = 24, hidden: int = 1024, vocab: int = 
                        p + "mlp.down_proj.weight": (hidden, ff), p + "input_layernorm.weight": (hidden,),
                        p + "post_attention_layernorm.weight": (hidden,)})
     weight_map, largest, total = {}, 0, 0
+    pool = Pool(rng) if pooled else None
     for k, tensors in enumerate(shards):
         fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-        write_bf16_safetensors(d / fname, tensors, rng)
+        write_bf16_safetensors(d / fname, tensors, rng, pool)
         for name, shape in tensors.items():
             weight_map[name] = fname
             n = int(np.prod(shape)) * 2
