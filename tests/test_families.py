@@ -6,7 +6,7 @@ Fixtures (fixtures/family_models.py) are tiny seeded bf16 checkpoints written by
 transformers' own classes, sharded, with each family's quirks switched on. The reference
 is transformers' float32 forward (eager attention) over 24 tokens; llama.cpp runs each
 GGUF over the same ids. Tolerances are fractions of the reference logits' std (1.5-3.1),
-measured over the 21 fixtures. F32 keeps every weight exact, so what remains is llama.cpp's
+measured over the 22 fixtures. F32 keeps every weight exact, so what remains is llama.cpp's
 arithmetic (f16 KV cache): max |diff| 0.0011-0.0029 x std, bound 0.01. F16: 0.0016-0.0045,
 bound 0.02. Q8_0: max 0.056-0.16 and mean 0.011-0.028 x std (correlation >= 0.9993), bounds
 0.3 / 0.05. Q4_K_M on random weights loses far more (mean 0.063-0.25 x std, correlation
@@ -201,6 +201,19 @@ def test_ministral3_yarn_and_temperature(f32):
     assert kv["mistral3.rope.scaling.original_context_length"] == rp["original_max_position_embeddings"]
     assert kv["mistral3.rope.scaling.yarn_log_multiplier"] == pytest.approx(rp["mscale_all_dim"])
     assert kv["mistral3.attention.temperature_scale"] == pytest.approx(rp["llama_4_scaling_beta"])
+
+
+def test_apertus_xielu_parameters_per_layer(f32, family):
+    from safetensors.torch import load_file
+
+    kv, tensors, cfg = f32("apertus")
+    d = family("apertus")[0]
+    index = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
+    for p in ("alpha_n", "alpha_p", "beta", "eps"):
+        names = [f"model.layers.{i}.mlp.act_fn.{p}" for i in range(cfg.num_hidden_layers)]
+        want = [float(load_file(d / index[n])[n].float().reshape(-1)[0]) for n in names]
+        assert list(kv[f"xielu.{p}"]) == pytest.approx(want, rel=1e-6), p  # gguf-py keys these without the arch
+    assert not [n for n in tensors if "act_fn" in n or "xielu" in n]
 
 
 def test_mistral3_text_part_only(f32):

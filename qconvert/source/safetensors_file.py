@@ -181,10 +181,11 @@ def overlaps(entries: dict[str, Entry]) -> list[tuple[Entry, Entry, str]]:
 def _widen(arr: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "BF16":
         # bf16 is the high half of a float32: place the bits into zeroed words (one
-        # strided copy; calloc'd zeros cost nothing until touched)
-        out = np.zeros(arr.shape, dtype=np.uint32)
-        out.view(np.uint16)[..., 1::2] = arr
-        return out.view(np.float32)
+        # strided copy; calloc'd zeros cost nothing until touched); flat, as numpy cannot
+        # view a 0-d array (Apertus' per-layer xIELU scalars) as another item size
+        out = np.zeros(arr.size, dtype=np.uint32)
+        out.view(np.uint16)[1::2] = arr.reshape(-1)
+        return out.view(np.float32).reshape(arr.shape)
     return arr.astype(np.float32)
 
 
