@@ -230,3 +230,29 @@ def test_safetensors_output_writes_a_decoded_tensor_kept_dense_as_floats(made, t
     want = (tensors["lm_head.weight"].to(torch.float32) * scale).to(torch.bfloat16)
     assert out["lm_head.weight"].dtype == torch.bfloat16 and torch.equal(out["lm_head.weight"], want)
     assert "lm_head.weight_scale_inv" not in out
+
+
+@pytest.mark.parametrize("kind", ["gptq", "awq"])
+def test_gptq_and_awq_kernels_equal_their_numpy_twins(kind):
+    """kernels/packed_int (numba, one pass) against source/int_packed (NumPy), on random
+    words (every code and zero point) and act-order groups, from a row that is not a
+    word boundary."""
+    from qconvert.kernels import packed_int
+    from qconvert.source import int_packed
+
+    rng = np.random.default_rng(7)
+    n_out, n_in, group = 96, 256, 64
+    start, stop = 13, 83
+    scales = rng.standard_normal((n_in // group, n_out)).astype(np.float32)
+    if kind == "gptq":
+        qw = rng.integers(0, 2**32, size=(n_in // 8, n_out), dtype=np.uint32).view(np.int32)
+        qz = rng.integers(0, 2**32, size=(n_in // group, n_out // 8), dtype=np.uint32).view(np.int32)
+        g_idx = rng.permutation(n_in) // group
+        twin = int_packed.gptq_rows(qw, qz, scales[:, start:stop], g_idx, 4, group, 1, start, stop)
+        fast = packed_int.gptq_rows(qw, qz, scales[:, start:stop], g_idx, 4, 1, start, stop)
+    else:
+        qw = rng.integers(0, 2**32, size=(n_in, n_out // 8), dtype=np.uint32).view(np.int32)
+        qz = rng.integers(0, 2**32, size=(n_in // group, n_out // 8), dtype=np.uint32).view(np.int32)
+        twin = int_packed.awq_rows(qw, qz, scales[:, start:stop], group, start, stop)
+        fast = packed_int.awq_rows(qw, qz, scales[:, start:stop], group, start, stop)
+    assert fast.shape == (stop - start, n_in) and np.array_equal(fast, twin)

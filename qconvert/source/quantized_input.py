@@ -232,7 +232,9 @@ def _packed(parts: Parts, p: str) -> Quantized:
 
 
 def _qweight(parts: Parts, p: str) -> Quantized:
-    """AutoGPTQ or AutoAWQ."""
+    """AutoGPTQ or AutoAWQ, decoded by numba (kernels/packed_int.py; NumPy twins in int_packed)."""
+    from ..kernels import packed_int
+
     qw, qz, sc, gi = (p + s for s in (".qweight", ".qzeros", ".scales", ".g_idx"))
     for n in (qz, sc):
         parts.need(qw, n)
@@ -248,7 +250,7 @@ def _qweight(parts: Parts, p: str) -> Quantized:
                                    f"{[r, c]} is not supported (AutoAWQ GEMM 4-bit is)")
         shape, group = (n_out, r), r // n_groups
         return Quantized(p + ".weight", shape, "I4", f"AWQ int4 (groups of {group})", (qw, qz, sc),
-                         lambda a, b: int_packed.awq_rows(parts.raw(qw), parts.raw(qz), scales(a, b), group, a, b),
+                         lambda a, b: packed_int.awq_rows(parts.raw(qw), parts.raw(qz), scales(a, b), group, a, b),
                          by_rows=False)
     g_idx = parts.raw(gi) if parts.has(gi) else None
     bits = parts.qc.get("bits", 4)
@@ -261,9 +263,10 @@ def _qweight(parts: Parts, p: str) -> Quantized:
     zero_offset = 0 if str(parts.qc.get("checkpoint_format", "gptq")).lower() == "gptq_v2" else 1
     group = n_in // n_groups
     used = (qw, qz, sc) + ((gi,) if g_idx is not None else ())
+    groups = int_packed.columns_to_groups(n_in, group, g_idx)
     return Quantized(p + ".weight", (n_out, n_in), f"I{bits}", f"GPTQ int{bits} (groups of {group})", used,
-                     lambda a, b: int_packed.gptq_rows(parts.raw(qw), parts.raw(qz), scales(a, b), g_idx, bits,
-                                                       group, zero_offset, a, b),
+                     lambda a, b: packed_int.gptq_rows(parts.raw(qw), parts.raw(qz), scales(a, b), groups, bits,
+                                                       zero_offset, a, b),
                      by_rows=False)
 
 
