@@ -249,7 +249,7 @@ def test_mxfp4_experts_are_the_checkpoints_bytes(models, type_name):
 
 
 # -- llama.cpp's quantizer ------------------------------------------------------------------
-def llama_quantize(src: Path, out: Path, preset: str) -> dict:
+def llama_quantize(src: Path, out: Path, preset: str, allow_requantize: bool = False) -> dict:
     """llama.cpp's quantizer (llama-quantize's library call) on 2 threads; name -> tensor."""
     import ctypes
 
@@ -257,6 +257,7 @@ def llama_quantize(src: Path, out: Path, preset: str) -> dict:
 
     p = llama_cpp.llama_model_quantize_default_params()
     p.ftype, p.nthread = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{preset}"), 2
+    p.allow_requantize = allow_requantize
     assert llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(p)) == 0
     return _tensors(out)
 
@@ -270,6 +271,17 @@ def test_types_and_bytes_equal_llama_quantize(models, preset):
     assert {n: t.tensor_type.name for n, t in ours.items()} == {n: t.tensor_type.name for n, t in theirs.items()}
     differ = [n for n, t in ours.items() if not np.array_equal(np.asarray(t.data), np.asarray(theirs[n].data))]
     assert differ == []
+
+
+def test_requantized_mxfp4_equals_llama_quantize_allow_requantize(models):
+    """--allow-requantize to Q4_K_M from the MXFP4 checkpoint: the bytes llama-quantize
+    --allow-requantize makes from the F32 file holding the MXFP4 experts (experts decoded,
+    Q4_K / Q6_K by the mix)."""
+    theirs = llama_quantize(converted(models, "mxfp4", "F32"), models["root"] / "llama-rq.gguf", "Q4_K_M",
+                            allow_requantize=True)
+    ours = _tensors(converted(models, "mxfp4", "Q4_K_M", allow_requantize=True))
+    assert {n: t.tensor_type.name for n, t in ours.items()} == {n: t.tensor_type.name for n, t in theirs.items()}
+    assert [n for n, t in ours.items() if not np.array_equal(np.asarray(t.data), np.asarray(theirs[n].data))] == []
 
 
 # -- metadata and refusals ------------------------------------------------------------------
