@@ -582,3 +582,19 @@ def test_shared_expert_gate_stays_f32(type_name, moe):
     res = qconvert.quantize(moe("qwen2_moe"), None, type=type_name, dry_run=True)
     gates = [tp for tp in res.plan.tensors if tp.name.endswith("ffn_gate_inp_shexp.weight")]
     assert gates and {tp.qtype.name for tp in gates} == {"F32"}
+
+
+def test_memory_estimate_counts_mla_cache_as_llama_cpp_allocates(moe, tmp_path):
+    """DeepSeek's MLA: llama.cpp caches one K row of kv_lora_rank + qk_rope_head_dim per token
+    and layer and no V (measured: 1024 cells x 3 layers -> 'K (f16): 1.69 MiB, V (f16): 0.00
+    MiB' for this fixture); the estimate from config.json and from the GGUF says the same,
+    where counting its 4 heads of K and V would give several times more."""
+    from qconvert.plan.memory import kv_cache_bytes_for
+    from qconvert.plan.model_shape import model_shape_from_dir, read_gguf_model
+
+    d = moe("deepseek_v3")
+    cfg = json.loads((d / "config.json").read_text())
+    want = 1024 * cfg["num_hidden_layers"] * (cfg["kv_lora_rank"] + cfg["qk_rope_head_dim"]) * 2
+    assert kv_cache_bytes_for(model_shape_from_dir(d), 1024) == want
+    out = qconvert.quantize(d, tmp_path / "f16.gguf", type="F16").output
+    assert kv_cache_bytes_for(read_gguf_model(out).shape, 1024) == want

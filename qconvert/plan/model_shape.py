@@ -57,7 +57,7 @@ class ModelShape:
         """Per layer: (KV heads, K head size, V head size, uses the sliding window)."""
         heads = self.kv_heads_per_layer or (self.n_kv_heads,) * self.n_layers
         k = self.key_length or self.head_dim
-        v = self.value_length or self.head_dim
+        v = self.head_dim if self.value_length is None else self.value_length  # 0: no V cache (MLA)
         swa = self.sliding_layers if self.sliding_window else None
         return [(h, k, v, bool(swa[i]) if swa else False) for i, h in enumerate(heads)]
 
@@ -105,6 +105,12 @@ def model_shape_from_config(cfg: dict, where: str = "config.json") -> ModelShape
         hd = need("head_dim")
     else:
         hd = need("hidden_size") // need("num_attention_heads")
+    k_len = v_len = None
+    if opt("kv_lora_rank") and opt("qk_rope_head_dim"):
+        # DeepSeek's MLA: llama.cpp caches each token's compressed vector and rope part as
+        # one K head (kv_lora_rank + qk_rope_head_dim) and no V (it reads V out of K)
+        kv, hd = 1, c["kv_lora_rank"] + c["qk_rope_head_dim"]
+        k_len, v_len = hd, 0
     window, swa = opt("sliding_window"), None
     if window and c.get("use_sliding_window") is not False:
         lt = c.get("layer_types")
@@ -116,8 +122,8 @@ def model_shape_from_config(cfg: dict, where: str = "config.json") -> ModelShape
             swa = _swa_from_period(layers, DEFAULT_SWA_PERIOD[c["model_type"]])
     if not swa or not any(swa):
         window, swa = None, None
-    return ModelShape(layers, kv, hd, sliding_window=window, sliding_layers=swa,
-                      max_context=opt("max_position_embeddings"), n_vocab=opt("vocab_size"))
+    return ModelShape(layers, kv, hd, key_length=k_len, value_length=v_len, sliding_window=window,
+                      sliding_layers=swa, max_context=opt("max_position_embeddings"), n_vocab=opt("vocab_size"))
 
 
 def model_shape_from_dir(model_dir: str | Path) -> ModelShape:
@@ -243,6 +249,8 @@ def read_gguf_model(path: str | Path) -> GGUFModel:
     n_embd, n_head = _gguf_int(val("embedding_length")), max(heads or (0,))
     fallback = n_embd // n_head if n_embd and n_head else None
     k_len, v_len = k_len or fallback, v_len or k_len or fallback
+    if val("attention.kv_lora_rank") is not None and val("attention.key_length_mla") is not None:
+        v_len = 0  # MLA (deepseek2 and kin): llama.cpp keeps no V cache, V is read out of K
     if not k_len:
         model.shape_problem = f"{path}: no {arch}.attention.key_length, nor embedding_length and head_count"
         return model
