@@ -48,26 +48,31 @@ def stable_order(xb, n, idx):
 
 
 @njit(**JIT)
-def best_neighbour(neighbours, kmap_entry, grid, xb, weight, o, scale, xx, L):
+def best_neighbour(neighbours, kmap_entry, tix, xb, weight, o, scale, xx, L, terms):
     """ggml's iq1_find_best_neighbour2: the listed neighbour with least sum
-    w*(scale*xx[level] - x)^2 (first on a tie); its levels go to L[o:o+8]."""
+    w*(scale*xx[level] - x)^2 (first on a tie); its levels go to L[o:o+8]. As in
+    grid_search.best_neighbour8 the 24 possible terms are computed once (exactly as the
+    per-neighbour loop computes them) and each neighbour sums its 8 in order; `tix` is
+    tables().term_index, `terms` (24,) scratch."""
+    for i in range(8):
+        for lv in range(3):
+            diff = scale * xx[lv] - xb[o + i]
+            terms[3 * i + lv] = weight[o + i] * diff * diff
     start = -kmap_entry - 1
     best_d2 = FLT_MAX
     best = -1
     for j in range(1, np.int64(neighbours[start]) + 1):
         g = np.int64(neighbours[start + j])
-        d2 = F0
-        for i in range(8):
-            q = xx[(grid[g, i] - 1) // 2]
-            diff = scale * q - xb[o + i]
-            d2 += weight[o + i] * diff * diff
+        t = tix[g]
+        d2 = terms[t[0]] + terms[t[1]] + terms[t[2]] + terms[t[3]]
+        d2 = d2 + terms[t[4]] + terms[t[5]] + terms[t[6]] + terms[t[7]]
         if d2 < best_d2:
             best_d2 = d2
             best = g
     if best < 0:  # llama.cpp falls back to a scan that reads past its array, then aborts
         raise ValueError("i-quant neighbour search found no finite error (weights too large or not finite)")
     for i in range(8):
-        L[o + i] = (grid[best, i] - 1) // 2
+        L[o + i] = tix[best, i] - 3 * i
     return best
 
 
@@ -121,7 +126,7 @@ def _s_split(xb, weight, idx, sumx, sumw):
 
 
 @njit(**JIT)
-def encode_s_block(x, qw, grid, kmap, neighbours, out):
+def encode_s_block(x, qw, grid, tix, kmap, neighbours, out):
     """One IQ1_S super-block (50 bytes; layout in iq1_s.py)."""
     for k in range(out.shape[0]):
         out[k] = 0
@@ -132,6 +137,7 @@ def encode_s_block(x, qw, grid, kmap, neighbours, out):
     sumw = np.empty(33, np.float32)
     L = np.empty(32, np.int8)
     index = np.empty(4, np.int64)
+    terms = np.empty(24, np.float32)
     scales = np.zeros(8, np.float32)
     shifts = np.ones(8, np.int64)
     max_scale = F0
@@ -160,7 +166,7 @@ def encode_s_block(x, qw, grid, kmap, neighbours, out):
             gi = _group(kmap, L, 8 * k)
             if gi < 0:
                 all_on = False
-                gi = best_neighbour(neighbours, gi, grid, xb, weight, 8 * k, scale, xx, L)
+                gi = best_neighbour(neighbours, gi, tix, xb, weight, 8 * k, scale, xx, L, terms)
             index[k] = gi
         if not all_on:
             sumqx = F0
@@ -202,13 +208,16 @@ def _m_weights(x, qw, has_qw, ib, sigma2, weight):
 
 
 @njit(**JIT)
-def _m_split(xb, weight, idx):
+def _m_split(xb, weight, idx, px, pw):
     """IQ1_M's split search over one sorted 16-weight sub-block, each half with its own
     shift (k: 0 = ++, 1 = +-, 2 = -+, 3 = --); returns (scale, i1, i2, k), k < 0 when
-    nothing scored. The prefix sums are kept per half, and since the level values differ
-    by 1, a split's sums collapse to T*v2 - px[i1] - px[i2] (as ggml computes them)."""
-    px = np.zeros((2, 17), np.float32)
-    pw = np.zeros((2, 17), np.float32)
+    nothing scored. The prefix sums px, pw (2, 17) are kept per half, and since the level
+    values differ by 1, a split's sums collapse to T*v2 - px[i1] - px[i2] (as ggml
+    computes them; scalars here so that the 153 x 4 candidates stay in registers)."""
+    px[0, 0] = F0
+    px[1, 0] = F0
+    pw[0, 0] = F0
+    pw[1, 0] = F0
     for j in range(16):
         i = idx[j]
         h = 0 if i < 8 else 1
@@ -222,35 +231,30 @@ def _m_split(xb, weight, idx):
     cp2 = X_P[1] * X_P[1] - X_P[2] * X_P[2]
     cm1 = X_M[0] * X_M[0] - X_M[1] * X_M[1]
     cm2 = X_M[1] * X_M[1] - X_M[2] * X_M[2]
-    qx_p = np.empty(2, np.float32)
-    qx_m = np.empty(2, np.float32)
-    q2_p = np.empty(2, np.float32)
-    q2_m = np.empty(2, np.float32)
-    sumqx = np.empty(4, np.float32)
-    sumq2 = np.empty(4, np.float32)
+    tx0, tx1, tw0, tw1 = px[0, 16], px[1, 16], pw[0, 16], pw[1, 16]
+    tx0p, tx0m, tx1p, tx1m = tx0 * p2, tx0 * m2, tx1 * p2, tx1 * m2
+    tw0p, tw0m, tw1p, tw1m = tw0 * p2 * p2, tw0 * m2 * m2, tw1 * p2 * p2, tw1 * m2 * m2
     best_score = -FLT_MAX
     scale = F0
     b1, b2, bk = -1, -1, -1
     for i1 in range(17):
         for i2 in range(i1, 17):
-            for h in range(2):
-                sx = px[h, i1] + px[h, i2]
-                qx_p[h] = px[h, 16] * p2 - sx
-                qx_m[h] = px[h, 16] * m2 - sx
-                q2_p[h] = pw[h, 16] * p2 * p2 + pw[h, i1] * cp1 + pw[h, i2] * cp2
-                q2_m[h] = pw[h, 16] * m2 * m2 + pw[h, i1] * cm1 + pw[h, i2] * cm2
-            sumqx[0] = qx_p[0] + qx_p[1]
-            sumqx[1] = qx_p[0] + qx_m[1]
-            sumqx[2] = qx_m[0] + qx_p[1]
-            sumqx[3] = qx_m[0] + qx_m[1]
-            sumq2[0] = q2_p[0] + q2_p[1]
-            sumq2[1] = q2_p[0] + q2_m[1]
-            sumq2[2] = q2_m[0] + q2_p[1]
-            sumq2[3] = q2_m[0] + q2_m[1]
+            sx0 = px[0, i1] + px[0, i2]
+            sx1 = px[1, i1] + px[1, i2]
+            qxp0 = tx0p - sx0
+            qxm0 = tx0m - sx0
+            qxp1 = tx1p - sx1
+            qxm1 = tx1m - sx1
+            q2p0 = tw0p + pw[0, i1] * cp1 + pw[0, i2] * cp2
+            q2m0 = tw0m + pw[0, i1] * cm1 + pw[0, i2] * cm2
+            q2p1 = tw1p + pw[1, i1] * cp1 + pw[1, i2] * cp2
+            q2m1 = tw1m + pw[1, i1] * cm1 + pw[1, i2] * cm2
             for k in range(4):
-                if sumq2[k] > F0 and sumqx[k] * sumqx[k] > best_score * sumq2[k]:
-                    scale = sumqx[k] / sumq2[k]
-                    best_score = scale * sumqx[k]
+                sumqx = (qxp0 if k < 2 else qxm0) + (qxp1 if k % 2 == 0 else qxm1)
+                sumq2 = (q2p0 if k < 2 else q2m0) + (q2p1 if k % 2 == 0 else q2m1)
+                if sumq2 > F0 and sumqx * sumqx > best_score * sumq2:
+                    scale = sumqx / sumq2
+                    best_score = scale * sumqx
                     b1, b2, bk = i1, i2, k
     return scale, b1, b2, bk
 
@@ -264,7 +268,7 @@ def _m_values(k, shift):
 
 
 @njit(**JIT)
-def encode_m_block(x, qw, has_qw, grid, kmap, neighbours, out):
+def encode_m_block(x, qw, has_qw, grid, tix, kmap, neighbours, out):
     """One IQ1_M super-block (56 bytes; layout in iq1_m.py)."""
     for k in range(out.shape[0]):
         out[k] = 0
@@ -273,6 +277,9 @@ def encode_m_block(x, qw, has_qw, grid, kmap, neighbours, out):
     idx = np.empty(16, np.int64)
     L = np.empty(16, np.int8)
     index = np.empty(2, np.int64)
+    terms = np.empty(24, np.float32)
+    px = np.empty((2, 17), np.float32)
+    pw = np.empty((2, 17), np.float32)
     scales = np.zeros(16, np.float32)
     shifts = np.zeros(16, np.int64)
     max_scale = F0
@@ -285,7 +292,7 @@ def encode_m_block(x, qw, has_qw, grid, kmap, neighbours, out):
         if mx < EPS_M:
             continue
         stable_order(xb, 16, idx)
-        scale, i1, i2, shift = _m_split(xb, weight, idx)
+        scale, i1, i2, shift = _m_split(xb, weight, idx, px, pw)
         if i1 < 0 or i2 < 0 or shift < 0:
             continue
         _levels_from_split(idx, 16, i1, i2, L)
@@ -299,7 +306,7 @@ def encode_m_block(x, qw, has_qw, grid, kmap, neighbours, out):
             gi = _group(kmap, L, 8 * k)
             if gi < 0:
                 all_on = False
-                gi = best_neighbour(neighbours, gi, grid, xb, weight, 8 * k, scale, _m_values(k, shift), L)
+                gi = best_neighbour(neighbours, gi, tix, xb, weight, 8 * k, scale, _m_values(k, shift), L, terms)
             index[k] = gi
         if not all_on:
             sumqx = F0
@@ -337,7 +344,7 @@ def encode_m_block(x, qw, has_qw, grid, kmap, neighbours, out):
             gi = np.int64(out[2 * ib + k]) + ((qh << (8 - 4 * k)) & 0x700)
             for j in range(8):
                 w = weight[8 * k + j]
-                q = xx[(grid[gi, j] - 1) // 2] * np.float32(2 * l + 1)
+                q = xx[(grid[gi, j] - 1) >> 1] * np.float32(2 * l + 1)
                 sumqx += w * q * x[16 * ib + 8 * k + j]
                 sumq2 += w * q * q
     if sumq2 > F0:

@@ -25,11 +25,11 @@ TYPE_SIZE = 50
 
 
 @njit(**PARALLEL)
-def _encode(x, imp, grid, kmap, neighbours):
+def _encode(x, imp, grid, tix, kmap, neighbours):
     n = x.shape[0]
     out = np.empty((n, TYPE_SIZE), np.uint8)
     for b in prange(n):
-        encode_s_block(x[b], imp[b], grid, kmap, neighbours, out[b])
+        encode_s_block(x[b], imp[b], grid, tix, kmap, neighbours, out[b])
     return out
 
 
@@ -54,7 +54,7 @@ def _decode(q, values):
 def encode(x: np.ndarray, importance: np.ndarray | None = None) -> np.ndarray:
     require_importance("IQ1_S", importance)
     t = tables("IQ1_S")
-    return _encode(x, importance, t.grid, t.kmap, t.neighbours)
+    return _encode(x, importance, t.grid, t.term_index, t.kmap, t.neighbours)
 
 
 def decode(q: np.ndarray) -> np.ndarray:

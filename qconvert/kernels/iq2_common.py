@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .flags import JIT, njit
-from .grid_search import best_neighbour, fit, largest, round_group, split_signs
+from .grid_search import best_neighbour8, fit, largest, round_group, split_signs
 from .kquant_common import F0, F1, GROUP_MAX_EPS, make_qp_quants, nearest_int, put_f16
 
 F5 = np.float32(5.0)
@@ -60,7 +60,7 @@ def _scale_nibble(id_, scale):
 
 
 @njit(**JIT)
-def _xxs_sub_block(xb, weight, waux, grid, kmap, neighbours, xval, L, signs):
+def _xxs_sub_block(xb, weight, waux, grid, tix, kmap, neighbours, xval, L, signs, terms):
     """One 32-weight sub-block of IQ2_XXS; returns its scale (< 0: all zero, skipped)."""
     split_signs(xb, weight, 4, True, xval, signs)
     mx = largest(xval, 32)
@@ -81,7 +81,7 @@ def _xxs_sub_block(xb, weight, waux, grid, kmap, neighbours, xval, L, signs):
         for k in range(4):
             u = round_group(id_, xval, 8 * k, 8, 2, 2, Laux)
             if kmap[u] < 0:
-                best_neighbour(neighbours, kmap[u], grid, xval, waux, 8 * k, this_scale, Laux)
+                best_neighbour8(neighbours, kmap[u], tix, xval, waux, 8 * k, this_scale, Laux, terms)
         sumqx, sumq2 = fit(weight, xval, Laux, 32)
         if sumq2 > F0 and sumqx * sumqx > best * sumq2:
             scale = sumqx / sumq2
@@ -94,9 +94,9 @@ def _xxs_sub_block(xb, weight, waux, grid, kmap, neighbours, xval, L, signs):
             u = round_group(id_, xval, 8 * k, 8, 2, 2, Laux)
             gi = kmap[u]
             if gi < 0:
-                gi = best_neighbour(neighbours, gi, grid, xval, waux, 8 * k, scale, L)
+                gi = best_neighbour8(neighbours, gi, tix, xval, waux, 8 * k, scale, L, terms)
             for i in range(8):
-                L[8 * k + i] = (grid[gi, i] - 1) // 2
+                L[8 * k + i] = (grid[gi, i] - 1) >> 1
         sumqx, sumq2 = fit(weight, xval, L, 32)
         if sumq2 > F0:
             scale = sumqx / sumq2
@@ -108,7 +108,7 @@ def _xxs_sub_block(xb, weight, waux, grid, kmap, neighbours, xval, L, signs):
 
 
 @njit(**JIT)
-def encode_xxs_block(x, qw, grid, kmap, neighbours, out):
+def encode_xxs_block(x, qw, grid, tix, kmap, neighbours, out):
     """One IQ2_XXS super-block (66 bytes; layout in iq2_xxs.py)."""
     for k in range(out.shape[0]):
         out[k] = 0
@@ -118,11 +118,13 @@ def encode_xxs_block(x, qw, grid, kmap, neighbours, out):
     xval = np.empty(32, np.float32)
     L = np.empty(32, np.int8)
     signs = np.empty(4, np.int64)
+    terms = np.empty(24, np.float32)
     scales = np.zeros(8, np.float32)
     max_scale = F0
     for ib in range(8):
         _weights(x, qw, 32 * ib, 32, sigma2, weight, waux)
-        scale = _xxs_sub_block(x[32 * ib:32 * ib + 32], weight, waux, grid, kmap, neighbours, xval, L, signs)
+        scale = _xxs_sub_block(x[32 * ib:32 * ib + 32], weight, waux, grid, tix, kmap, neighbours, xval, L, signs,
+                               terms)
         if scale < F0:
             continue
         for k in range(4):
@@ -144,7 +146,7 @@ def encode_xxs_block(x, qw, grid, kmap, neighbours, out):
 
 
 @njit(**JIT)
-def _xs_sub_block(xb, weight, waux, grid, kmap, neighbours, xval, L, signs, even, eps):
+def _xs_sub_block(xb, weight, waux, grid, tix, kmap, neighbours, xval, L, signs, even, eps, terms):
     """One 16-weight sub-block of IQ2_XS (even sign parity) or IQ2_S (8 sign bits);
     returns its scale (< 0: all zero, skipped)."""
     split_signs(xb, weight, 2, even, xval, signs)
@@ -165,7 +167,7 @@ def _xs_sub_block(xb, weight, waux, grid, kmap, neighbours, xval, L, signs, even
             u = round_group(id_, xval, 8 * k, 8, 2, 2, Laux)
             on_aux[k] = kmap[u] >= 0
             if not on_aux[k]:
-                best_neighbour(neighbours, kmap[u], grid, xval, waux, 8 * k, this_scale, Laux)
+                best_neighbour8(neighbours, kmap[u], tix, xval, waux, 8 * k, this_scale, Laux, terms)
         sumqx, sumq2 = fit(weight, xval, Laux, 16)
         if sumq2 > F0 and sumqx * sumqx > best * sumq2:
             scale = sumqx / sumq2
@@ -181,7 +183,7 @@ def _xs_sub_block(xb, weight, waux, grid, kmap, neighbours, xval, L, signs, even
                 continue
             u = round_group(id_, xval, 8 * k, 8, 2, 2, L)
             if kmap[u] < 0:
-                best_neighbour(neighbours, kmap[u], grid, xval, waux, 8 * k, scale, L)
+                best_neighbour8(neighbours, kmap[u], tix, xval, waux, 8 * k, scale, L, terms)
         sumqx, sumq2 = fit(weight, xval, L, 16)
         if sumq2 > F0:
             scale = sumqx / sumq2
@@ -193,7 +195,7 @@ def _xs_sub_block(xb, weight, waux, grid, kmap, neighbours, xval, L, signs, even
 
 
 @njit(**JIT)
-def encode_xs_block(x, qw, grid, kmap, neighbours, out):
+def encode_xs_block(x, qw, grid, tix, kmap, neighbours, out):
     """One IQ2_XS super-block (74 bytes; layout in iq2_xs.py)."""
     for k in range(out.shape[0]):
         out[k] = 0
@@ -203,12 +205,13 @@ def encode_xs_block(x, qw, grid, kmap, neighbours, out):
     xval = np.empty(16, np.float32)
     L = np.empty(16, np.int8)
     signs = np.empty(2, np.int64)
+    terms = np.empty(24, np.float32)
     scales = np.zeros(16, np.float32)
     max_scale = F0
     for ib in range(16):
         _weights(x, qw, 16 * ib, 16, sigma2, weight, waux)
-        scale = _xs_sub_block(x[16 * ib:16 * ib + 16], weight, waux, grid, kmap, neighbours, xval, L, signs,
-                              True, GROUP_MAX_EPS)
+        scale = _xs_sub_block(x[16 * ib:16 * ib + 16], weight, waux, grid, tix, kmap, neighbours, xval, L, signs,
+                              True, GROUP_MAX_EPS, terms)
         if scale < F0:
             continue
         for k in range(2):
@@ -229,7 +232,7 @@ def encode_xs_block(x, qw, grid, kmap, neighbours, out):
 
 
 @njit(**JIT)
-def encode_s_block(x, qw, has_qw, grid, kmap, neighbours, out):
+def encode_s_block(x, qw, has_qw, grid, tix, kmap, neighbours, out):
     """One IQ2_S super-block (82 bytes; layout in iq2_s.py): IQ2_XS's search with 8 stored
     sign bits, weights from sigma2 = 2*mean(x^2) (qw * sqrt(sigma2 + x^2), or without
     importance sigma2/4 + x^2), eps 1e-8, and d stored times 0.9875."""
@@ -241,6 +244,7 @@ def encode_s_block(x, qw, has_qw, grid, kmap, neighbours, out):
     xval = np.empty(16, np.float32)
     L = np.empty(16, np.int8)
     signs = np.empty(2, np.int64)
+    terms = np.empty(24, np.float32)
     scales = np.zeros(16, np.float32)
     max_scale = F0
     for ib in range(16):
@@ -250,8 +254,8 @@ def encode_s_block(x, qw, has_qw, grid, kmap, neighbours, out):
             for i in range(16):
                 weight[i] = np.float32(0.25) * sigma2 + x[16 * ib + i] * x[16 * ib + i]
                 waux[i] = np.sqrt(weight[i])
-        scale = _xs_sub_block(x[16 * ib:16 * ib + 16], weight, waux, grid, kmap, neighbours, xval, L, signs,
-                              False, EPS_S)
+        scale = _xs_sub_block(x[16 * ib:16 * ib + 16], weight, waux, grid, tix, kmap, neighbours, xval, L, signs,
+                              False, EPS_S, terms)
         if scale < F0:
             continue
         for k in range(2):

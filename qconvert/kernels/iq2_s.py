@@ -26,11 +26,11 @@ TYPE_SIZE = 82
 
 
 @njit(**PARALLEL)
-def _encode(x, imp, has_imp, grid, kmap, neighbours):
+def _encode(x, imp, has_imp, grid, tix, kmap, neighbours):
     n = x.shape[0]
     out = np.empty((n, TYPE_SIZE), np.uint8)
     for b in prange(n):
-        encode_s_block(x[b], imp[b] if has_imp else x[b], has_imp, grid, kmap, neighbours, out[b])
+        encode_s_block(x[b], imp[b] if has_imp else x[b], has_imp, grid, tix, kmap, neighbours, out[b])
     return out
 
 
@@ -57,8 +57,8 @@ def _decode(q, values):
 def encode(x: np.ndarray, importance: np.ndarray | None = None) -> np.ndarray:
     t = tables("IQ2_S")
     if importance is None:
-        return _encode(x, x, False, t.grid, t.kmap, t.neighbours)
-    return _encode(x, importance, True, t.grid, t.kmap, t.neighbours)
+        return _encode(x, x, False, t.grid, t.term_index, t.kmap, t.neighbours)
+    return _encode(x, importance, True, t.grid, t.term_index, t.kmap, t.neighbours)
 
 
 def decode(q: np.ndarray) -> np.ndarray:

@@ -27,11 +27,11 @@ KSIGNS = np.frombuffer(gq.IQ2_XXS.ksigns, np.uint8).copy()
 
 
 @njit(**PARALLEL)
-def _encode(x, imp, grid, kmap, neighbours):
+def _encode(x, imp, grid, tix, kmap, neighbours):
     n = x.shape[0]
     out = np.empty((n, TYPE_SIZE), np.uint8)
     for b in prange(n):
-        encode_xxs_block(x[b], imp[b], grid, kmap, neighbours, out[b])
+        encode_xxs_block(x[b], imp[b], grid, tix, kmap, neighbours, out[b])
     return out
 
 
@@ -59,7 +59,7 @@ def _decode(q, values, ksigns):
 def encode(x: np.ndarray, importance: np.ndarray | None = None) -> np.ndarray:
     require_importance("IQ2_XXS", importance)
     t = tables("IQ2_XXS")
-    return _encode(x, importance, t.grid, t.kmap, t.neighbours)
+    return _encode(x, importance, t.grid, t.term_index, t.kmap, t.neighbours)
 
 
 def decode(q: np.ndarray) -> np.ndarray:

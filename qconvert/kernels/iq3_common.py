@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from .flags import JIT, njit
-from .grid_search import best_neighbour, fit, largest, round_group, split_signs
+from .grid_search import best_neighbour4, fit, largest, round_group, split_signs
 from .kquant_common import F0, F1, nearest_int, put_f16
 
 EPS_XXS = np.float32(1e-8)  # GROUP_MAX_EPS_IQ3_XXS
@@ -32,7 +32,7 @@ F15 = np.float32(15.0)
 
 
 @njit(**JIT)
-def _sub_block(xb, weight, waux, xxs, grid, kmap, neighbours, xval, L, signs):
+def _sub_block(xb, weight, waux, xxs, grid, levels, kmap, neighbours, xval, L, signs, sg):
     """Search one 32-weight sub-block; L gets its levels, signs its sign bytes. Returns
     its scale, or -1 when the sub-block is (treated as) all zero."""
     for i in range(32):
@@ -58,7 +58,7 @@ def _sub_block(xb, weight, waux, xxs, grid, kmap, neighbours, xval, L, signs):
             u = round_group(id_, xval, 4 * k, 4, 3, 7, Laux)
             on_aux[k] = kmap[u] >= 0
             if not on_aux[k]:
-                best_neighbour(neighbours, kmap[u], grid, xval, waux, 4 * k, this_scale, Laux)
+                best_neighbour4(neighbours, kmap[u], levels, xval, waux, 4 * k, this_scale, Laux, sg)
         sumqx, sumq2 = fit(weight, xval, Laux, 32)
         if sumq2 > F0 and sumqx * sumqx > best * sumq2:
             scale = sumqx / sumq2
@@ -79,9 +79,9 @@ def _sub_block(xb, weight, waux, xxs, grid, kmap, neighbours, xval, L, signs):
             u = round_group(id_, xval, 4 * k, 4, 3, 7, Laux)
             gi = kmap[u]
             if gi < 0:
-                gi = best_neighbour(neighbours, gi, grid, xval, waux, 4 * k, scale, L)
+                gi = best_neighbour4(neighbours, gi, levels, xval, waux, 4 * k, scale, L, sg)
             for i in range(4):
-                L[4 * k + i] = (grid[gi, i] - 1) // 2
+                L[4 * k + i] = (grid[gi, i] - 1) >> 1
         sumqx, sumq2 = fit(weight, xval, L, 32)
         if sumq2 > F0:
             scale = sumqx / sumq2
@@ -104,7 +104,7 @@ def _group_index(kmap, L, k):
 
 
 @njit(**JIT)
-def encode_block(x, qw, has_qw, xxs, grid, kmap, neighbours, out):
+def encode_block(x, qw, has_qw, xxs, grid, levels, kmap, neighbours, out):
     """One 256-weight super-block into `out` (98 bytes for XXS, 110 for S; layouts drawn in
     iq3_xxs.py and iq3_s.py)."""
     for k in range(out.shape[0]):
@@ -118,6 +118,7 @@ def encode_block(x, qw, has_qw, xxs, grid, kmap, neighbours, out):
     xval = np.empty(32, np.float32)
     L = np.empty(32, np.int8)
     signs = np.empty(4, np.int64)
+    sg = np.empty(8, np.float32)
     scales = np.zeros(8, np.float32)
     max_scale = F0
     # IQ3_S: llama.cpp advances its qs/signs pointers only past sub-blocks it wrote, so a
@@ -128,7 +129,7 @@ def encode_block(x, qw, has_qw, xxs, grid, kmap, neighbours, out):
         xb = x[32 * ib:32 * ib + 32]
         for i in range(32):
             weight[i] = qw[32 * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i]) if has_qw else xb[i] * xb[i]
-        scale = _sub_block(xb, weight, waux, xxs, grid, kmap, neighbours, xval, L, signs)
+        scale = _sub_block(xb, weight, waux, xxs, grid, levels, kmap, neighbours, xval, L, signs, sg)
         if scale < F0:
             continue
         slot = ib if xxs else nw

@@ -26,11 +26,11 @@ TYPE_SIZE = 110
 
 
 @njit(**PARALLEL)
-def _encode(x, imp, has_imp, grid, kmap, neighbours):
+def _encode(x, imp, has_imp, grid, levels, kmap, neighbours):
     n = x.shape[0]
     out = np.empty((n, TYPE_SIZE), np.uint8)
     for b in prange(n):
-        encode_block(x[b], imp[b] if has_imp else x[b], has_imp, False, grid, kmap, neighbours, out[b])
+        encode_block(x[b], imp[b] if has_imp else x[b], has_imp, False, grid, levels, kmap, neighbours, out[b])
     return out
 
 
@@ -56,8 +56,8 @@ def _decode(q, values):
 def encode(x: np.ndarray, importance: np.ndarray | None = None) -> np.ndarray:
     t = tables("IQ3_S")
     if importance is None:
-        return _encode(x, x, False, t.grid, t.kmap, t.neighbours)
-    return _encode(x, importance, True, t.grid, t.kmap, t.neighbours)
+        return _encode(x, x, False, t.grid, t.levels, t.kmap, t.neighbours)
+    return _encode(x, importance, True, t.grid, t.levels, t.kmap, t.neighbours)
 
 
 def decode(q: np.ndarray) -> np.ndarray:

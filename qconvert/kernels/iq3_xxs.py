@@ -29,11 +29,11 @@ HALF = np.float32(0.5)
 
 
 @njit(**PARALLEL)
-def _encode(x, imp, has_imp, grid, kmap, neighbours):
+def _encode(x, imp, has_imp, grid, levels, kmap, neighbours):
     n = x.shape[0]
     out = np.empty((n, TYPE_SIZE), np.uint8)
     for b in prange(n):
-        encode_block(x[b], imp[b] if has_imp else x[b], has_imp, True, grid, kmap, neighbours, out[b])
+        encode_block(x[b], imp[b] if has_imp else x[b], has_imp, True, grid, levels, kmap, neighbours, out[b])
     return out
 
 
@@ -62,8 +62,8 @@ def _decode(q, values, ksigns):
 def encode(x: np.ndarray, importance: np.ndarray | None = None) -> np.ndarray:
     t = tables("IQ3_XXS")
     if importance is None:
-        return _encode(x, x, False, t.grid, t.kmap, t.neighbours)
-    return _encode(x, importance, True, t.grid, t.kmap, t.neighbours)
+        return _encode(x, x, False, t.grid, t.levels, t.kmap, t.neighbours)
+    return _encode(x, importance, True, t.grid, t.levels, t.kmap, t.neighbours)
 
 
 def decode(q: np.ndarray) -> np.ndarray:

@@ -54,6 +54,8 @@ class Tables:
     grid: np.ndarray  # (n, width) int8, 2l + 1
     kmap: np.ndarray  # (kmap_size,) int32
     neighbours: np.ndarray  # uint16, see the module docstring
+    levels: np.ndarray  # (n, width) int8: each coordinate's level l (grid = 2l + 1)
+    term_index: np.ndarray  # (n, width) int8: 3*i + l, for the 3-level grids' neighbour search
 
 
 def codebook(type_name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -98,4 +100,5 @@ def tables(type_name: str) -> Tables:
     slot[starts] = False
     neighbours[slot] = flat
     kmap[off] = -(starts + 1)
-    return Tables(values, grid, kmap, neighbours)
+    term_index = (3 * np.arange(width) + levels).astype(np.int8)
+    return Tables(values, grid, kmap, neighbours, levels.astype(np.int8), term_index)

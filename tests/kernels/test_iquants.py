@@ -103,19 +103,19 @@ def test_roundtrip_error_is_small(name):
 
 @pytest.mark.parametrize("name", TYPES)
 def test_gguf_file_reads_back_to_our_floats_and_runs(name, tiny, tmp_path):
-    """quantize -t TYPE on the tiny model (widths 256/512): every tensor of the type,
-    dequantized by gguf-py, equals our decoder's floats; llama.cpp loads and runs it."""
+    """The tiny model (widths 256/512) with its decoder linears in the type: every tensor of
+    the type, dequantized by gguf-py, equals our decoder's floats; llama.cpp runs the file."""
     import gguf
 
     import qconvert
     from qconvert.eval.llama_model import open_llama
 
-    extra = dict(type=name)
-    if name in NEEDS_IMPORTANCE:
-        # statistics exist for the decoder linears only: those take the type, the embedding
-        # and output another, as in llama.cpp's presets for these types
-        extra = dict(type="Q4_K_M", tensor_types=[f"(attn_[qkvo]|ffn_(up|down|gate))\\.weight={name}"],
-                     calibration=True, calibration_samples=2, calibration_seqlen=32, device="cpu")
+    # the decoder linears take the type (the presets named after these types mix others in)
+    extra = dict(type="Q4_K_M", tensor_types=[f"(attn_[qkvo]|ffn_(up|down|gate))\\.weight={name}"])
+    from qconvert.plan.iquant_presets import NEEDS_IMPORTANCE as QUANTIZE_NEEDS  # llama-quantize's own list
+
+    if name in QUANTIZE_NEEDS:  # statistics exist for those linears; embedding/output keep Q4_K_M's
+        extra.update(calibration=True, calibration_samples=2, calibration_seqlen=32, device="cpu")
     res = qconvert.quantize(tiny("llama"), tmp_path / "q.gguf", **extra)
     seen = 0
     for t in gguf.GGUFReader(res.output).tensors:
@@ -162,6 +162,6 @@ def test_refused_without_importance(name, tiny, tmp_path):
     for ref in (False, True):
         with pytest.raises(InputError, match=f"{name} needs importance statistics.*--imatrix"):
             encode(name, x, reference=ref)
-    with pytest.raises(InputError, match=f"{name} needs importance"):
-        qconvert.quantize(tiny("llama"), tmp_path / "q.gguf", type=name)
+    with pytest.raises(InputError, match="needs importance statistics"):
+        qconvert.quantize(tiny("llama"), tmp_path / "q.gguf", type="Q4_K_M", tensor_types=[f"ffn_up={name}"])
     assert not (tmp_path / "q.gguf").exists()
