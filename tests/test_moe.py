@@ -598,3 +598,26 @@ def test_memory_estimate_counts_mla_cache_as_llama_cpp_allocates(moe, tmp_path):
     assert kv_cache_bytes_for(model_shape_from_dir(d), 1024) == want
     out = qconvert.quantize(d, tmp_path / "f16.gguf", type="F16").output
     assert kv_cache_bytes_for(read_gguf_model(out).shape, 1024) == want
+
+
+@pytest.mark.parametrize("preset", ["Q4_K_M", "Q2_K", "Q3_K_M"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_whole_file_equals_llama_quantize(name, preset, moe, tmp_path):
+    """The preset's whole mix on a real MoE model: qconvert's one-pass GGUF has every
+    tensor's type and bytes of llama.cpp's own quantizer (llama_model_quantize) run on
+    qconvert's F32 file. (llama-quantize writes Qwen2-MoE's (1, n_embd) gate as a 1-D
+    tensor; the values are compared flat.)"""
+    from test_llama_cpp_bytes import llama_quantize
+
+    d = moe(name)
+    f32 = qconvert.quantize(d, tmp_path / "f32.gguf", type="F32").output
+    theirs = tmp_path / "llama.gguf"
+    llama_quantize(f32, theirs, preset)
+    ours = qconvert.quantize(d, tmp_path / "ours.gguf", type=preset).output
+    rt = {t.name: t for t in gguf.GGUFReader(theirs).tensors}
+    ro = {t.name: t for t in gguf.GGUFReader(ours).tensors}
+    assert set(rt) == set(ro)
+    for n, t in rt.items():
+        assert ro[n].tensor_type == t.tensor_type, (n, ro[n].tensor_type.name, t.tensor_type.name)
+        a, b = np.asarray(ro[n].data).view(np.uint8).reshape(-1), np.asarray(t.data).view(np.uint8).reshape(-1)
+        assert np.array_equal(a, b), n
