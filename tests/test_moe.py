@@ -621,3 +621,36 @@ def test_whole_file_equals_llama_quantize(name, preset, moe, tmp_path):
         assert ro[n].tensor_type == t.tensor_type, (n, ro[n].tensor_type.name, t.tensor_type.name)
         a, b = np.asarray(ro[n].data).view(np.uint8).reshape(-1), np.asarray(t.data).view(np.uint8).reshape(-1)
         assert np.array_equal(a, b), n
+
+
+def test_llama4_multimodal_checkpoint_converts_its_language_model(moe, tmp_path):
+    """Llama4ForConditionalGeneration as transformers saves it (language_model.model.*,
+    language_model.lm_head, vision_model.*, multi_modal_projector.*, the text facts under
+    text_config): the GGUF holds the text model's tensors, equal to the text-only checkpoint's."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    src = moe("llama4")
+    mm = tmp_path / "mm"
+    mm.mkdir()
+    for f in src.glob("tokenizer*"):
+        shutil.copy(f, mm)
+    text_cfg = json.loads((src / "config.json").read_text())
+    text_cfg.pop("architectures")
+    (mm / "config.json").write_text(json.dumps({"architectures": ["Llama4ForConditionalGeneration"],
+                                                "model_type": "llama4", "text_config": text_cfg,
+                                                "vision_config": {"hidden_size": 64}}))
+    tensors = {}
+    for shard in sorted(src.glob("*.safetensors")):
+        for k, v in load_file(str(shard)).items():
+            tensors["language_model." + k] = v
+    tensors["vision_model.patch_embedding.linear.weight"] = torch.ones(64, 588)
+    tensors["multi_modal_projector.linear_1.weight"] = torch.ones(256, 64)
+    save_file(tensors, str(mm / "model.safetensors"))
+    a = qconvert.quantize(src, tmp_path / "text.gguf", type="Q8_0").output
+    b = qconvert.quantize(mm, tmp_path / "mm.gguf", type="Q8_0").output
+    ta = {t.name: t for t in gguf.GGUFReader(str(a)).tensors}
+    tb = {t.name: t for t in gguf.GGUFReader(str(b)).tensors}
+    assert sorted(ta) == sorted(tb)
+    for n in ta:
+        assert np.array_equal(np.asarray(ta[n].data), np.asarray(tb[n].data)), n

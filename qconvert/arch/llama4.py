@@ -1,4 +1,6 @@
-"""Llama 4 text (Llama4ForCausalLM: Scout, Maverick's language model): GGUF arch `llama4`.
+"""Llama 4 text (Llama4ForCausalLM, and the language model of Llama4ForConditionalGeneration,
+the form Scout and Maverick are published in; the vision tower is left out): GGUF arch
+`llama4`.
 
 - Experts are stored stacked and transposed (`feed_forward.experts.gate_up_proj`
   (n, hidden, 2 x ff), `down_proj` (n, ff, hidden)); arch/moe.py splits gate from up and
@@ -25,11 +27,15 @@ from .moe import MoEAdapter
 CHUNK, FLOOR, SCALE, NO_ROPE_STEP = 8192, 8192, 0.1, 4
 
 
-@ARCHS.register("Llama4ForCausalLM")
+@ARCHS.register("Llama4ForCausalLM", "Llama4ForConditionalGeneration")
 class Llama4Adapter(MoEAdapter):
     gguf_arch = gguf.MODEL_ARCH.LLAMA4
-    description = ("Llama 4 text (Scout, Maverick): stacked transposed experts split into gate/up, "
-                   "interleaved MoE layers with a shared expert, chunked attention, rope-less every 4th layer")
+    description = ("Llama 4 text (Scout, Maverick; the language model of the multimodal checkpoints): "
+                   "stacked transposed experts split into gate/up, interleaved MoE layers with a shared "
+                   "expert, chunked attention, rope-less every 4th layer")
+    # the multimodal checkpoints (what Meta publishes): language_model.model.* beside
+    # vision_model.* and multi_modal_projector.*, the text facts under text_config
+    text_part = True
     expert_count_keys = ("num_local_experts",)
     expert_ff_keys = ("intermediate_size",)
     fused_transposed = True
@@ -70,6 +76,9 @@ class Llama4Adapter(MoEAdapter):
             raise self.refuse(f"use_qk_norm is {str(self.flag('use_qk_norm', True)).lower()} with "
                               f"{self.n_expert} experts (llama.cpp norms q/k unless there are 128)")
         return False
+
+    def skip(self, hf_name: str) -> bool:
+        return hf_name.startswith("vision_model.") or super().skip(hf_name)
 
     def write_moe_metadata(self, w: gguf.GGUFWriter) -> None:
         w.add_interleave_moe_layer_step(self.step)
