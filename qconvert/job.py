@@ -20,7 +20,9 @@ from .sink.output_check import check_apart
 from .source.input_file import checked_input_file
 
 FORMATS = ("gguf", "safetensors")
-SCHEMES = ("rtn", "gptq")
+# gptq-imatrix: GPTQ whose block scales the importance-weighted search chooses (GGUF only);
+# awq: activation-aware scales folded into the norms (schemes/awq.py)
+SCHEMES = ("rtn", "gptq", "gptq-imatrix", "awq")
 
 # option (the keyword of qconvert.quantize) -> how the CLI spells it, for messages
 FLAGS = {
@@ -35,6 +37,7 @@ FLAGS = {
     "target_size": "--target-size", "target_bpw": "--target-bpw", "context": "--context", "kv_type": "--kv-type",
     "sensitivity_cache": "--sensitivity-cache", "allow_nonfinite": "--allow-nonfinite",
     "split_max_size": "--split-max-size", "split_max_tensors": "--split-max-tensors",
+    "candidates": "--candidates",
 }
 
 
@@ -54,6 +57,7 @@ class Budget:
     context: Optional[int] = None
     kv_type: str = "F16"
     sensitivity_cache: Optional[Path] = None
+    families: Optional[tuple[str, ...]] = None  # candidate type families (--candidates); None: all
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,7 @@ def build_job(model: str | Path, output: str | Path | None = None, **options) ->
         raise InputError(f"--format {o['format']}: choose {' or '.join(FORMATS)}")
     scheme = str(o["scheme"] or "rtn").lower()
     if scheme not in SCHEMES and not (fmt == "safetensors" and scheme == "absmax"):
-        raise InputError(f"--scheme {o['scheme']}: choose rtn or gptq "
+        raise InputError(f"--scheme {o['scheme']}: choose {', '.join(SCHEMES)} "
                          "(importance weighting comes with --imatrix/--calibration)")
     targets = [t for t in ("target_size", "target_bpw", "target_vram") if t in given]
     if len(targets) > 1:
@@ -170,8 +174,11 @@ def build_job(model: str | Path, output: str | Path | None = None, **options) ->
     check_apart({flag(k): paths[k] for k in ("output", "save_imatrix", "sensitivity_cache")})
     budget = None
     if targets:
+        from .plan.sensitivity import parse_families
+
         budget = Budget(o["target_size"], o["target_bpw"], o["target_vram"], o["context"],
-                        str(o["kv_type"] or "F16").upper(), paths["sensitivity_cache"])
+                        str(o["kv_type"] or "F16").upper(), paths["sensitivity_cache"],
+                        None if o["candidates"] is None else parse_families(o["candidates"]))
     calib_text = paths["calibration"]
     calib_text = None if calib_text in (None, False) else calib_text
     imatrix = paths["imatrix"]

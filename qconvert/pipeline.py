@@ -51,6 +51,7 @@ def quantize(
     sensitivity_cache: Optional[str | Path] = None,
     split_max_size: Optional[str | int] = None,
     split_max_tensors: Optional[int] = None,
+    candidates: Optional[str | Sequence[str]] = None,
 ) -> Optional[QuantizeResult]:
     """Convert a Hugging Face model directory (or a Hub model id "ORG/NAME", fetched into the
     Hugging Face cache; or a GGUF, a split set given by any of its files) into a GGUF file or a
@@ -77,7 +78,9 @@ def quantize(
     + runtime overhead): instead of a preset, each tensor gets the GGUF type that minimises
     the total measured loss within that budget (plan/sized.py); the measurements are
     cached in `sensitivity_cache` (default ~/.cache/qconvert/sensitivity.json) and
-    weighted by the importance statistics when given.
+    weighted by the importance statistics when given. candidates ("k,legacy,iq", the
+    default all): the families of types to choose from (Q8_0 and F16 always; i-quants that
+    need statistics only with them).
 
     format="safetensors" -> SafetensorsResult: an int-N checkpoint transformers loads
     (compressed-tensors pack-quantized): `bits` (2, 3, 4 (default), 8), `group_size` (128;

@@ -99,8 +99,10 @@ def test_second_plan_reuses_the_cache(tmp_path, monkeypatch):
     first = dry(path, target_size="2.2MB")
     assert not path.exists()
     n_first = len(calls)
-    # 4 layers x 7 matrices with six candidates, output (Q5_K, Q6_K, Q8_0), token_embd (Q3_K..Q8_0)
-    assert n_first == 28 * 6 + 3 + 5 == first.budget.measured
+    # 4 layers x 7 matrices with 14 candidates (Q2_K..Q6_K, Q4_0..Q5_1, IQ3_S, IQ4_XS, IQ4_NL, Q8_0,
+    # F16: no i-quant that needs statistics), output >= Q5_K (Q5_0, Q5_K, Q5_1, Q6_K, Q8_0, F16),
+    # token_embd >= Q3_K (all but Q2_K)
+    assert n_first == 28 * 14 + 6 + 13 == first.budget.measured
     quantize(EXAMPLE, tmp_path / "a.gguf", target_size="2.2MB", sensitivity_cache=path)
     assert len(calls) == 2 * n_first
     second = dry(path, target_size="3.0MB")
@@ -204,7 +206,7 @@ def test_target_vram_too_small(cache):
 def test_cli_dry_run_prints_losses_and_memory(cache, monkeypatch, capsys):
     from qconvert.cli.app import main
 
-    monkeypatch.setattr(sys, "argv", ["qconvert", "quantize", str(EXAMPLE), "--target-vram", "560MB",
+    monkeypatch.setattr(sys, "argv", ["qconvert", "quantize", str(EXAMPLE), "--target-vram", "553MB",
                                       "--context", "4096", "--kv-type", "q8_0", "--dry-run",
                                       "--sensitivity-cache", str(cache)])
     monkeypatch.setenv("COLUMNS", "250")

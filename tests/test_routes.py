@@ -34,7 +34,7 @@ VALUES = {"type": "Q4_K_M", "bits": 4, "tensor_types": ["attn_v=Q8_0"], "output_
           "vocab_pre": "llama-bpe", "imatrix": "x.imatrix", "calibration": True, "calibration_samples": 8,
           "calibration_seqlen": 64, "device": "cpu", "save_imatrix": "s.gguf", "group_size": 64, "sym": False,
           "act_order": True, "damp": 0.02, "context": 2048, "kv_type": "q8_0", "sensitivity_cache": "c.json",
-          "split_max_size": "50GB", "split_max_tensors": 256}
+          "split_max_size": "50GB", "split_max_tensors": 256, "candidates": "k,legacy"}
 WITH_CALIBRATION = {"calibration_samples", "calibration_seqlen", "device", "save_imatrix"}
 C, R = "consumed", "refused"
 #                          gguf sized sized-vram gptq st st-gptq
@@ -63,6 +63,7 @@ TABLE = {
     "sensitivity_cache":    (R, C, C, R, R, R),
     "split_max_size":       (C, C, C, C, R, R),
     "split_max_tensors":    (C, C, C, C, R, R),
+    "candidates":           (R, C, C, R, R, R),
 }
 
 

@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
         no_fallback: Annotated[bool, typer.Option("--no-fallback", rich_help_panel=TYPES, help="Fail instead of falling back when a row width does not fit a type.")] = False,
         allow_requantize: Annotated[bool, typer.Option("--allow-requantize", rich_help_panel=TYPES, help="Accept an already-quantized GGUF as input (rounding errors compound: lower quality than quantizing the original).")] = False,
         vocab_pre: Annotated[Optional[str], typer.Option("--vocab-pre", rich_help_panel=TYPES, help="llama.cpp pre-tokenizer name, when it cannot be derived.")] = None,
-        scheme: Annotated[Optional[str], typer.Option("--scheme", rich_help_panel=CALIB, help="rtn (round to nearest, the default; importance-weighted with --imatrix/--calibration) or gptq (error feedback; runs a calibration pass).")] = None,
+        scheme: Annotated[Optional[str], typer.Option("--scheme", rich_help_panel=CALIB, help="rtn (round to nearest, the default; importance-weighted with --imatrix/--calibration), gptq (error feedback), gptq-imatrix (GGUF: gptq with importance-chosen block scales) or awq (activation-aware scales folded into the norms); all but rtn run a calibration pass.")] = None,
         imatrix: Annotated[Optional[str], typer.Option("--imatrix", rich_help_panel=CALIB, help="Importance statistics (qconvert's or llama.cpp's imatrix file) weighting the K-quant scale search.")] = None,
         calibration: Annotated[Optional[str], typer.Option("--calibration", rich_help_panel=CALIB, help="Calibration text file, or 'default' for the bundled text (needs torch + transformers): importance statistics, or GPTQ's pass.")] = None,
         calibration_samples: Annotated[Optional[int], typer.Option("--calibration-samples", rich_help_panel=CALIB, help="Calibration windows (default 128).")] = None,
@@ -104,6 +104,7 @@ def register(app: typer.Typer) -> None:
         target_vram: Annotated[Optional[str], typer.Option("--target-vram", rich_help_panel=BUDGET, help="Choose per-tensor types so weights + KV cache at --context + runtime overhead fit this memory (e.g. 8GB, 8GiB).")] = None,
         context: Annotated[Optional[int], typer.Option("--context", rich_help_panel=BUDGET, help="--target-vram: context (tokens) the KV cache is sized for (default 4096).")] = None,
         kv_type: Annotated[Optional[str], typer.Option("--kv-type", rich_help_panel=BUDGET, help="--target-vram: KV cache type, f16 (default) or q8_0.")] = None,
+        candidates: Annotated[Optional[str], typer.Option("--candidates", rich_help_panel=BUDGET, help="Type families a sized plan chooses from: k (Q2_K..Q6_K), legacy (Q4_0..Q5_1), iq (i-quants; IQ1_S/IQ2_XXS/IQ2_XS only with statistics), comma-separated (default: all). Q8_0 and F16 always.")] = None,
         sensitivity_cache: Annotated[Optional[str], typer.Option("--sensitivity-cache", rich_help_panel=BUDGET, help="JSON file caching per-tensor sensitivity measurements (default ~/.cache/qconvert/sensitivity.json).")] = None,
         group_size: Annotated[Optional[int], typer.Option("--group-size", rich_help_panel=ST, help="Weights per scale (default 128; -1: one per output channel).")] = None,
         sym: Annotated[Optional[bool], typer.Option("--sym/--asym", rich_help_panel=ST, help="Symmetric (absmax; default) or asymmetric (min-max, zero point) grids.")] = None,
@@ -119,6 +120,6 @@ def register(app: typer.Typer) -> None:
                        group_size=group_size, sym=sym, act_order=act_order, progress=progress,
                        target_vram=target_vram, target_size=target_size, target_bpw=target_bpw, context=context,
                        kv_type=kv_type, sensitivity_cache=sensitivity_cache, split_max_size=split_max_size,
-                       split_max_tensors=split_max_tensors)
+                       split_max_tensors=split_max_tensors, candidates=candidates)
         if res is not None:  # None: a torchrun rank other than 0, which prints nothing
             show(res, dry_run)

@@ -21,7 +21,7 @@ from typing import Optional
 
 from ..qtypes import qtype
 from . import llama_rules as L
-from .llama_rules import ATTN_K, ATTN_OUTPUT, ATTN_V_LIKE, FFN_DOWN, FFN_GATE, FFN_UP, OUTPUT, TOKEN_EMBD, on
+from .llama_rules import ATTN_K, ATTN_OUTPUT, ATTN_V_LIKE, FFN_DOWN, FFN_GATE, FFN_UP, TOKEN_EMBD, on
 from .rules import Rule, TensorInfo
 from .tensor_plan import Plan
 
@@ -45,8 +45,7 @@ NEEDS_IMPORTANCE = frozenset({"IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", 
 
 
 def _output(name: str, base: str) -> list[Rule]:
-    from .presets import output_like
-
+    output_like = L.output_like
     bs = qtype(base).block_size
     top = "Q5_K" if name in OUTPUT_Q5K else "Q6_K"
     return [

@@ -129,6 +129,12 @@ def is_70b(m: ModelFacts) -> bool:
 Pred = Callable[[TensorInfo], bool]
 
 
+def output_like(t: TensorInfo) -> bool:
+    """The output matrix, or a tied token_embd (which is also the output matrix, so it
+    gets the output's type)."""
+    return t.category == OUTPUT or (t.model.tied_embeddings and t.category == TOKEN_EMBD)
+
+
 def falcon(t: TensorInfo) -> bool:
     return t.model.arch == "falcon"
 

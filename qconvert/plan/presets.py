@@ -48,23 +48,18 @@ BITS_TO_PRESET = {2: "Q2_K", 3: "Q3_K_M", 4: "Q4_K_M", 5: "Q5_K_M", 6: "Q6_K", 8
 
 
 # -- the mixes ------------------------------------------------------------------------------
-def output_like(t: TensorInfo) -> bool:
-    # with tied embeddings token_embd is also the output matrix, so it gets the output's type
-    return t.category == OUTPUT or (t.model.tied_embeddings and t.category == TOKEN_EMBD)
-
-
 def _common(base: str) -> list[Rule]:
     """Rules every quantized preset shares: the output matrix (and a tied token_embd) at
     Q6_K (Q8_0 where Q8_0 is the base, where the base's blocks do not fit the row, and
     for Falcon), and 8-expert models' attn_v / attn_k at Q8_0 (about 128 MB on Mixtral)."""
     bs = qtype(base).block_size
     rules = [
-        Rule("falcon: output at Q8_0", lambda t: "Q8_0" if output_like(t) and L.falcon(t) else None),
+        Rule("falcon: output at Q8_0", lambda t: "Q8_0" if L.output_like(t) and L.falcon(t) else None),
         Rule(f"output: row width not a multiple of {base}'s block size {bs}, so Q8_0",
-             lambda t: "Q8_0" if output_like(t) and t.row % bs else None),
+             lambda t: "Q8_0" if L.output_like(t) and t.row % bs else None),
     ]
     if base != "Q8_0":
-        rules.append(Rule("output / tied token_embd at Q6_K", lambda t: "Q6_K" if output_like(t) else None))
+        rules.append(Rule("output / tied token_embd at Q6_K", lambda t: "Q6_K" if L.output_like(t) else None))
     return rules + [
         on(ATTN_V_LIKE, "Q8_0", "8-expert model: attn_v at Q8_0", L.experts8),
         on(ATTN_K, "Q8_0", "8-expert model: attn_k at Q8_0", L.experts8),

@@ -42,7 +42,40 @@ from ..sink.atomic import atomic_path
 from ..sink.output_check import check_name, check_parent, kind_of
 from ..source.finite import abs_max
 
-CANDIDATES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
+# candidate types by family (--candidates): runtimes without some kernels (an older
+# llama.cpp, another engine) can leave a family out. Q8_0 and F16 are always candidates.
+FAMILIES = {
+    "k": ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"),
+    "legacy": ("Q4_0", "Q4_1", "Q5_0", "Q5_1"),
+    "iq": ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_XS", "IQ4_NL"),
+}
+ALWAYS = ("Q8_0", "F16")
+CANDIDATES = FAMILIES["k"] + ("Q8_0",)  # the K-quant set, before the other families were candidates
+
+
+def candidate_set(families=None, *, importance: bool = False) -> tuple[str, ...]:
+    """The candidate types of the chosen families (default: all), ordered by size. Types
+    llama-quantize writes only with importance statistics (IQ1_*, IQ2_*, IQ3_XXS) are
+    candidates only when there are."""
+    from .iquant_presets import NEEDS_IMPORTANCE as REQUIRES_IMPORTANCE
+
+    chosen = tuple(FAMILIES) if families is None else tuple(families)
+    types = [t for f in chosen for t in FAMILIES[f]] + list(ALWAYS)
+    if not importance:
+        types = [t for t in types if t not in REQUIRES_IMPORTANCE]
+    return tuple(sorted(set(types), key=lambda t: (qtype(t).bits_per_weight, t)))
+
+
+def parse_families(text) -> tuple[str, ...]:
+    """`--candidates k,legacy,iq` -> ("k", "legacy", "iq"); an unknown family is the
+    user's error, listing the valid ones."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    names = [str(x).strip().lower() for x in items if str(x).strip()]
+    bad = [n for n in names if n not in FAMILIES]
+    if bad or not names:
+        raise InputError(f"--candidates {text!r}: give a comma-separated list of {', '.join(FAMILIES)} "
+                         f"(Q8_0 and F16 are always candidates)")
+    return tuple(dict.fromkeys(names))
 MAX_SAMPLE_VALUES = 1 << 20
 CACHE_VERSION = 1
 CACHE_FORMAT = "qconvert sensitivity cache"  # the marker a cache file carries
@@ -83,11 +116,25 @@ def tensor_loss(w: np.ndarray, type_name: str, importance: Optional[np.ndarray] 
     idx = sample_rows(flat.shape[0], row, MAX_SAMPLE_VALUES)
     x = np.ascontiguousarray(flat[idx])
     imp_s = np.ascontiguousarray(imp_rows[idx]) if imp_rows is not None else None
-    use_imp = imp_s if type_name in IMPORTANCE_TYPES else None
-    q = kernels.decode(type_name, kernels.encode(type_name, x, importance=use_imp)).reshape(x.shape)
+    if type_name in ("F16", "BF16", "F32"):  # float types: the error of the cast alone (F16 never
+        # overflows here: a weight beyond its range has an infinite loss above)
+        q = _float_roundtrip(x, type_name)
+    else:
+        use_imp = imp_s if type_name in IMPORTANCE_TYPES else None
+        q = kernels.decode(type_name, kernels.encode(type_name, x, importance=use_imp)).reshape(x.shape)
     err = (x.astype(np.float64) - q) ** 2
     total = float((err * imp_s).sum()) if imp_s is not None else float(err.sum()) * weight_scale
     return total * flat.shape[0] / len(idx)
+
+
+def _float_roundtrip(x: np.ndarray, type_name: str) -> np.ndarray:
+    if type_name == "F16":
+        return x.astype(np.float16).astype(np.float32)
+    if type_name == "BF16":  # round to nearest even on the top 16 bits
+        b = x.view(np.uint32)
+        b = (b + 0x7FFF + ((b >> 16) & 1)) & np.uint32(0xFFFF0000)
+        return b.view(np.float32)
+    return x
 
 
 # -- the cache ------------------------------------------------------------------------------

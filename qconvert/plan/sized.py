@@ -30,7 +30,7 @@ from ..source import finite
 from .budget import Option, solve
 from .memory import (ModelShape, is_gguf, kv_cache_bytes_for, memory_needed, model_shape_from_dir, parse_bytes,
                      read_gguf_model)
-from .sensitivity import CANDIDATES, candidates_for, measure
+from .sensitivity import CANDIDATES, candidate_set, candidates_for, measure
 from .sized_figures import SizedFigures, TensorPick
 from .tensor_plan import Plan, TensorPlan
 
@@ -49,11 +49,13 @@ def floor_for(name: str, tied: bool) -> Optional[str]:
     return FLOORS.get(name)
 
 
-def candidate_types(tp: TensorPlan, tied: bool) -> list[str]:
-    """Candidate types for a tensor the preset quantizes (empty: keep the preset's type)."""
-    if not tp.qtype.quantized or tp.fallback:
+def candidate_types(tp: TensorPlan, tied: bool, candidates=CANDIDATES) -> list[str]:
+    """Candidate types for a tensor the preset quantizes (empty: keep the preset's type):
+    every candidate whose block fits its rows, so a width the K-quants do not divide
+    (576, 320...) still chooses among the 32-wide types."""
+    if not tp.qtype.quantized and not tp.fallback:
         return []
-    types = candidates_for(tp.shape[-1], CANDIDATES)
+    types = candidates_for(tp.shape[-1], candidates)
     fl = floor_for(tp.name, tied)
     if fl is not None:
         types = [t for t in types if qtype(t).bits_per_weight >= qtype(fl).bits_per_weight]
@@ -91,9 +93,10 @@ def weight_budget_for_vram(vram: int, shape: ModelShape, context: int, kv_type: 
 
 def sized_plan(src, base: Plan, *, header_bytes: int, alignment: int, target_size=None, target_bpw=None,
                target_vram=None, context: Optional[int] = None, kv_type: str = "F16", imatrix=None,
-               sensitivity_cache=None, write_cache: bool = True) -> tuple[Plan, SizedFigures]:
+               sensitivity_cache=None, write_cache: bool = True, families=None) -> tuple[Plan, SizedFigures]:
     """(plan, its figures). Exactly one target must be given. write_cache False (a dry
-    run): the sensitivity cache is read but not written."""
+    run): the sensitivity cache is read but not written. families: the candidate type
+    families (sensitivity.FAMILIES; default all)."""
     given = [k for k, v in (("size", target_size), ("bpw", target_bpw), ("vram", target_vram)) if v is not None]
     if len(given) != 1:
         raise InputError("give one of --target-size, --target-bpw, --target-vram")
@@ -102,7 +105,8 @@ def sized_plan(src, base: Plan, *, header_bytes: int, alignment: int, target_siz
     # tensors the checkpoint stores in a ggml type the plan keeps (gpt-oss's MXFP4 experts)
     # are copied, not re-chosen: requantizing them needs --allow-requantize
     kept = {s.name for s in getattr(src, "tensors", ()) if s.packed_type}
-    cands = {tp.name: [] if tp.name in kept else candidate_types(tp, tied) for tp in base.tensors}
+    pool = candidate_set(families, importance=imatrix is not None)
+    cands = {tp.name: [] if tp.name in kept else candidate_types(tp, tied, pool) for tp in base.tensors}
     variable = {n: c for n, c in cands.items() if c}
     fixed_bytes = sum(pad(tp.nbytes, alignment) for tp in base.tensors if tp.name not in variable)
     header = pad(header_bytes, alignment)

@@ -31,7 +31,7 @@ class SizedRoute(Route[GGUFPlanned, GGUFResult]):
     def consumes(self, job: Job) -> frozenset[str]:
         b = job.budget
         own = {"target_size", "target_bpw", "target_vram", "sensitivity_cache", "no_fallback", "vocab_pre",
-               "allow_requantize"}
+               "allow_requantize", "candidates"}
         if job.scheme.name == "rtn":  # types are chosen for round-to-nearest (importance-weighted)
             own.add("scheme")
         if b is not None and b.vram is not None:
@@ -68,7 +68,8 @@ class SizedRoute(Route[GGUFPlanned, GGUFResult]):
         header, alignment = header_layout(src, base)
         plan, figures = sized_plan(src, base, header_bytes=header, alignment=alignment, target_size=b.size,
                                    target_bpw=b.bpw, target_vram=b.vram, context=b.context, kv_type=b.kv_type,
-                                   imatrix=imx, sensitivity_cache=b.sensitivity_cache, write_cache=writes)
+                                   imatrix=imx, sensitivity_cache=b.sensitivity_cache, write_cache=writes,
+                                   families=b.families)
         if imx is not None:
             plan, more = importance_plan(plan, imx, label)
             notes += tuple(more)
