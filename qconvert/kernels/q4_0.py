@@ -17,6 +17,7 @@ from .kquant_common import make_qx_quants
 from .reference import q4_0 as ref
 
 BLOCK = 32
+CHUNK = 64  # blocks per parallel work item of the importance path
 TYPE_SIZE = 18
 
 
@@ -64,16 +65,19 @@ def decode(q):
 def _encode_imp(x, imp, sigma2):
     n = x.shape[0]
     out = np.empty((n, TYPE_SIZE), dtype=np.uint8)
-    for b in prange(n):
+    # blocks in chunks, scratch allocated once per chunk (allocating per block from
+    # several threads cost more than the search on 2 cores)
+    for c in prange((n + CHUNK - 1) // CHUNK):
         weight = np.empty(BLOCK, np.float32)
         w = np.empty(BLOCK, np.float32)
         wx = np.empty(BLOCK, np.float32)
         L = np.empty(BLOCK, np.int8)
-        importance_weights(x, imp, sigma2, b, weight)
-        d = make_qx_quants(BLOCK, 8, x[b], L, weight, True, w, wx)
-        put_f16(out, b, 0, d)
-        for j in range(BLOCK // 2):
-            out[b, 2 + j] = np.uint8(L[j] | (L[j + BLOCK // 2] << 4))
+        for b in range(c * CHUNK, min(n, c * CHUNK + CHUNK)):
+            importance_weights(x, imp, sigma2, b, weight)
+            d = make_qx_quants(BLOCK, 8, x[b], L, weight, True, w, wx)
+            put_f16(out, b, 0, d)
+            for j in range(BLOCK // 2):
+                out[b, 2 + j] = np.uint8(L[j] | (L[j + BLOCK // 2] << 4))
     return out
 
 

@@ -15,6 +15,7 @@ from .kquant_common import make_qkx_quants
 from .reference import q4_1 as ref
 
 BLOCK = 32
+CHUNK = 64  # blocks per parallel work item of the importance path
 TYPE_SIZE = 20
 
 
@@ -69,16 +70,19 @@ RDELTA = np.float32(0.05)
 def _encode_imp(x, imp, sigma2):
     n = x.shape[0]
     out = np.empty((n, TYPE_SIZE), dtype=np.uint8)
-    for b in prange(n):
+    # blocks in chunks, scratch allocated once per chunk (allocating per block from
+    # several threads cost more than the search on 2 cores)
+    for c in prange((n + CHUNK - 1) // CHUNK):
         weight = np.empty(BLOCK, np.float32)
         L = np.empty(BLOCK, np.uint8)
         Laux = np.empty(BLOCK, np.uint8)
-        importance_weights(x, imp, sigma2, b, weight)
-        d, the_min = make_qkx_quants(BLOCK, 15, x[b], weight, L, Laux, RMIN, RDELTA, 36, False)
-        put_f16(out, b, 0, d)
-        put_f16(out, b, 2, -the_min)
-        for j in range(BLOCK // 2):
-            out[b, 4 + j] = np.uint8(L[j] | (L[j + BLOCK // 2] << 4))
+        for b in range(c * CHUNK, min(n, c * CHUNK + CHUNK)):
+            importance_weights(x, imp, sigma2, b, weight)
+            d, the_min = make_qkx_quants(BLOCK, 15, x[b], weight, L, Laux, RMIN, RDELTA, 36, False)
+            put_f16(out, b, 0, d)
+            put_f16(out, b, 2, -the_min)
+            for j in range(BLOCK // 2):
+                out[b, 4 + j] = np.uint8(L[j] | (L[j + BLOCK // 2] << 4))
     return out
 
 

@@ -17,6 +17,7 @@ from .kquant_common import make_qx_quants
 from .reference import q5_0 as ref
 
 BLOCK = 32
+CHUNK = 64  # blocks per parallel work item of the importance path
 TYPE_SIZE = 22
 
 
@@ -72,22 +73,25 @@ def decode(q):
 def _encode_imp(x, imp, sigma2):
     n = x.shape[0]
     out = np.empty((n, TYPE_SIZE), dtype=np.uint8)
-    for b in prange(n):
+    # blocks in chunks, scratch allocated once per chunk (allocating per block from
+    # several threads cost more than the search on 2 cores)
+    for c in prange((n + CHUNK - 1) // CHUNK):
         weight = np.empty(BLOCK, np.float32)
         w = np.empty(BLOCK, np.float32)
         wx = np.empty(BLOCK, np.float32)
         L = np.empty(BLOCK, np.int8)
-        importance_weights(x, imp, sigma2, b, weight)
-        d = make_qx_quants(BLOCK, 16, x[b], L, weight, True, w, wx)
-        put_f16(out, b, 0, d)
-        qh = np.int64(0)
-        for j in range(BLOCK // 2):
-            q0 = np.int64(L[j])
-            q1 = np.int64(L[j + BLOCK // 2])
-            out[b, 6 + j] = np.uint8((q0 & 0x0F) | ((q1 & 0x0F) << 4))
-            qh |= ((q0 >> 4) & 1) << j
-            qh |= ((q1 >> 4) & 1) << (j + BLOCK // 2)
-        put_u32(out, b, 2, qh)
+        for b in range(c * CHUNK, min(n, c * CHUNK + CHUNK)):
+            importance_weights(x, imp, sigma2, b, weight)
+            d = make_qx_quants(BLOCK, 16, x[b], L, weight, True, w, wx)
+            put_f16(out, b, 0, d)
+            qh = np.int64(0)
+            for j in range(BLOCK // 2):
+                q0 = np.int64(L[j])
+                q1 = np.int64(L[j + BLOCK // 2])
+                out[b, 6 + j] = np.uint8((q0 & 0x0F) | ((q1 & 0x0F) << 4))
+                qh |= ((q0 >> 4) & 1) << j
+                qh |= ((q1 >> 4) & 1) << (j + BLOCK // 2)
+            put_u32(out, b, 2, qh)
     return out
 
 

@@ -16,6 +16,7 @@ from .kquant_common import make_qkx_quants
 from .reference import q5_1 as ref
 
 BLOCK = 32
+CHUNK = 64  # blocks per parallel work item of the importance path
 TYPE_SIZE = 24
 
 
@@ -78,22 +79,25 @@ RDELTA = np.float32(0.05)
 def _encode_imp(x, imp, sigma2):
     n = x.shape[0]
     out = np.empty((n, TYPE_SIZE), dtype=np.uint8)
-    for b in prange(n):
+    # blocks in chunks, scratch allocated once per chunk (allocating per block from
+    # several threads cost more than the search on 2 cores)
+    for c in prange((n + CHUNK - 1) // CHUNK):
         weight = np.empty(BLOCK, np.float32)
         L = np.empty(BLOCK, np.uint8)
         Laux = np.empty(BLOCK, np.uint8)
-        importance_weights(x, imp, sigma2, b, weight)
-        d, the_min = make_qkx_quants(BLOCK, 31, x[b], weight, L, Laux, RMIN, RDELTA, 36, False)
-        put_f16(out, b, 0, d)
-        put_f16(out, b, 2, -the_min)
-        qh = np.int64(0)
-        for j in range(BLOCK // 2):
-            q0 = np.int64(L[j])
-            q1 = np.int64(L[j + BLOCK // 2])
-            out[b, 8 + j] = np.uint8((q0 & 0x0F) | ((q1 & 0x0F) << 4))
-            qh |= ((q0 >> 4) & 1) << j
-            qh |= ((q1 >> 4) & 1) << (j + BLOCK // 2)
-        put_u32(out, b, 4, qh)
+        for b in range(c * CHUNK, min(n, c * CHUNK + CHUNK)):
+            importance_weights(x, imp, sigma2, b, weight)
+            d, the_min = make_qkx_quants(BLOCK, 31, x[b], weight, L, Laux, RMIN, RDELTA, 36, False)
+            put_f16(out, b, 0, d)
+            put_f16(out, b, 2, -the_min)
+            qh = np.int64(0)
+            for j in range(BLOCK // 2):
+                q0 = np.int64(L[j])
+                q1 = np.int64(L[j + BLOCK // 2])
+                out[b, 8 + j] = np.uint8((q0 & 0x0F) | ((q1 & 0x0F) << 4))
+                qh |= ((q0 >> 4) & 1) << j
+                qh |= ((q1 >> 4) & 1) << (j + BLOCK // 2)
+            put_u32(out, b, 4, qh)
     return out
 
 
