@@ -16,7 +16,8 @@ ARCHS: Registry[type] = Registry("architecture")
 
 # modules of this package that hold shared machinery, not families; every other module
 # registers one or more families when imported, so a new family is a new file
-_NOT_FAMILIES = frozenset({"base", "hparams", "shape_check", "moe"})
+_NOT_FAMILIES = frozenset({"base", "hparams", "shape_check", "moe", "transforms", "layer_kinds", "rope",
+                           "scalars", "catalog"})
 
 
 def _family_modules() -> list[str]:
