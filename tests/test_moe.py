@@ -520,13 +520,17 @@ def test_calibration_reads_experts_lazily_with_the_full_loads_statistics(name, m
         np.testing.assert_allclose(lazy.sums(n), full.sums(n), rtol=1e-5, err_msg=n)
 
 
-def test_gptq_experts_calibration_cannot_reach_are_rounded_to_nearest(moe, tmp_path):
-    """Llama 4's experts module takes every token pre-scaled, so the calibration pass has no
-    routed inputs for its experts: GPTQ still runs on its attention and dense layers, and
-    its expert slabs are ggml_quantize_chunk's plain bytes."""
+def test_gptq_experts_calibration_cannot_reach_are_rounded_to_nearest(moe, tmp_path, monkeypatch):
+    """An experts module the calibration pass does not know how to replay (simulated here by
+    hiding Llama 4's) leaves its experts without statistics: GPTQ still runs on attention and
+    dense layers, and every expert slab is ggml_quantize_chunk's plain bytes."""
+    from qconvert.calib import experts as calib_experts
+    from qconvert.schemes import gptq_experts
     from qconvert.source.expert_stack import ExpertStack
     from qconvert.source.model_source import open_source
 
+    monkeypatch.setattr(calib_experts, "is_experts", lambda m: False)
+    monkeypatch.setattr(gptq_experts, "is_experts", lambda m: False)
     d = moe("llama4")
     out = tmp_path / "gptq.gguf"
     res = qconvert.quantize(d, out, type="Q4_K_M", scheme="gptq", calibration_samples=1, calibration_seqlen=16,
@@ -540,6 +544,38 @@ def test_gptq_experts_calibration_cannot_reach_are_rounded_to_nearest(moe, tmp_p
         slabs = np.asarray(files[s.name].data).reshape(len(s.parts), -1)
         for e, part in enumerate(s.parts):
             assert np.array_equal(slabs[e], ggml_quantize(plan[s.name].qtype.name, part.load()).reshape(-1))
+
+
+def test_llama4_expert_statistics_from_routed_scaled_tokens(moe):
+    """Llama 4 hands every expert every token, scaled by its routing weight (0 unless
+    chosen): each expert's row counts the tokens its router chose and sums (weight x input)^2
+    over them -- what llama.cpp's llama4 graph multiplies. Recomputed from transformers' router."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qconvert.calib.collect import collect_importance
+    from qconvert.calib.text import calibration_samples
+
+    d = moe("llama4")
+    imx = collect_importance(d, n_samples=2, seqlen=32, device="cpu")
+    samples = calibration_samples(AutoTokenizer.from_pretrained(str(d)), n_samples=2, seqlen=32)
+    model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32).eval()
+    seen: dict[str, list] = {}
+    ff = model.model.layers[1].feed_forward
+    h = ff.router.register_forward_hook(lambda m, i, o: seen.setdefault("in", []).append((i[0], o[0])))
+    with torch.no_grad():
+        for row in samples:
+            model(row[None])
+    h.remove()
+    x = torch.cat([i.reshape(-1, i.shape[-1]) for i, _ in seen["in"]]).double()
+    scores = torch.cat([o for _, o in seen["in"]]).double()  # (tokens, n_expert), 0 where not chosen
+    chosen = scores.argmax(-1)
+    n = scores.shape[-1]
+    want_counts = np.array([int((chosen == e).sum()) for e in range(n)])
+    want = np.stack([((x[chosen == e] * scores[chosen == e, e:e + 1]) ** 2).sum(0).numpy() for e in range(n)])
+    np.testing.assert_array_equal(imx.counts("blk.1.ffn_gate_exps.weight"), want_counts)
+    np.testing.assert_allclose(imx.sums("blk.1.ffn_gate_exps.weight"), want, rtol=2e-4, atol=1e-6)
+    assert want_counts.sum() == x.shape[0]  # top-1
 
 
 def test_checkpoint_with_stacked_experts_converts_like_per_expert(moe, tmp_path):

@@ -28,13 +28,12 @@ PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
 def is_experts(module: nn.Module) -> bool:
     """An experts module of the layout and call described above, or gpt-oss's (transposed,
-    biased, its own activation; called with the top-k indices too: _down_input replays it).
-    Others with 3-D weights (Llama 4's: fed every token pre-scaled) are not: their experts
-    get no statistics of their own."""
+    biased, its own activation; called with the top-k indices too: _down_input replays it),
+    or Llama 4's (fed every token pre-scaled: _llama4_inputs keeps each expert's routed rows)."""
     gu, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
     if not (isinstance(gu, torch.Tensor) and isinstance(down, torch.Tensor) and gu.ndim == 3 and down.ndim == 3):
         return False
-    if _is_gpt_oss(module):
+    if _is_gpt_oss(module) or _is_llama4(module):
         return gu.shape[2] == 2 * down.shape[1] and gu.shape[1] == down.shape[2]
     if gu.shape[1] != 2 * down.shape[2] or gu.shape[2] != down.shape[1]:
         return False
@@ -45,6 +44,26 @@ def _is_gpt_oss(module: nn.Module) -> bool:
     # GptOssExperts.forward(hidden_states, router_indices, routing_weights)
     return hasattr(module, "_apply_gate") and isinstance(getattr(module, "gate_up_proj_bias", None), torch.Tensor) \
         and "router_indices" in inspect.signature(module.forward).parameters
+
+
+def _is_llama4(module: nn.Module) -> bool:
+    # Llama4TextExperts.forward(hidden_states): (n_expert x tokens, hidden), every token given
+    # to every expert already scaled by its routing weight (0 where the expert was not chosen);
+    # (n_expert, in, out) weights with gate then up columns
+    return list(inspect.signature(module.forward).parameters) == ["hidden_states"] \
+        and not hasattr(module, "gate_up_proj_bias")
+
+
+def _llama4_inputs(module: nn.Module, x: torch.Tensor):
+    """Per expert e: the rows of its tokens (the non-zero ones: those routed to it, already
+    scaled, which is also what llama.cpp's llama4 graph multiplies), and their down input."""
+    n = module.gate_up_proj.shape[0]
+    x = x.reshape(n, -1, x.shape[-1])
+    ff = module.down_proj.shape[1]
+    for e in range(n):
+        xe = x[e][(x[e] != 0).any(dim=-1)]
+        gate_up = xe @ module.gate_up_proj[e].to(xe.dtype)
+        yield e, xe, module.act_fn(gate_up[:, :ff]) * gate_up[:, ff:]
 
 
 def _down_input(module: nn.Module, e: int, xe: torch.Tensor) -> torch.Tensor:
@@ -67,6 +86,11 @@ def expert_weight(module: nn.Module, e: int, proj: str) -> torch.Tensor:
             return module.down_proj.data[e].T
         first = 0 if proj == "gate_proj" else 1
         return module.gate_up_proj.data[e, :, first::2].T
+    if _is_llama4(module):  # (n_expert, in, out), gate columns then up
+        if proj == "down_proj":
+            return module.down_proj.data[e].T
+        ff = module.down_proj.shape[1]
+        return module.gate_up_proj.data[e, :, :ff].T if proj == "gate_proj" else module.gate_up_proj.data[e, :, ff:].T
     if proj == "down_proj":
         return module.down_proj.data[e]
     ff = module.down_proj.shape[-1]
@@ -97,9 +121,13 @@ def expert_hooks(layer: nn.Module, index: int, prefix: str,
 
         def hook(m, args, kwargs, _out, base=base):
             x = args[0] if args else kwargs["hidden_states"]
-            top_k = args[1] if len(args) > 1 else kwargs.get("top_k_index", kwargs.get("router_indices"))
             with torch.no_grad():
-                for e, xe, h in routed_inputs(m, x.detach(), top_k.detach()):
+                if _is_llama4(m):
+                    per_expert = _llama4_inputs(m, x.detach())
+                else:
+                    top_k = args[1] if len(args) > 1 else kwargs.get("top_k_index", kwargs.get("router_indices"))
+                    per_expert = routed_inputs(m, x.detach(), top_k.detach())
+                for e, xe, h in per_expert:
                     on_linear(index, f"{base}.{e}.gate_proj", xe)
                     on_linear(index, f"{base}.{e}.up_proj", xe)
                     on_linear(index, f"{base}.{e}.down_proj", h)
