@@ -147,7 +147,7 @@ def run_gptq(src: Source, plan: Plan, store: Optional[Path], *, text_file: Optio
 
 def stage_unreached(src: Source, by_name: dict, store: Path) -> int:
     """Expert slabs the calibration pass never reached -- a family whose experts module
-    calib/experts.py does not replay (Llama 4 feeds every expert every token, pre-scaled) --
+    calib/experts.py does not replay (every family converted today is replayed: a safety net) --
     are staged rounded to nearest, as unrouted experts are (gptq_experts.py); a stack
     planned for importance weighting gets uniform rows. Returns how many slabs."""
     from .. import kernels
