@@ -121,6 +121,23 @@ def test_a_set_member_that_is_a_device_is_refused_before_writing(tiny, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m-00002-of-00003.gguf"]
 
 
+def test_an_output_path_that_is_a_device_directory_or_input_is_refused(tiny, tmp_path):
+    """The set's members are named from -o: `-o /dev/null` wrote /dev/null-00001-of-00002.gguf
+    into /dev, `-o DIR` wrote DIR-00001-... beside the directory, `-o MODEL/config.json`
+    wrote beside the input. Each is refused as the one-file output refuses it."""
+    model = tiny("llama")
+    (tmp_path / "null.gguf").symlink_to("/dev/null")
+    (tmp_path / "dir").mkdir()
+    for out, text in ((tmp_path / "null.gguf", "character device"), (tmp_path / "dir", "is a directory"),
+                      (model / "config.json", "reads")):
+        with pytest.raises(InputError, match=text):
+            qconvert.quantize(model, out, type="Q8_0", split_max_tensors=20, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "null.gguf"]
+    assert not list(model.glob("*.gguf")) and not list(Path("/dev").glob("null-0000*"))
+    (tmp_path / "old.gguf").write_bytes(b"an earlier file; the set sits beside it")
+    assert len(qconvert.quantize(model, tmp_path / "old.gguf", type="Q8_0", split_max_tensors=20).files) == 2
+
+
 def test_a_failure_while_writing_leaves_no_member_behind(tiny, tmp_path, monkeypatch):
     """All or nothing: the third member's encoding fails after two files were complete."""
     from qconvert.routes import gguf_split_out

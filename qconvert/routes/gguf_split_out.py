@@ -86,7 +86,28 @@ def checked_set(src: Source, plan: Plan, out: Path, split, force: bool, reads) -
     to replace); returns the paths to write (links' targets)."""
     from ..sink.output_check import check_output
 
+    _check_given(out, reads)
     return [check_output(p, force, reads=reads) for p in set_paths(out, split_layout(src, plan, split).count)]
+
+
+def _check_given(out: Path, reads) -> None:
+    """The path the user gave names the set; where something is already there, it must be a
+    file the set may sit beside: `-o /dev/null` or `-o DIR` would otherwise put the members
+    beside the device or the directory (/dev/null-00001-of-00002.gguf), and `-o` naming a
+    file the run reads is a slip, refused as it is for one file."""
+    import os
+    import stat
+
+    from ..sink.output_check import check_not_read, kind_of, stat_or_none, target_of
+
+    st = stat_or_none(target_of(out), out)
+    if st is None:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{out}: output path is {kind_of(st.st_mode)}; a split set is named by a file path such "
+                         f"as {os.path.join(out, 'model.gguf') if stat.S_ISDIR(st.st_mode) else 'model.gguf'} "
+                         "(or use --dry-run to write nothing)")
+    check_not_read(out, st, reads)
 
 
 def output_files(out: Path, split) -> list[Path]:
