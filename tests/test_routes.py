@@ -139,7 +139,10 @@ def test_cli_refuses_unused_options_with_exit_2(tmp_path):
 
 
 def test_routes_come_from_the_registry():
-    assert set(ROUTES.names()) == {"gguf", "gguf-sized", "gguf-gptq", "safetensors"}
+    assert set(ROUTES.names()) == {"gguf", "gguf-sized", "gguf-gptq", "gguf-awq", "safetensors"}
+    assert route_name(build_job(EXAMPLE, scheme="awq")) == "gguf-awq"
+    assert route_name(build_job(EXAMPLE, scheme="gptq-imatrix")) == "gguf-gptq"
+    assert route_name(build_job(EXAMPLE, scheme="awq", format="safetensors")) == "safetensors"
     for name, kw in ROUTE_JOBS.items():
         assert route_name(build_job(EXAMPLE, **kw)) == name.removesuffix("-vram").replace("safetensors-gptq",
                                                                                        "safetensors")

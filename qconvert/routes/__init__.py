@@ -3,8 +3,9 @@ asks for; the runner (runner.py) drives every route through the same stages.
 
     gguf         a preset or plain type; round-to-nearest or importance-weighted
     gguf-sized   --target-size / --target-bpw / --target-vram
-    gguf-gptq    --scheme gptq
-    safetensors  --format safetensors (rtn or gptq)
+    gguf-gptq    --scheme gptq, gptq-imatrix
+    gguf-awq     --scheme awq
+    safetensors  --format safetensors (rtn, gptq or awq)
 
 A new output format is a new Route subclass registered here, not a branch in a driver.
 Split GGUF output (--split-max-size / --split-max-tensors) is not a route of its own: every
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from ..job import Job
 from ..registry import Registry
+from .awq import AWQRoute
 from .base import Route, check_consumed
 from .gguf import PresetRoute
 from .gptq import GPTQRoute
@@ -22,7 +24,7 @@ from .safetensors import SafetensorsRoute
 from .sized import SizedRoute
 
 ROUTES: Registry[Route] = Registry("route")
-for _route in (PresetRoute(), SizedRoute(), GPTQRoute(), SafetensorsRoute()):
+for _route in (PresetRoute(), SizedRoute(), GPTQRoute(), AWQRoute(), SafetensorsRoute()):
     ROUTES.add(_route.name, _route)
 
 
@@ -31,7 +33,7 @@ def route_name(job: Job) -> str:
         return "safetensors"
     if job.budget is not None:
         return "gguf-sized"
-    return "gguf-gptq" if job.scheme.name == "gptq" else "gguf"
+    return {"gptq": "gguf-gptq", "gptq-imatrix": "gguf-gptq", "awq": "gguf-awq"}.get(job.scheme.name, "gguf")
 
 
 def route_for(job: Job) -> Route:

@@ -29,6 +29,9 @@ class GPTQRoute(Route[GGUFPlanned, GGUFResult]):
     scratch_label = "qconvert-gptq"
     title = "GGUF output with --scheme gptq (it collects its own statistics)"
 
+    def describe(self, job: Job) -> str:
+        return self.title.replace("gptq", job.scheme.name, 1)
+
     def needs_scratch(self, job: Job) -> bool:
         return True
 
@@ -55,7 +58,8 @@ class GPTQRoute(Route[GGUFPlanned, GGUFResult]):
 
         c = job.calibration
         stats = run_gptq(planned.src, planned.plan, scratch, text_file=c.text_file, n_samples=c.samples,
-                         seqlen=c.seqlen, device=c.device, damp=job.scheme.damp, progress=job.progress)
+                         seqlen=c.seqlen, device=c.device, damp=job.scheme.damp, progress=job.progress,
+                         weighted_scales=job.scheme.name == "gptq-imatrix")
         return stats, scratch
 
     def write(self, job: Job, planned: GGUFPlanned, prepared: tuple[dict[str, dict], Path], out: Path) -> GGUFResult:

@@ -1,5 +1,7 @@
 """Safetensors output: an int-N checkpoint transformers loads (compressed-tensors
-pack-quantized), rounded to nearest on absmax / min-max grids or solved with GPTQ."""
+pack-quantized), rounded to nearest on absmax / min-max grids, solved with GPTQ, or
+rounded to nearest after AWQ scales searched on the same grids were folded into the
+float model (schemes/awq_driver.py)."""
 
 from __future__ import annotations
 
@@ -34,12 +36,14 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
         return f"safetensors output with --scheme {job.scheme.name}"
 
     def needs_scratch(self, job: Job) -> bool:
-        return job.scheme.name == "gptq"
+        return job.scheme.name in ("gptq", "awq")
 
     def consumes(self, job: Job) -> frozenset[str]:
         own = {"bits", "group_size", "sym", "scheme", "no_fallback"}
         if job.scheme.name == "gptq":
             own |= {"damp", "act_order", "calibration"} | CALIBRATION_RUN
+        if job.scheme.name == "awq":
+            own |= {"calibration"} | CALIBRATION_RUN
         return frozenset(own)
 
     def plan(self, job: Job) -> SafetensorsPlanned:
@@ -48,6 +52,9 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
         from ..sink.safetensors_out import plan_safetensors
         from ..source.checkpoint import Checkpoint
 
+        if job.scheme.name == "gptq-imatrix":
+            raise InputError("--scheme gptq-imatrix: int-N group grids have no importance-weighted scale search; "
+                             "use --scheme gptq or awq with --format safetensors")
         bits = 4 if job.bits is None else job.bits
         if bits not in BITS:
             raise InputError(f"--bits {bits}: safetensors output takes {', '.join(map(str, BITS[:-1]))} or 8 bits")
@@ -74,7 +81,10 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
         return check_output_dir(out, job.force, input_dir=job.source)
 
     def prepare(self, job: Job, planned: SafetensorsPlanned, scratch: Optional[Path]):
-        """GPTQ, when asked: results staged in `scratch`; (quantized supplier, statistics)."""
+        """GPTQ, when asked: results staged in `scratch`; (quantized supplier, statistics).
+        AWQ: (the folded checkpoint, its statistics)."""
+        if job.scheme.name == "awq":
+            return awq_folded(job, planned, scratch)
         if job.scheme.name != "gptq":
             return None, {}
         from ..schemes.gptq_safetensors import run_gptq_int, staged_results
@@ -93,16 +103,33 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
 
         quantized, stats = prepared
         s = job.scheme
-        write_quantized_safetensors(planned.ckpt, out, bits=planned.bits, group_size=s.group_size, sym=s.sym,
+        source = planned.ckpt
+        if job.scheme.name == "awq":  # the folded float model, rounded to nearest
+            source, quantized, stats = quantized.model_dir, None, {}
+        write_quantized_safetensors(source, out, bits=planned.bits, group_size=s.group_size, sym=s.sym,
                                     scheme="absmax", quantized=quantized, force=job.force, progress=job.progress,
                                     actorder="weight" if s.act_order else None,
-                                    no_fallback=job.overrides.no_fallback)
+                                    no_fallback=job.overrides.no_fallback, scale_dtype=planned.plan.scale_dtype)
         return SafetensorsResult(out, planned.plan, planned.label,
                                  file_size=sum(f.stat().st_size for f in out.glob("*.safetensors")),
                                  notes=list(planned.notes) + gptq_int_notes(stats), stats=stats)
 
     def dry_result(self, job: Job, planned: SafetensorsPlanned) -> SafetensorsResult:
         return SafetensorsResult(None, planned.plan, planned.label, notes=list(planned.notes))
+
+
+def awq_folded(job: Job, planned: SafetensorsPlanned, scratch: Path):
+    """AWQ's pass with each projection's own int-N grid; (the folded checkpoint, {})."""
+    import torch
+
+    from ..schemes.awq_driver import int_quantizer, run_awq
+
+    s, c, splan = job.scheme, job.calibration, planned.plan
+    sd = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[splan.scale_dtype]
+    grids = {it.hf_name: int_quantizer(planned.bits, it.group_size, s.sym, sd) for it in splan.items if it.quantize}
+    folded = run_awq(job.source, scratch, grids.get, text_file=c.text_file, n_samples=c.samples, seqlen=c.seqlen,
+                     device=c.device, progress=job.progress)
+    return folded, {}
 
 
 def fallback_notes(splan) -> list[str]:

@@ -45,13 +45,17 @@ def gptq_plan(plan: Plan, src: Source) -> tuple[Plan, dict[str, str]]:
 
 def run_gptq(src: Source, plan: Plan, store: Optional[Path], *, text_file: Optional[str | Path] = None,
              n_samples: int = 128, seqlen: int = 512, device: str = "auto", damp: float = 0.01,
-             batch_size: int = 8, progress: Optional[bool] = None) -> dict[str, dict]:
+             batch_size: int = 8, progress: Optional[bool] = None, weighted_scales: bool = False) -> dict[str, dict]:
     """Quantize every linear `plan` (from gptq_plan) marks; write `<store>/<gguf name>.npy` (GGUF bytes) and, for
     importance-scheme tensors, `<name>.imp.npy`. Returns per-tensor GPTQ statistics.
 
     Under torchrun (calib/world.py) every rank runs its share of the windows, the Hessians
     are summed over ranks, each rank solves its share of a layer's linears and the results
-    are broadcast; only the rank given a `store` (rank 0) writes there, the others pass None."""
+    are broadcast; only the rank given a `store` (rank 0) writes there, the others pass None.
+
+    `weighted_scales` (--scheme gptq-imatrix): each block's scales are chosen by the
+    importance-weighted search (llama.cpp's imatrix path, importance = mean x², the
+    Hessian's diagonal over 2) instead of the plain one; the codes are GPTQ's either way."""
     import torch
     from transformers import AutoTokenizer
 
@@ -77,6 +81,9 @@ def run_gptq(src: Source, plan: Plan, store: Optional[Path], *, text_file: Optio
     hess: dict[str, HessianSum] = {}
     stats: dict[str, dict] = {}
 
+    def weights_of(H_np: np.ndarray) -> Optional[np.ndarray]:
+        return (np.diag(H_np) / 2).astype(np.float32) if weighted_scales else None
+
     experts = ExpertSolver(adapter_for(Checkpoint(src.path)).gguf_name, by_name)
 
     def on_linear(i: int, name: str, x: torch.Tensor) -> None:
@@ -88,7 +95,9 @@ def run_gptq(src: Source, plan: Plan, store: Optional[Path], *, text_file: Optio
     def solve_expert(gname: str, W: np.ndarray, h) -> dict:
         H = h.hessian()
         check_holds(gname, by_name[gname].qtype, W)
-        blocks, deq, st = gptq_gguf(W, H.cpu().numpy(), by_name[gname].qtype.name, damp=damp, device=H.device)
+        H_np = H.cpu().numpy()
+        blocks, deq, st = gptq_gguf(W, H_np, by_name[gname].qtype.name, damp=damp, device=H.device,
+                                    importance=weights_of(H_np))
         return {"rows": np.ascontiguousarray(blocks).reshape(-1), "deq": deq,
                 **{k: st[k] for k in ("err", "rtn_err") if k in st}}
 
@@ -100,7 +109,8 @@ def run_gptq(src: Source, plan: Plan, store: Optional[Path], *, text_file: Optio
         # transformers load, lazy_model's fallback, bypasses the reader's NaN check)
         check_finite(W, "F32", f"{src.path}: {gname} ({full}.weight)")
         check_holds(gname, tp.qtype, W)
-        blocks, deq, st = gptq_gguf(W, H.cpu().numpy(), tp.qtype.name, damp=damp, device=H.device)
+        H_np = H.cpu().numpy()
+        blocks, deq, st = gptq_gguf(W, H_np, tp.qtype.name, damp=damp, device=H.device, importance=weights_of(H_np))
         # llama.cpp's row order (e.g. Llama's q/k rope permutation) applies to whole
         # rows, so it applies to the encoded rows too
         rows = blocks.reshape(W.shape[0], -1)
