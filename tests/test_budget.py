@@ -130,8 +130,9 @@ def test_importance_changes_the_key_and_the_loss(tmp_path):
     imp = imx.get("blk.0.attn_q.weight")
     from qconvert import kernels
     q = kernels.decode("Q4_K", kernels.encode("Q4_K", w, importance=np.broadcast_to(imp, w.shape))).reshape(w.shape)
-    expect = float((((w.astype(np.float64) - q) ** 2) * imp).sum())
-    assert weighted[("blk.0.attn_q.weight", "Q4_K")] == pytest.approx(expect, rel=1e-9)
+    # weighted by the statistics relative to their mean over the tensor's columns
+    expect = float((((w.astype(np.float64) - q) ** 2) * imp).sum()) / float(imp.astype(np.float32).mean())
+    assert weighted[("blk.0.attn_q.weight", "Q4_K")] == pytest.approx(expect, rel=1e-6)  # float32 mean
     assert weighted != plain
 
 
