@@ -68,7 +68,8 @@ def kernel(name: str) -> Kernel:
 def require_importance(name: str, importance) -> None:
     if importance is None:
         raise InputError(f"{name} needs importance statistics, as in llama.cpp: give --imatrix FILE or "
-                         f"--calibration TEXT (or choose another type for these tensors)")
+                         f"--calibration TEXT, and tensors without statistics (the embedding, the output) "
+                         f"another type")
 
 
 def _check_in(name: str, x: np.ndarray, width: int, dtype) -> np.ndarray:

@@ -9,8 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from ..errors import ShapeError
-from ..kernels import IMPORTANCE_TYPES
+from ..errors import InputError, ShapeError
+from ..kernels import IMPORTANCE_TYPES, REQUIRES_IMPORTANCE
 from ..plan.tensor_plan import Plan
 from ..source.input_file import checked_input_file
 
@@ -58,6 +58,10 @@ def importance_plan(plan: Plan, imatrix, source: str = "--imatrix") -> tuple[Pla
     notes, plain_types, tensors = [], set(), []
     for tp in plan.tensors:
         tensors.append(tp)
+        if tp.qtype.name in REQUIRES_IMPORTANCE and imatrix.get(tp.name) is None:
+            # llama.cpp's encoder asserts here; refuse before any weight is read
+            raise InputError(f"{source}: no statistics for {tp.name}, planned as {tp.qtype.name}, which cannot be "
+                             f"written without them; give it another type (--tensor-type '{tp.name}=IQ4_XS')")
         if not tp.qtype.quantized or imatrix.get(tp.name) is None:
             continue
         if tp.qtype.name in IMPORTANCE_TYPES:

@@ -165,3 +165,15 @@ def test_refused_without_importance(name, tiny, tmp_path):
     with pytest.raises(InputError, match="needs importance statistics"):
         qconvert.quantize(tiny("llama"), tmp_path / "q.gguf", type="Q4_K_M", tensor_types=[f"ffn_up={name}"])
     assert not (tmp_path / "q.gguf").exists()
+
+
+def test_statistics_missing_for_a_tensor_that_needs_them(tiny, tmp_path):
+    """Statistics exist only for the decoder linears: an embedding planned as IQ2_XXS is
+    refused naming it (llama.cpp's encoder would assert), and nothing is written."""
+    import qconvert
+    from qconvert.errors import InputError
+
+    with pytest.raises(InputError, match="no statistics for token_embd.weight, planned as IQ2_XXS"):
+        qconvert.quantize(tiny("llama"), tmp_path / "q.gguf", type="Q4_K_M", tensor_types=["token_embd=IQ2_XXS"],
+                          calibration=True, calibration_samples=2, calibration_seqlen=32, device="cpu")
+    assert not (tmp_path / "q.gguf").exists()
