@@ -369,15 +369,15 @@ def test_failed_write_keeps_the_old_output(model, tmp_path, monkeypatch):
     out = tmp_path / "o.gguf"
     out.write_bytes(b"previous output")
     calls = []
-    real = GGUFSink.write
+    real = GGUFSink.write_parts  # every tensor goes out through it, piece after piece
 
-    def failing(self, tp, data):
+    def failing(self, tp, parts):
         calls.append(tp.name)
         if len(calls) == 3:
             raise RuntimeError("disk trouble")
-        return real(self, tp, data)
+        return real(self, tp, parts)
 
-    monkeypatch.setattr(GGUFSink, "write", failing)
+    monkeypatch.setattr(GGUFSink, "write_parts", failing)
     with pytest.raises(RuntimeError):
         qconvert.quantize(model, out, type="Q8_0", force=True)
     assert out.read_bytes() == b"previous output"
