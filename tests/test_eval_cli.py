@@ -135,3 +135,30 @@ def test_other_vocabulary_is_refused(files, tiny, tmp_path):
     other = qconvert.quantize(tiny("llama"), tmp_path / "other.gguf", type="Q8_0").output
     r = run("eval", other, "-r", files["F16"], "--ctx", N_CTX, "--max-windows", 1, "--threads", 1)
     assert r.returncode == 3 and "vocabulary" in one_error_line(r)
+
+
+def test_split_sets_and_files_llama_cpp_refuses(files, tmp_path):
+    """A split set is one model whichever member is named (llama.cpp opens only the first);
+    a missing member, a truncated file or an architecture llama.cpp does not run is one line,
+    not the internal error llama-cpp-python's bare "Failed to load model" gave (exit 70)."""
+    import gguf
+
+    parts = qconvert.quantize(EXAMPLE, tmp_path / "s.gguf", type="Q8_0", split_max_tensors=12).files
+    assert len(parts) == 4
+    whole = _eval(files["Q8_0"], "-r", files["F16"])["results"][0]
+    by_second = _eval(parts[1], "-r", files["F16"])["results"][0]
+    assert by_second["mean_kl"] == whole["mean_kl"] and by_second["ppl"] == whole["ppl"]
+    twice = run("eval", parts[0], parts[2])
+    assert twice.returncode == 2 and "given twice" in one_error_line(twice)
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(files["Q8_0"].read_bytes()[:1_000_000])
+    alien = tmp_path / "alien.gguf"
+    w = gguf.GGUFWriter(alien, "nosucharch")
+    w.add_tensor("x", np.ones(32, np.float32))
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    parts[1].unlink()
+    for path, code, words in ((parts[0], 2, "member 2 of the 4-file GGUF set"), (truncated, 2, "past the end"),
+                              (alien, 3, "llama.cpp cannot load")):
+        for args in ([path, "-r", files["F16"]], [files["Q8_0"], "-r", path], [files["Q8_0"], "--tokenizer", path]):
+            r = run("eval", *args, "--ctx", N_CTX, "--max-windows", 1)
+            assert r.returncode == code and words in one_error_line(r), (args, r.stderr)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import InputError
+from .llama_model import loadable_path
 from .logits import backend_for
 from .metrics import score
 from .reference import reference_from
@@ -103,11 +104,12 @@ def _check_paths(paths: list[Path]) -> None:
             st = os.stat(p)
         except OSError as e:
             raise InputError(f"{p}: cannot read ({e.strerror})") from None
+        if backend_for(p) == "gguf":  # a .gguf file or a directory, else a one-line InputError
+            st = os.stat(loadable_path(p))  # a split set is one model, whichever member is named
         key = (st.st_dev, st.st_ino)
         if key in seen:
             raise InputError(f"{p}: given twice (also as {seen[key]})")
         seen[key] = p
-        backend_for(p)  # a .gguf file or a directory, else a one-line InputError
 
 
 def evaluate(models: list[Path | str], reference: Path | str | None = None, *, text: Optional[str] = None,

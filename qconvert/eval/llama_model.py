@@ -21,14 +21,25 @@ from ..errors import UnsupportedError
 _LOCK = threading.Lock()
 
 
+def loadable_path(path: Path | str) -> Path:
+    """The file llama.cpp opens for `path`: a split set's first member whichever member is
+    named (llama.cpp finds the others from the first's name and refuses a later one), once
+    the headers read cleanly and the set is whole, so a damaged file or a missing member is
+    a one-line error naming it, not llama.cpp's bare "Failed to load model"."""
+    from ..source.gguf_input import GGUFInput
+
+    return GGUFInput(path).files[0]
+
+
 def open_llama(path: Path | str, **kwargs):
     """`llama_cpp.Llama(model_path=path, **kwargs)` with weight repacking off (see above).
-    verbose defaults to False."""
+    verbose defaults to False. `path` may name any member of a split set."""
     try:
         import llama_cpp
         from llama_cpp import llama as llama_module
     except ImportError:
         raise UnsupportedError("running a GGUF needs llama-cpp-python (pip install llama-cpp-python)") from None
+    first = loadable_path(path)
     kwargs.setdefault("verbose", False)
     bindings = llama_module.llama_cpp  # the module object Llama.__init__ reads the defaults from
     defaults = bindings.llama_model_default_params
@@ -41,6 +52,12 @@ def open_llama(path: Path | str, **kwargs):
     with _LOCK:
         bindings.llama_model_default_params = no_repacking
         try:
-            return llama_cpp.Llama(model_path=str(path), **kwargs)
+            return llama_cpp.Llama(model_path=str(first), **kwargs)
+        except ValueError as e:  # its only word on a file it refuses (the reason goes to its log)
+            if "Failed to load model" not in str(e):
+                raise
+            raise UnsupportedError(f"{path}: llama.cpp cannot load this GGUF (an architecture, tensor layout or "
+                                   "key this llama-cpp-python build does not accept); check it with qconvert "
+                                   "inspect") from None
         finally:
             bindings.llama_model_default_params = defaults
