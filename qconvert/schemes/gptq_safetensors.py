@@ -52,8 +52,13 @@ def run_gptq_int(model_dir: Path, store: Optional[Path], *, targets: set[str], b
 
     def transform(i: int, layer: torch.nn.Module) -> None:
         unite_hessians(world, hess, next(layer.parameters()).device)
-        # this layer's modules, sorted: the same order on every rank
-        todo = sorted(n for n in hess if f".{i}." in n and n.split(f".{i}.")[0].endswith("layers"))
+        # this layer's modules in the layer's own order (q, k, v, o, gate, up, down; the same on
+        # every rank): a weight too large for the grid is reported as such before a later
+        # module's Hessian, made of the Inf activations it causes, fails the solve
+        mine_layer = {n for n in hess if f".{i}." in n and n.split(f".{i}.")[0].endswith("layers")}
+        todo = [full for name, _ in layer.named_modules()
+                if (full := next((n for n in mine_layer if n.endswith(f".{i}.{name}")), None)) is not None]
+        todo += sorted(mine_layer - set(todo))
         mods = [layer.get_submodule(full.split(f".{i}.", 1)[1]) for full in todo]
         who = worlds.owners([float(m.weight.shape[0] * m.weight.shape[1] ** 2 + m.weight.shape[1] ** 3)
                              for m in mods], world)
