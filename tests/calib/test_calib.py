@@ -412,3 +412,29 @@ def test_legacy_dat(tmp_path):
     (tmp_path / "junk.dat").write_bytes(b"\x01\x00\x00\x00\xff\xff")
     with pytest.raises(FormatError):
         ImportanceMatrix.load(tmp_path / "junk.dat")
+
+
+def test_square_sums_share_one_input_and_see_in_place_changes():
+    from qconvert.calib.collect import SquareSums
+
+    g = torch.Generator().manual_seed(0)
+    sums = SquareSums()
+    for _ in range(3):
+        x = torch.randn(2, 50, 16, generator=g)
+        for name in ("q", "k", "v"):  # one input, three weights: summed once, counted for each
+            sums(0, name, x)
+        x.mul_(2)  # changed in place (a new version): not the sums of the old values
+        sums(0, "o", x)
+        sums(0, "down", torch.randn(2, 50, 8, generator=g))
+    ref = {}
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = torch.randn(2, 50, 16, generator=g).double().reshape(-1, 16)
+        for name in ("q", "k", "v"):
+            ref[name] = ref.get(name, 0) + x.square().sum(0)
+        ref["o"] = ref.get("o", 0) + (2 * x).square().sum(0)
+        ref["down"] = ref.get("down", 0) + torch.randn(2, 50, 8, generator=g).double().reshape(-1, 8).square().sum(0)
+    for name, want in ref.items():
+        assert sums.counts[name] == 300
+        torch.testing.assert_close(sums.sums[name], want, rtol=1e-6, atol=0)
+    assert sums.sums["q"] is not sums.sums["k"]  # each weight accumulates on its own tensor
