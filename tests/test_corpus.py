@@ -146,3 +146,18 @@ def test_calibration_text_over_the_bound_is_refused_before_reading(tmp_path):
         f.truncate(MAX_TEXT_BYTES + 1)
     with pytest.raises(InputError, match="big.txt: calibration text is"):
         read_text(big)
+
+
+def test_training_documents_add_stdlib_docstrings_and_keep_held_out_text_out():
+    docs = corpus.training_documents()
+    train = corpus.split_documents("train")
+    assert docs[: len(train)] == train
+    extra = docs[len(train):]
+    keys = [k for k, _ in extra]
+    assert keys == sorted(keys) and all(k.startswith("stdlib:") for k in keys)
+    assert "stdlib:json/__init__.py" in keys and not any(k.startswith("stdlib:test/") for k in keys)
+    text = "\n\n".join(t for _, t in extra)
+    assert len(text) > 2 * len(corpus.split_text("train"))
+    for name in ("evaluation", "calibration"):
+        paragraphs = [p.strip() for p in corpus.split_text(name).split("\n\n") if len(p.strip()) >= 40]
+        assert not [p[:60] for p in paragraphs if p in text], name
