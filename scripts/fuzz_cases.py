@@ -23,12 +23,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fuzz_models import GENERATORS as MODEL_GENERATORS
+from fuzz_models import model_files
 from fuzz_mutate import TEMPLATES, Raw, mutate_binary, mutate_json, mutate_text
 from fuzz_seeds import (GGUF_SEEDS, MODEL_FILES, Layout, gguf_fields, has_nonfinite, imatrix_dat_layout,
                         protobuf_layout, safetensors_layout)
 
-KINDS = ("gguf", "safetensors", "index", "config", "tokenizer", "args", "output", "imatrix", "cache", "calibration")
-HEAVY = ("imatrix", "cache", "calibration")  # seconds a case, not milliseconds: a third as many
+KINDS = ("gguf", "safetensors", "index", "config", "tokenizer", "args", "output", "imatrix", "cache", "calibration",
+         "family", "embedding", "quantized", "split", "eval")
+HEAVY = ("imatrix", "cache", "calibration", "eval")  # seconds a case, not milliseconds: a third as many
 CASE = "@CASE@"
 SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
 INDEX = "model.safetensors.index.json"
@@ -77,6 +80,7 @@ class Seeds:
         self.imatrix_layout = {"imatrix.gguf": gguf_fields(self.imatrix["imatrix.gguf"]),
                                "imatrix.dat": imatrix_dat_layout(self.imatrix["imatrix.dat"])}
         self.cache = (root / "sensitivity.json").read_bytes()
+        self.model_files = model_files(root)  # fuzz_models' seeds
 
 
 def _model_links(prefix: str = "model", skip: tuple = ()) -> dict[str, str]:
@@ -311,7 +315,7 @@ QUANTIZE_OPTIONS: dict[str, list[str]] = {
                       "(?P<x>=Q8_0", r"blk\.0\..*=Q4_K", "(a+)+$=Q8_0"],
     "--output-tensor-type": TYPES, "--token-embedding-type": TYPES,
     "--context": INTS, "--target-size": SIZES, "--target-bpw": ["nan", "inf", "-1", "0", "1e999", "4.5", "abc", "8"],
-    "--target-vram": SIZES, "--group-size": INTS + ["32", "64"], "--damp": ["nan", "-1", "inf", "0", "1e400", "x"],
+    "--target-vram": SIZES, "--group-size": INTS + ["32", "64", "-1", "-2", "7", "16", "8", "2048", "65536"], "--damp": ["nan", "-1", "inf", "0", "1e400", "x"],
     "--kv-type": ["q4", "", "[/x]", "Q8_0", "f16", "F99"], "--format": ["ggml", "", "safetensors", "SAFETENSORS", "[/x]"],
     "--scheme": ["gptq", "rtn", "", "absmax", "[/x]", "kquant"], "--vocab-pre": ["", "[/x]", "llama-bpe", "nope", "x" * 300],
     "--calibration": [f"{CASE}/nonexistent.txt", "", "[/x]", f"{CASE}/model"],
@@ -319,6 +323,8 @@ QUANTIZE_OPTIONS: dict[str, list[str]] = {
     "--imatrix": [f"{CASE}/nonexistent.dat", f"{CASE}/model/config.json", f"{CASE}/m.gguf", CASE, "",
                   f"{CASE}/precious.txt"],
     "--save-imatrix": DECOYS, "--sensitivity-cache": DECOYS, "-o": PATHS,
+    "--split-max-size": SIZES + ["1B", "1", "1kB", "50GB", "2MB"], "--split-max-tensors": INTS + ["3", "2147483648"],
+    "--candidates": ["k", "legacy,iq", "", ",", "K, LEGACY", "q8", "k,k", "iq,", "[/x]", "x" * 300, "all"],
 }
 QUANTIZE_FLAGS = ["--force", "--dry-run", "--pure", "--allow-requantize", "--no-fallback", "--sym", "--asym",
                   "--act-order", "--no-progress", "-f"]
@@ -377,7 +383,10 @@ def gen_args(rng: random.Random, s: Seeds) -> Case:
     files = args_files()
     protected = [k for k, v in files.items() if not (isinstance(v, str) and (v == "dir" or v.startswith("symlink:")))]
     replaceable = _forced_output(argv)
-    return Case("args", argv, files, "odd arguments", [k for k in protected if k not in replaceable])
+    # a sized plan measures every candidate type of every tensor: 20 s on the tiny model when
+    # the machine is busy (legacy and i-quant candidates doubled it), a slow case, not a hang
+    slow = 60.0 if set(BUDGET_OPTIONS) & set(argv) else None
+    return Case("args", argv, files, "odd arguments", [k for k in protected if k not in replaceable], timeout=slow)
 
 
 def _forced_output(argv: list[str]) -> set[str]:
@@ -566,4 +575,4 @@ def gen_calibration(rng: random.Random, s: Seeds) -> Case:
 
 GENERATORS = {"gguf": gen_gguf, "safetensors": gen_safetensors, "index": gen_index, "config": gen_config,
               "tokenizer": gen_tokenizer, "args": gen_args, "output": gen_output, "imatrix": gen_imatrix,
-              "cache": gen_cache, "calibration": gen_calibration}
+              "cache": gen_cache, "calibration": gen_calibration, **MODEL_GENERATORS}

@@ -74,6 +74,7 @@ def build_seeds(workdir: Path, call) -> Path:
     for name in MODEL_FILES[:-1]:
         shutil.copyfile(EXAMPLE / name, seeds / "sharded" / name)
     call("fuzz_seeds:make_seed_files", str(seeds))
+    call("fuzz_models:make_model_seeds", str(seeds))  # MoE, families, embeddings, FP8/GPTQ, a split set
     for p in seeds.rglob("*"):
         if p.is_file():
             os.chmod(p, 0o444)
