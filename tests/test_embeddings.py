@@ -16,6 +16,7 @@ ModernBERT with its window ignored, 0.767-0.916.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import gguf
@@ -290,6 +291,8 @@ def test_pooling_llama_cpp_cannot_apply_is_refused(models, tmp_path):
     ("modules.json", '[{"type": "sentence_transformers.models.Pooling", "path": "../x"}]', "a folder inside"),
     ("1_Pooling/config.json", "[1, 2]", "1_Pooling/config.json: should hold a JSON object"),
     ("1_Pooling/config.json", '{"pooling_mode": {"mean": true}}', "pooling mode"),
+    ("1_Pooling/config.json", "fifo", "1_Pooling/config.json: missing or not a regular file"),  # was "mode []"
+    ("1_Pooling", "gone", "1_Pooling/config.json: missing or not a regular file"),
     ("config.json", None, "max_position_embeddings is 512, but tensor embeddings.position_embeddings"),
 ])
 def test_damaged_embedding_files_are_one_clean_error(file, text, message, models, tmp_path):
@@ -299,7 +302,12 @@ def test_damaged_embedding_files_are_one_clean_error(file, text, message, models
     if text is None:  # a config that disagrees with the weights
         config = json.loads((d / file).read_text())
         text = json.dumps(dict(config, max_position_embeddings=512))
-    (d / file).write_text(text)
+    if text in ("fifo", "gone"):
+        shutil.rmtree(d / file) if (d / file).is_dir() else (d / file).unlink()
+        if text == "fifo":
+            os.mkfifo(d / file)
+    else:
+        (d / file).write_text(text)
     with pytest.raises((InputError, UnsupportedError), match=message):
         qconvert.quantize(d, tmp_path / "a.gguf", type="F32", dry_run=True)
 

@@ -80,6 +80,9 @@ def read_pooling(model_dir: Path) -> Optional[Pooling]:
             if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
                 raise FormatError(f"{modules_path}: the Pooling module's path should be a folder inside the model")
             config_path = model_dir / rel / "config.json"
+            if not config_path.is_file():  # read_json's {} would read as "no pooling mode"
+                raise FormatError(f"{config_path}: missing or not a regular file, but {modules_path.name} names "
+                                  "a Pooling module there; restore the model's pooling config")
             mode = _mode(read_json(config_path), config_path)
             if mode not in MODES:
                 raise UnsupportedError(f"{config_path}: pooling mode {mode!r}; llama.cpp pools by "
