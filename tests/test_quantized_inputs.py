@@ -256,3 +256,35 @@ def test_gptq_and_awq_kernels_equal_their_numpy_twins(kind):
         twin = int_packed.awq_rows(qw, qz, scales[:, start:stop], group, start, stop)
         fast = packed_int.awq_rows(qw, qz, scales[:, start:stop], group, start, stop)
     assert fast.shape == (stop - start, n_in) and np.array_equal(fast, twin)
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("g_idx as float", r"gate_proj.g_idx' should hold .*integers, not F32"),
+    ("g_idx out of range", r"gate_proj.g_idx': group indices run from 0 to 999, but the scales hold"),
+    ("g_idx negative", r"gate_proj.g_idx': group indices run from -4 to"),
+    ("qzeros as float", r"gate_proj.qzeros' should hold I32 integers, not F32"),
+])
+def test_damaged_gptq_tensors_are_refused_naming_them(made, tmp_path, damage, message):
+    """Group indices pick scale rows in a decoder that does not bound-check them, and int
+    words read as floats (or floats as ints) decode to other weights: each of these wrote a
+    GGUF with exit 0 before."""
+    path, _, _ = made("gptq")
+    tensors = load_file(str(path / "model.safetensors"))
+    p = "model.layers.0.mlp.gate_proj"
+    g = tensors[p + ".g_idx"].clone()
+    if damage == "g_idx as float":
+        tensors[p + ".g_idx"] = g.to(torch.float32)
+    elif damage == "qzeros as float":
+        tensors[p + ".qzeros"] = tensors[p + ".qzeros"].view(torch.float32)
+    else:
+        g[5 if damage == "g_idx out of range" else 0] = 999 if damage == "g_idx out of range" else -4
+        tensors[p + ".g_idx"] = g
+    d = tmp_path / "broken"
+    d.mkdir()
+    for f in path.iterdir():
+        if f.suffix == ".json":
+            d.joinpath(f.name).write_bytes(f.read_bytes())
+    save_file(tensors, str(d / "model.safetensors"))
+    with pytest.raises(FormatError, match=message):
+        qconvert.quantize(d, tmp_path / "x.gguf", type="Q8_0")
+    assert not (tmp_path / "x.gguf").exists()

@@ -84,6 +84,14 @@ class Parts:
             raise FormatError(f"{h.source}: tensor {name!r} should hold float scales, not {h.dtype}")
         return name
 
+    def check_int(self, name: str, dtypes: tuple[str, ...] = ("I32", "I64", "I16", "I8", "U8")) -> str:
+        """Packed words, zero points and group indices are integers: read as floats (or
+        floats read as them) they decode to other weights with no error."""
+        h = self.handles[name]
+        if h.dtype not in dtypes:
+            raise FormatError(f"{h.source}: tensor {name!r} should hold {' or '.join(dtypes)} integers, not {h.dtype}")
+        return name
+
     def floats(self, name: str, shape: Optional[tuple[int, ...]] = None, rows: slice = slice(None),
                cols: slice = slice(None)) -> np.ndarray:
         """A slice of a float tensor (viewed as `shape`) as float32: scales are read when a
@@ -212,6 +220,7 @@ def _packed(parts: Parts, p: str) -> Quantized:
                                "int32 words: a packing qconvert does not read (FP4 formats such as NVFP4)")
     parts.need(names["packed"], names["scale"])
     parts.need(names["packed"], names["shape"])
+    parts.check_int(names["shape"])
     shape = tuple(int(x) for x in parts.raw(names["shape"]).reshape(-1))
     words = parts.shape(names["packed"])
     bits = next((b for b in (2, 3, 4, 5, 6, 7, 8) if len(shape) == 2 and words == (shape[0], -(-shape[1] * b // 32))),
@@ -220,8 +229,11 @@ def _packed(parts: Parts, p: str) -> Quantized:
         raise FormatError(f"{parts.where(names['packed'])}: shape {list(words)} is no packing of a {list(shape)} "
                           "weight (weight_shape)")
     parts.check_float(names["scale"])
-    zp = parts.raw(names["zero_point"]) if parts.has(names["zero_point"]) else None
-    g_idx = parts.raw(names["g_idx"]) if parts.has(names["g_idx"]) else None
+    zp = parts.raw(parts.check_int(names["zero_point"], ("I32",))) if parts.has(names["zero_point"]) else None
+    g_idx = parts.raw(parts.check_int(names["g_idx"])) if parts.has(names["g_idx"]) else None
+    scale_shape = parts.shape(names["scale"])
+    if g_idx is not None and len(scale_shape) == 2:
+        _check_groups(parts, names["g_idx"], g_idx, scale_shape[1])
     used = tuple(n for n in names.values() if parts.has(n))
     kind = f"compressed-tensors int{bits} ({'asymmetric' if zp is not None else 'symmetric'})"
     def rows(a: int, b: int) -> np.ndarray:
@@ -229,6 +241,16 @@ def _packed(parts: Parts, p: str) -> Quantized:
         return int_packed.ct_rows(parts.raw(names["packed"]), scale, zp, g_idx, bits, shape, a, b)
 
     return Quantized(p + ".weight", shape, f"I{bits}", kind, used, rows)
+
+
+def _check_groups(parts: Parts, name: str, g_idx: Optional[np.ndarray], n_groups: int) -> None:
+    """Group indices pick rows of the scales (the decoders do not bound-check them)."""
+    if g_idx is None or not len(g_idx):
+        return
+    lo, hi = int(np.min(g_idx)), int(np.max(g_idx))
+    if lo < 0 or hi >= n_groups:
+        raise FormatError(f"{parts.where(name)}: group indices run from {lo} to {hi}, but the scales hold "
+                          f"{n_groups} groups (0 to {n_groups - 1}); the checkpoint is damaged")
 
 
 def _qweight(parts: Parts, p: str) -> Quantized:
@@ -241,6 +263,8 @@ def _qweight(parts: Parts, p: str) -> Quantized:
     (r, c), (n_groups, n_out) = parts.shape(qw), parts.shape(sc)
     awq = parts.method == "awq" or (parts.method != "gptq" and c * 8 == n_out)
     parts.check_float(sc)
+    for n in (qw, qz):
+        parts.check_int(n, ("I32",))
 
     def scales(a: int, b: int) -> np.ndarray:  # the columns of output rows a..b
         return parts.floats(sc, cols=slice(a, b))
@@ -252,7 +276,8 @@ def _qweight(parts: Parts, p: str) -> Quantized:
         return Quantized(p + ".weight", shape, "I4", f"AWQ int4 (groups of {group})", (qw, qz, sc),
                          lambda a, b: packed_int.awq_rows(parts.raw(qw), parts.raw(qz), scales(a, b), group, a, b),
                          by_rows=False)
-    g_idx = parts.raw(gi) if parts.has(gi) else None
+    g_idx = parts.raw(parts.check_int(gi)) if parts.has(gi) else None
+    _check_groups(parts, gi, g_idx, n_groups)
     bits = parts.qc.get("bits", 4)
     n_in = len(g_idx) if g_idx is not None else r * 32 // bits if isinstance(bits, int) and bits else 0
     if n_in and r * 32 % n_in == 0:
