@@ -4,7 +4,10 @@ files (tokenizer.json, tokenizer.model, chat_template.jinja...), odd argument li
 paths (devices, FIFOs, directories, input files, links), damaged importance matrices (GGUF and
 .dat), sensitivity caches and calibration texts, each run through `qconvert inspect`,
 `quantize` (dry run and, for a share of cases, a real conversion) or `estimate-memory`.
-Kinds: gguf, safetensors, index, config, tokenizer, args, output, imatrix, cache, calibration.
+Kinds: gguf, safetensors, index, config, tokenizer, args, output, imatrix, cache, calibration,
+and (scripts/fuzz_models.py) family, embedding, quantized, split, eval: MoE and newer-family
+configs and expert tensors, sentence-transformers files, FP8/GPTQ checkpoints, GGUF split
+sets and `qconvert eval`.
 
     python scripts/fuzz.py --seed 1 --cases 2000
     python scripts/fuzz.py --minutes 3 --kinds gguf,config --save-failures failures/

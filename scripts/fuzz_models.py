@@ -290,7 +290,8 @@ def gen_quantized(rng: random.Random, s) -> "Case":
         refuse = ""
     elif rng.random() < 0.7:
         data, note = _scale_header_mutation(rng, raw, kind)
-        refuse = "scale tensor of the wrong shape or dtype"
+        old, new = note.split(" -> ")[0].split(" ", 2)[2], note.split(" -> ")[1]
+        refuse = "scale tensor of the wrong shape or dtype" if old != new else ""
     else:
         from fuzz_seeds import safetensors_layout
 
