@@ -113,7 +113,8 @@ def make(recipe: Recipe, model: Path, root: Path, n_params: int) -> tuple[Path, 
     seconds = time.perf_counter() - t0
     plan = getattr(res, "plan", None)
     size = res.file_size or (sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else 0)
-    bpw = plan.bits_per_weight if plan is not None else 8 * size / n_params
+    # a GGUF plan knows its bits per weight; a safetensors plan does not (the file's size does)
+    bpw = getattr(plan, "bits_per_weight", None) or 8 * size / n_params
     return out, bpw, size, seconds
 
 
