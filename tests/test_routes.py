@@ -27,6 +27,8 @@ ROUTE_JOBS = {
     "gguf-gptq": {"scheme": "gptq"},
     "safetensors": {"format": "safetensors"},
     "safetensors-gptq": {"format": "safetensors", "scheme": "gptq"},
+    "gguf-awq": {"scheme": "awq"},
+    "safetensors-awq": {"format": "safetensors", "scheme": "awq"},
 }
 # a value for each option; options used only with calibration are tried with calibration on
 VALUES = {"type": "Q4_K_M", "bits": 4, "tensor_types": ["attn_v=Q8_0"], "output_tensor_type": "Q8_0",
@@ -37,33 +39,33 @@ VALUES = {"type": "Q4_K_M", "bits": 4, "tensor_types": ["attn_v=Q8_0"], "output_
           "split_max_size": "50GB", "split_max_tensors": 256, "candidates": "k,legacy"}
 WITH_CALIBRATION = {"calibration_samples", "calibration_seqlen", "device", "save_imatrix"}
 C, R = "consumed", "refused"
-#                          gguf sized sized-vram gptq st st-gptq
+#                          gguf sized sized-vram gptq st st-gptq awq st-awq
 TABLE = {
-    "type":                 (C, R, R, C, R, R),
-    "bits":                 (C, R, R, C, C, C),
-    "tensor_types":         (C, R, R, C, R, R),
-    "output_tensor_type":   (C, R, R, C, R, R),
-    "token_embedding_type": (C, R, R, C, R, R),
-    "pure":                 (C, R, R, C, R, R),
-    "allow_requantize":     (C, C, C, R, R, R),
-    "no_fallback":          (C, C, C, C, C, C),
-    "vocab_pre":            (C, C, C, C, R, R),
-    "imatrix":              (C, C, C, R, R, R),
-    "calibration":          (C, C, C, C, R, C),
-    "calibration_samples":  (C, C, C, C, R, C),
-    "calibration_seqlen":   (C, C, C, C, R, C),
-    "device":               (C, C, C, C, R, C),
-    "save_imatrix":         (C, C, C, R, R, R),
-    "group_size":           (R, R, R, R, C, C),
-    "sym":                  (R, R, R, R, C, C),
-    "act_order":            (R, R, R, R, R, C),
-    "damp":                 (R, R, R, C, R, C),
-    "context":              (R, R, C, R, R, R),
-    "kv_type":              (R, R, C, R, R, R),
-    "sensitivity_cache":    (R, C, C, R, R, R),
-    "split_max_size":       (C, C, C, C, R, R),
-    "split_max_tensors":    (C, C, C, C, R, R),
-    "candidates":           (R, C, C, R, R, R),
+    "type":                 (C, R, R, C, R, R, C, R),
+    "bits":                 (C, R, R, C, C, C, C, C),
+    "tensor_types":         (C, R, R, C, R, R, C, R),
+    "output_tensor_type":   (C, R, R, C, R, R, C, R),
+    "token_embedding_type": (C, R, R, C, R, R, C, R),
+    "pure":                 (C, R, R, C, R, R, C, R),
+    "allow_requantize":     (C, C, C, R, R, R, R, R),
+    "no_fallback":          (C, C, C, C, C, C, C, C),
+    "vocab_pre":            (C, C, C, C, R, R, C, R),
+    "imatrix":              (C, C, C, R, R, R, R, R),
+    "calibration":          (C, C, C, C, R, C, C, C),
+    "calibration_samples":  (C, C, C, C, R, C, C, C),
+    "calibration_seqlen":   (C, C, C, C, R, C, C, C),
+    "device":               (C, C, C, C, R, C, C, C),
+    "save_imatrix":         (C, C, C, R, R, R, R, R),
+    "group_size":           (R, R, R, R, C, C, R, C),
+    "sym":                  (R, R, R, R, C, C, R, C),
+    "act_order":            (R, R, R, R, R, C, R, R),
+    "damp":                 (R, R, R, C, R, C, R, R),
+    "context":              (R, R, C, R, R, R, R, R),
+    "kv_type":              (R, R, C, R, R, R, R, R),
+    "sensitivity_cache":    (R, C, C, R, R, R, R, R),
+    "split_max_size":       (C, C, C, C, R, R, C, R),
+    "split_max_tensors":    (C, C, C, C, R, R, C, R),
+    "candidates":           (R, C, C, R, R, R, R, R),
 }
 
 
