@@ -431,3 +431,15 @@ def test_cli_model_gguf_vram_json(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     assert "max context" in out and "KV cache per context" in out and "sliding window" in out
     assert "128k" in out
+
+
+def test_kv_type_is_one_llama_cpp_caches_in():
+    from qconvert.errors import InputError
+
+    shape = dict(layers=32, kv_heads=8, head_dim=128, context=8192)
+    q8 = estimate_memory("8B", kv_type="q8_0", **shape).kv_bytes
+    assert q8 == 32 * 8192 * 8 * 256 * 34 // 32  # K and V rows of 128, Q8_0's 34 bytes per 32
+    assert estimate_memory("8B", kv_type="iq4_nl", **shape).kv_bytes == q8 * 18 // 34
+    for bad in ("q4_k", "iq2_xxs", "mxfp4"):
+        with pytest.raises(InputError, match="KV cache"):
+            estimate_memory("8B", kv_type=bad, **shape)

@@ -105,9 +105,16 @@ def smallest_gpu(total: int) -> str | None:
 
 def kv_bytes_per_element(kv_type: str = "F16") -> Fraction:
     """Exact bytes per cached element: a block type's bytes per block over its weights
-    (Q8_0: 34/32), since llama.cpp stores each token's K (and V) row in that type."""
+    (Q8_0: 34/32), since llama.cpp stores each token's K (and V) row in that type. Only
+    the types llama.cpp's KV cache takes (its --cache-type-k/-v choices) are accepted."""
     q = qtype(kv_type)
+    if q.name not in KV_TYPES:
+        raise InputError(f"--kv-type {kv_type}: llama.cpp's KV cache takes {', '.join(KV_TYPES)}")
     return Fraction(q.type_size, q.block_size)
+
+
+# llama.cpp's cache types (common/arg.cpp kv_cache_types)
+KV_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "IQ4_NL", "Q5_0", "Q5_1")
 
 
 def kv_cache_bytes_for(shape: ModelShape, context: int, kv_type: str = "F16", *, sliding: bool = True) -> int:
