@@ -16,7 +16,8 @@ from fuzz_runner import tree
 CLEAN_CODES = (2, 3, 4)
 FAILS = ("internal", "hang", "memory", "device-replaced", "wrong-exit", "messy-error", "bad-json", "unsafe-text",
          "accepted", "missed-problem", "input-changed", "outside-changed", "leftover", "bad-output")
-OUTPUT_OPTIONS = ("-o", "--output", "--save-imatrix", "--sensitivity-cache")
+OUTPUT_OPTIONS = ("-o", "--output", "--save-imatrix", "--sensitivity-cache", "--plot")
+SPLIT_OPTIONS = ("--split-max-size", "--split-max-tensors")
 # what must never reach a terminal raw: C0/C1 controls (escape sequences), bidi overrides
 UNSAFE = re.compile("[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f\\u202a-\\u202e\\u2066-\\u2069]")
 
@@ -182,12 +183,27 @@ def output_paths(root: Path, argv: list[str]) -> list[str]:
     named = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in OUTPUT_OPTIONS]
     named += [a.partition("=")[2] for a in argv if a.partition("=")[0] in OUTPUT_OPTIONS[1:] and "=" in a]
     outs = []
+    split = any(a.partition("=")[0] in SPLIT_OPTIONS for a in argv)
     for v in named:
         p = os.path.normpath(os.path.join(root, v))
         outs.append(os.path.relpath(p, root))
+        if split and v == named[0]:  # the set's members, named from -o (gguf_split.prefix_of)
+            outs += _split_members(root, p)
         if os.path.islink(p):
             outs.append(os.path.relpath(os.path.realpath(p), root))
     return outs
+
+
+def _split_members(root: Path, out: str) -> list[str]:
+    """Every PREFIX-0000N-of-0000M.gguf name a split set written for -o `out` may take
+    (M up to 99: the cases' sets are small)."""
+    import re
+
+    name = os.path.basename(out)
+    m = re.fullmatch(r"(.*)-\d{5}-of-\d{5}\.gguf", name)
+    prefix = m.group(1) if m else name[:-5] if name.lower().endswith(".gguf") else name
+    base = os.path.relpath(os.path.join(os.path.dirname(out), prefix), root)
+    return [f"{base}-{i:05d}-of-{n:05d}.gguf" for n in range(1, 100) for i in range(1, n + 1)]
 
 
 def _outside_outputs(root: Path, before: dict, outs: list[str], argv: list[str]) -> tuple[str, str] | None:
