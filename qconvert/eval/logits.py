@@ -28,6 +28,7 @@ from ..registry import Registry
 
 class LogitSource(Protocol):
     label: str  # what ran, for reports: "llama.cpp", "transformers float32"
+    vocab: int  # token ids it takes: 0 .. vocab-1
 
     def __call__(self, tokens: np.ndarray, first: int) -> np.ndarray:
         """Logits at positions first .. len(tokens)-2, float32 (n_scored, vocab)."""
@@ -51,6 +52,21 @@ def backend_for(model: Path | str) -> str:
 def open_logits(model: Path | str, *, backend: Optional[str] = None, n_ctx: int = 512,
                 threads: int = 1) -> LogitSource:
     return BACKENDS.get(backend or backend_for(model))(Path(model), n_ctx=n_ctx, threads=threads)
+
+
+def check_vocab(model: Path | str, src: LogitSource, tokens: np.ndarray, reference_vocab: Optional[int] = None) -> None:
+    """Before any window runs: every token id must be one the model has (llama.cpp fails a
+    decode with an id past its vocabulary), and a candidate's vocabulary must be the
+    reference's, or the two cannot be compared position by position."""
+    from ..errors import ShapeError
+
+    top = int(tokens.max()) if tokens.size else -1
+    if reference_vocab is not None and src.vocab != reference_vocab:
+        raise ShapeError(f"{model}: {src.vocab} tokens in its vocabulary, the reference has {reference_vocab}; "
+                         "a different vocabulary cannot be compared")
+    if top >= src.vocab:
+        raise ShapeError(f"{model}: the text was tokenized with ids up to {top}, its vocabulary has {src.vocab}; "
+                         "evaluate it with its own tokenizer (--tokenizer) or against a model of the same vocabulary")
 
 
 @BACKENDS.register("gguf")
@@ -84,10 +100,13 @@ class TransformersLogits:
         import transformers
 
         transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar is not ours to show
+        if not (path / "config.json").is_file():
+            raise InputError(f"{path}: no config.json; a model directory to evaluate needs one (or give a .gguf)")
         major = int(transformers.__version__.split(".")[0])
         kwargs = {"dtype": torch.float32} if major >= 5 else {"torch_dtype": torch.float32}
         try:
             self.model = transformers.AutoModelForCausalLM.from_pretrained(str(path), **kwargs).eval()
+            self.vocab = int(self.model.get_input_embeddings().num_embeddings)
         except (OSError, ValueError, KeyError) as e:
             raise UnsupportedError(f"{path}: transformers cannot load this model for evaluation ({e})") from None
         self.torch = torch

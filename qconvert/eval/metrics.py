@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import ShapeError
-from .logits import backend_for, open_logits
+from .logits import backend_for, check_vocab, open_logits
 from .reference import Reference
 from .statistics import Accumulator, Metrics, log_softmax, row_chunks  # noqa: F401  (Metrics re-exported)
 from .windows import Windows
@@ -24,6 +24,11 @@ def score(model: Path | str, windows: Windows, *, reference: Optional[Reference]
     if reference is not None and reference.windows.digest() != windows.digest():
         raise ShapeError("candidate and reference must be scored on the same windows")
     src = open_logits(model, backend=backend, n_ctx=windows.n_ctx, threads=threads)
+    try:
+        check_vocab(model, src, windows.tokens, reference.vocab if reference is not None else None)
+    except BaseException:
+        src.close()
+        raise
     acc = Accumulator()
     targets = windows.targets()
     try:

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import FormatError
-from .logits import backend_for, open_logits
+from .logits import backend_for, check_vocab, open_logits
 from .statistics import Accumulator, Metrics, log_softmax, row_chunks
 from .windows import Windows
 
@@ -105,6 +105,13 @@ def reference_from(model: Path | str, windows: Windows, workdir: Path | str | No
     path = Path(workdir)
     path.mkdir(parents=True, exist_ok=True)
     src = open_logits(model, backend=backend, n_ctx=windows.n_ctx, threads=threads)
+    try:
+        check_vocab(model, src, windows.tokens)
+    except BaseException:
+        src.close()
+        if tmp is not None:
+            tmp.cleanup()
+        raise
     targets = windows.targets()
     acc = Accumulator()
     top = np.zeros(targets.shape, dtype=np.int32)
