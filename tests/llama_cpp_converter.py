@@ -33,9 +33,34 @@ runpy.run_path(src + "/convert_hf_to_gguf.py", run_name="__main__")
 def llama_cpp_source() -> Path | None:
     """A llama.cpp source tree: $LLAMA_CPP_SRC, /work/src/llama.cpp, or an unpacked
     llama-cpp-python sdist's vendor/llama.cpp."""
-    cands = [os.environ.get("LLAMA_CPP_SRC"), "/work/src/llama.cpp",
-             *sorted(map(str, Path("/tmp").glob("llama-src/*/vendor/llama.cpp")))]
-    return next((Path(c) for c in cands if c and (Path(c) / "convert_hf_to_gguf.py").is_file()), None)
+    def found():
+        cands = [os.environ.get("LLAMA_CPP_SRC"), "/work/src/llama.cpp",
+                 *sorted(map(str, Path("/tmp").glob("llama-src/*/vendor/llama.cpp")))]
+        return next((Path(c) for c in cands if c and (Path(c) / "convert_hf_to_gguf.py").is_file()), None)
+
+    return found() or (_fetch_sdist() and found())
+
+
+def _fetch_sdist() -> bool:
+    """Unpack the sdist of the llama-cpp-python the test extras installed (PyPI carries
+    llama.cpp's whole source in it) under /tmp/llama-src/; False when PyPI cannot be reached."""
+    import tarfile
+    import tempfile
+
+    import llama_cpp
+
+    ver = llama_cpp.__version__
+    dest = Path("/tmp/llama-src")
+    with tempfile.TemporaryDirectory() as d:
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
+                            f"llama-cpp-python=={ver}", "-d", d], capture_output=True, timeout=600)
+        tars = list(Path(d).glob("*.tar.gz"))
+        if r.returncode or not tars:
+            return False
+        dest.mkdir(exist_ok=True)
+        with tarfile.open(tars[0]) as t:
+            t.extractall(dest, filter="data")
+    return True
 
 
 def convert(src: Path, model_dir: Path, out: Path, outtype: str, pre: str = "default") -> Path:

@@ -370,14 +370,7 @@ def test_writer_reads_one_expert_at_a_time(models, which, monkeypatch, tmp_path)
 
 
 # -- llama.cpp's own converter ------------------------------------------------------------------
-def llama_cpp_source() -> Path | None:
-    """A llama.cpp source tree (convert_hf_to_gguf.py and its gguf-py): $LLAMA_CPP_SRC,
-    /work/src/llama.cpp, or an unpacked llama-cpp-python sdist's vendor/llama.cpp."""
-    import os
-
-    cands = [os.environ.get("LLAMA_CPP_SRC"), "/work/src/llama.cpp",
-             *sorted(map(str, Path("/tmp").glob("llama-src/*/vendor/llama.cpp")))]
-    return next((Path(c) for c in cands if c and (Path(c) / "convert_hf_to_gguf.py").is_file()), None)
+from llama_cpp_converter import llama_cpp_source  # noqa: E402  (fetches the sdist when needed)
 
 
 # our fixture tokenizer's hash is in no table of the converter's: give it the name we derive
