@@ -1,16 +1,16 @@
-"""Time the K-quant encoders on one 4096 x 4096 float32 matrix, qconvert against llama.cpp.
+"""Time the K-quant encoders (Q2_K .. Q6_K), qconvert against llama.cpp, plain and with
+importance weights, on one weight-like float32 matrix (Student-t, 0.02 scale).
 
-Columns, same input, same thread count (default 2):
-  qconvert     numba kernel, prange over super-blocks (timed after a warm-up call, so
-               compilation is excluded)
-  llama.cpp/1  ggml_quantize_chunk through ctypes (tests/ggml_oracle.py), one call, one thread
-  llama.cpp/N  the same split into N row ranges on N Python threads (ctypes drops the GIL
-               during the call), i.e. llama.cpp given the same cores as numba
+Columns, same input, same thread count (default 1):
+  qconvert     numba kernel (timed after a warm-up call, so compilation is excluded)
+  llama.cpp    ggml_quantize_chunk through ctypes (tests/ggml_oracle.py), the rows split
+               into N ranges on N Python threads (ctypes drops the GIL during the call)
 "cpu" columns give process CPU time (all threads summed), which stays meaningful when
-other programs share the cores; the last column says whether qconvert's bytes equal
-llama.cpp's.
+other programs share the cores; each side is timed `--repeat` times, alternating, and the
+best of each is kept. The last column says whether qconvert's bytes equal llama.cpp's.
 
-Run: python scripts/bench_kquants.py [--types Q4_K,Q6_K] [--threads 2] [--repeat 3]
+Run: python scripts/bench_kquants.py [--types Q4_K,Q6_K] [--threads 1] [--rows 512]
+     [--cols 4096] [--importance no,yes] [--repeat 3]
 Not a test: timings depend on the machine and its load.
 """
 
@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 
-def _threads_from_argv(default: int = 2) -> int:
+def _threads_from_argv(default: int = 1) -> int:
     for i, a in enumerate(sys.argv):
         if a == "--threads" and i + 1 < len(sys.argv):
             return int(sys.argv[i + 1])
@@ -40,53 +40,64 @@ import numpy as np  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-from qconvert.kernels import kernel  # noqa: E402
+from qconvert import kernels  # noqa: E402
 
 
-def best_of(fn, repeat: int):
-    """(best wall seconds, best CPU seconds, last output) over `repeat` calls."""
-    wall, cpu, out = float("inf"), float("inf"), None
-    for _ in range(repeat):
-        t, c = time.perf_counter(), time.process_time()
-        out = fn()
-        wall = min(wall, time.perf_counter() - t)
-        cpu = min(cpu, time.process_time() - c)
-    return wall, cpu, out
+def timed(fn):
+    t, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - t, time.process_time() - c, out
 
 
-def llama_threaded(ggml_quantize, name: str, x: np.ndarray, n_threads: int) -> np.ndarray:
+def llama_threaded(ggml_quantize, name, x, imatrix, n_threads):
+    if n_threads == 1:
+        return ggml_quantize(name, x, imatrix)
     parts = np.array_split(x, n_threads, axis=0)
     with ThreadPoolExecutor(n_threads) as pool:
-        outs = list(pool.map(lambda p: ggml_quantize(name, p), parts))
+        outs = list(pool.map(lambda p: ggml_quantize(name, p, imatrix), parts))
     return np.concatenate(outs, axis=0)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--types", default="Q4_K,Q6_K")
-    ap.add_argument("--size", type=int, default=4096)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--types", default="Q4_K,Q6_K,Q5_K,Q3_K,Q2_K")
+    ap.add_argument("--rows", type=int, default=512)
+    ap.add_argument("--cols", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--importance", default="no,yes", help="no, yes or no,yes")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    from ggml_oracle import ggml_quantize
     import numba
 
+    from ggml_oracle import ggml_quantize
+
     n = args.threads
-    x = np.random.default_rng(0).standard_normal((args.size, args.size)).astype(np.float32)
-    print(f"matrix {x.shape} float32, numba threads {numba.get_num_threads()}, best of {args.repeat}")
-    print(f"{'type':6} {'qconvert':>9} {'(cpu)':>8} {'llama.cpp/1':>11} {'(cpu)':>8}"
-          f" {f'llama.cpp/{n}':>11}  {'wall qc/llama' + str(n):>15} {'cpu qc/llama':>12}  bytes equal")
+    rng = np.random.default_rng(0)
+    x = (rng.standard_t(5, (args.rows, args.cols)) * 0.02).astype(np.float32)
+    imatrix = (rng.random(args.cols) ** 3 * 10).astype(np.float32)
+    print(f"matrix {x.shape} float32, numba threads {numba.get_num_threads()}, llama.cpp threads {n},"
+          f" best of {args.repeat}, load average {os.getloadavg()[0]:.1f}")
+    print(f"{'type':6} {'imp':>3} {'qconvert':>9} {'(cpu)':>8} {'llama.cpp':>9} {'(cpu)':>8}"
+          f" {'wall ratio':>10} {'cpu ratio':>9}  bytes")
     for name in args.types.split(","):
-        k = kernel(name)
-        blocks = x.reshape(-1, 256)
-        k.encode(blocks[:64])  # warm-up: compile or load the cache
-        t_qc, c_qc, q = best_of(lambda: k.encode(blocks), args.repeat)
-        t_l1, c_l1, q_l = best_of(lambda: ggml_quantize(name, x), args.repeat)
-        t_ln, _, q_ln = best_of(lambda: llama_threaded(ggml_quantize, name, x, n), args.repeat)
-        same = np.array_equal(q, q_l) and np.array_equal(q_l, q_ln)
-        print(f"{name:6} {t_qc * 1e3:7.0f}ms {c_qc * 1e3:6.0f}ms {t_l1 * 1e3:9.0f}ms {c_l1 * 1e3:6.0f}ms"
-              f" {t_ln * 1e3:9.0f}ms  {t_qc / t_ln:14.2f}x {c_qc / c_l1:11.2f}x  {'yes' if same else 'NO'}")
+        for with_imp in [s.strip() == "yes" for s in args.importance.split(",")]:
+            imat = imatrix if with_imp else None
+            imp = np.broadcast_to(imatrix, x.shape) if with_imp else None
+            # warm-up: numba compiles (or loads its cache)
+            kernels.encode(name, x[:8], importance=None if imp is None else imp[:8])
+            ggml_quantize(name, x[:8], imat)
+            best = {"qc": [float("inf")] * 2, "ll": [float("inf")] * 2}
+            for _ in range(args.repeat):
+                t, c, q = timed(lambda: kernels.encode(name, x, importance=imp))
+                best["qc"] = [min(best["qc"][0], t), min(best["qc"][1], c)]
+                t, c, q_l = timed(lambda: llama_threaded(ggml_quantize, name, x, imat, n))
+                best["ll"] = [min(best["ll"][0], t), min(best["ll"][1], c)]
+            (t_qc, c_qc), (t_l, c_l) = best["qc"], best["ll"]
+            same = np.array_equal(q.reshape(-1), q_l.reshape(-1))
+            print(f"{name:6} {'yes' if with_imp else 'no':>3} {t_qc * 1e3:7.0f}ms {c_qc * 1e3:6.0f}ms"
+                  f" {t_l * 1e3:7.0f}ms {c_l * 1e3:6.0f}ms {t_qc / t_l:9.2f}x {c_qc / c_l:8.2f}x"
+                  f"  {'equal' if same else 'DIFFER'}", flush=True)
 
 
 if __name__ == "__main__":
