@@ -116,6 +116,22 @@ def test_unknown_tensor_type_options_are_input_errors(option):
     assert one_error_line(r).startswith(f"error: {option} 'Q9[/x]': unknown tensor type; use one of ")
 
 
+@pytest.mark.parametrize("args,option", [
+    (["--tensor-type", "ffn_down=IQ1_S"], "--tensor-type ffn_down=IQ1_S"),
+    (["--type", "Q8_0", "--tensor-type", "attn_v=q8_0", "--tensor-type", r"blk\.1\.=iq2-xxs"],
+     r"--tensor-type blk\.1\.=IQ2_XXS"),
+    (["--type", "IQ2_XS", "--tensor-type", "attn_v=Q8_0"], "--type IQ2_XS"),
+])
+def test_missing_statistics_names_the_option_that_chose_the_type(args, option):
+    """A type that needs importance statistics is blamed on the option it came from (it named
+    --type for an IQ1_S given by --tensor-type)."""
+    r = run("quantize", EXAMPLE, "--dry-run", *args)
+    assert r.returncode == 2
+    line = one_error_line(r)
+    assert line.startswith(f"error: {option}: tensor blk."), line
+    assert "needs importance statistics" in line
+
+
 def test_messages_are_text_not_markup(tmp_path):
     weird = tmp_path / "weird[/x]" / "[bold]model[/bold]"
     r = run("quantize", weird, "--dry-run")

@@ -23,7 +23,7 @@ from ..qtypes import qtype
 from . import llama_rules as L
 from .llama_rules import ATTN_K, ATTN_OUTPUT, ATTN_V_LIKE, FFN_DOWN, FFN_GATE, FFN_UP, TOKEN_EMBD, on
 from .rules import Rule, TensorInfo
-from .tensor_plan import Plan
+from .tensor_plan import Plan, TensorPlan
 
 # file type -> the type of every tensor no rule singles out (llama.cpp's default type)
 BASE = {"IQ2_XXS": "IQ2_XXS", "IQ2_XS": "IQ2_XS", "IQ2_S": "IQ2_XS", "IQ2_M": "IQ2_S", "IQ1_S": "IQ1_S",
@@ -135,13 +135,14 @@ def mix(name: str) -> tuple[str, tuple[Rule, ...]]:
     return base, tuple(_output(name, base) + _token_embd(name) + body)
 
 
-def missing_importance(plan: Plan) -> Optional[str]:
-    """The first tensor llama.cpp would refuse to write without importance statistics, as
-    "NAME (TYPE)", or None."""
+def missing_importance(plan: Plan) -> Optional[TensorPlan]:
+    """The first tensor llama.cpp would refuse to write without importance statistics, or
+    None. Its `reason` says which rule (a preset's, or an option such as --tensor-type)
+    chose the type."""
     for tp in plan.tensors:
         if tp.name in ("token_embd.weight", "output.weight"):
             continue
         t = tp.qtype.name
         if t in NEEDS_IMPORTANCE or (t == "Q2_K" and plan.ftype == "Q2_K_S"):
-            return f"{tp.name} ({t})"
+            return tp
     return None

@@ -66,9 +66,11 @@ def preset_plan_of(job: Job, src: Source) -> tuple[str, Plan]:
                            has_imatrix=has_imatrix)
     if not has_imatrix:
         needs = missing_importance(plan)
-        if needs:
-            raise InputError(f"--type {type_name}: tensor {needs} needs importance statistics, as in llama.cpp; "
-                             "add --calibration default (or your text) or --imatrix FILE")
+        if needs is not None:
+            # name the option the type came from: a --tensor-type override, else the preset
+            option = needs.reason if needs.reason.startswith("--tensor-type ") else f"--type {type_name}"
+            raise InputError(f"{option}: tensor {needs.name} ({needs.qtype.name}) needs importance statistics, as "
+                             "in llama.cpp; add --calibration default (or your text) or --imatrix FILE")
     return type_name, plan
 
 
