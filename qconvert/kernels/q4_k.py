@@ -9,9 +9,10 @@ import numpy as np
 from . import KERNELS, Kernel
 from .flags import prange
 from .kquant_common import (
-    F0, KJIT, KPARALLEL, QK_K, get_f16, get_scale_min_k4, make_qkx_quants,
-    make_qp_quants, nearest_int, njit, pack_scale_min_k4, put_f16, round_divided,
+    F0, KJIT, KPARALLEL, QK_K, get_f16, get_scale_min_k4, make_qp_quants, nearest_int, njit,
+    pack_scale_min_k4, put_f16, round_divided,
 )
+from .kquant_lanes import NL, importance_lanes, lane_scratch, load_lanes, n_chunks, qkx_lanes
 from .reference import q4_k as ref
 
 TYPE_SIZE = 144
@@ -27,76 +28,87 @@ NMAX = 15
 #                        weight 64c + l in its low nibble and 64c + 32 + l in its high one.
 
 
+G = NL // 8  # super-blocks per lane group
+
+
 @njit(**KJIT)
-def search_plain(x, nmax, rmin, nstep, L, ls, lm):
-    """First half of quantize_row_q{4,5}_K_ref: a (scale, min) per sub-block of 32,
-    weighted by av_x + |x|, then both quantized to 6 bits against the block maxima.
-    Fills L (0..nmax), ls, lm; returns the float d and dmin to be stored as fp16."""
-    Laux = np.empty(32, np.uint8)
-    weights = np.empty(32, np.float32)
-    scales = np.empty(8, np.float32)
-    mins = np.empty(8, np.float32)
+def search_group(x, qw, has_qw, b0, nb, nmax, rmin, nstep, s, Lb, lsb, lmb, dd):
+    """The searches of quantize_row_q{4,5}_K_ref (plain) or _impl (importance) for the
+    super-blocks b0 .. b0+nb-1 at once (kquant_lanes). Per block g: quants Lb[g]
+    (0..nmax), 6-bit scales lsb[g] and mins lmb[g], and the float d, dmin in dd[g].
+
+    Plain: each sub-block of 32 weighted by av_x + |x|, (scale, min) searched, both
+    quantized to 6 bits against the block maxima. Importance: weights
+    qw * sqrt(sigma2 + x^2), a finer search, then make_qp_quants on scales and mins."""
+    xt, wt, ft, par, acc, Lt, sc8, mn8, sw8 = s
+    load_lanes(x, b0, nb, 32, xt)
+    if has_qw:
+        importance_lanes(x, qw, b0, nb, 32, 2, xt, wt, acc[3], par[15])
+        sw = acc[3]
+        qkx_lanes(32, nmax, xt, wt, np.float32(-0.9), np.float32(0.05), 36, False,
+                  ft, par, acc, Lt)
+    else:
+        av = acc[3]
+        for k in range(NL):
+            av[k] = F0
+        for i in range(32):
+            for k in range(NL):
+                av[k] += xt[i, k] * xt[i, k]
+        for k in range(NL):
+            av[k] = np.sqrt(av[k] / np.float32(32))
+        for i in range(32):
+            for k in range(NL):
+                wt[i, k] = av[k] + abs(xt[i, k])
+        sw = av
+        qkx_lanes(32, nmax, xt, wt, rmin, np.float32(0.1), nstep, False, ft, par, acc, Lt)
+    for g in range(nb):
+        for j in range(8):
+            k = 8 * g + j
+            sc8[j] = par[6, k]  # kquant_lanes: scale row
+            mn8[j] = par[0, k]  # the_min row
+            sw8[j] = sw[k]
+            for i in range(32):
+                Lb[g, 32 * j + i] = Lt[i, k]
+        if has_qw:
+            dd[g, 0] = make_qp_quants(8, 63, sc8, lsb[g], sw8)
+            dd[g, 1] = make_qp_quants(8, 63, mn8, lmb[g], sw8)
+        else:
+            _six_bits(sc8, mn8, lsb[g], lmb[g], dd[g])
+
+
+@njit(**KJIT)
+def _six_bits(scales, mins, ls, lm, dd):
+    """Plain path: scales and mins to 6 bits against their maxima; dd = (d, dmin)."""
     max_scale = F0
     max_min = F0
     for j in range(8):
-        xs = x[32 * j:32 * j + 32]
-        sum_x2 = F0
-        for l in range(32):
-            sum_x2 += xs[l] * xs[l]
-        av_x = np.sqrt(sum_x2 / np.float32(32))
-        for l in range(32):
-            weights[l] = av_x + abs(xs[l])
-        s, m = make_qkx_quants(32, nmax, xs, weights, L[32 * j:32 * j + 32], Laux,
-                               rmin, np.float32(0.1), nstep, False)
-        scales[j] = s
-        mins[j] = m
-        if s > max_scale:
-            max_scale = s
-        if m > max_min:
-            max_min = m
+        if scales[j] > max_scale:
+            max_scale = scales[j]
+        if mins[j] > max_min:
+            max_min = mins[j]
     inv_scale = np.float32(63) / max_scale if max_scale > F0 else F0
     inv_min = np.float32(63) / max_min if max_min > F0 else F0
     for j in range(8):
         ls[j] = min(63, nearest_int(inv_scale * scales[j]) & 0xFF)
         lm[j] = min(63, nearest_int(inv_min * mins[j]) & 0xFF)
-    return max_scale / np.float32(63), max_min / np.float32(63)
+    dd[0] = max_scale / np.float32(63)
+    dd[1] = max_min / np.float32(63)
 
 
 @njit(**KJIT)
-def search_importance(x, qw, nmax, L, ls, lm):
-    """First half of quantize_row_q{4,5}_K_impl: weights qw * sqrt(sigma2 + x^2), a
-    finer (scale, min) search, then make_qp_quants on the scales and on the mins."""
-    Laux = np.empty(32, np.uint8)
-    weights = np.empty(32, np.float32)
-    sw = np.empty(8, np.float32)
-    scales = np.empty(8, np.float32)
-    mins = np.empty(8, np.float32)
-    sum_x2 = F0
-    for l in range(QK_K):
-        sum_x2 += x[l] * x[l]
-    sigma2 = np.float32(2) * sum_x2 / np.float32(QK_K)
-    for j in range(8):
-        for l in range(32):
-            xv = x[32 * j + l]
-            weights[l] = qw[32 * j + l] * np.sqrt(sigma2 + xv * xv)
-        sumw = F0
-        for l in range(32):
-            sumw += weights[l]
-        sw[j] = sumw
-        s, m = make_qkx_quants(32, nmax, x[32 * j:32 * j + 32], weights, L[32 * j:32 * j + 32],
-                               Laux, np.float32(-0.9), np.float32(0.05), 36, False)
-        scales[j] = s
-        mins[j] = m
-    d_block = make_qp_quants(8, 63, scales, ls, sw)
-    m_block = make_qp_quants(8, 63, mins, lm, sw)
-    return d_block, m_block
+def group_scratch():
+    """search_group's scratch plus its per-block results, allocated once per work item."""
+    s = lane_scratch(32) + (np.empty(8, np.float32), np.empty(8, np.float32),
+                            np.empty(8, np.float32))
+    return (s, np.empty((G, QK_K), np.uint8), np.empty((G, 8), np.uint8),
+            np.empty((G, 8), np.uint8), np.empty((G, 2), np.float32), np.empty(32, np.float32))
 
 
 @njit(**KJIT)
-def write_head(x, nmax, L, ls, lm, d, dmin, out):
+def write_head(x, nmax, L, ls, lm, d, dmin, out, tmp):
     """Store d, dmin and the scale table (bytes 0..15), then re-round every weight
-    with the stored, rounded values into L (0..nmax), as C does before packing."""
-    tmp = np.empty(32, np.float32)
+    with the stored, rounded values into L (0..nmax), as C does before packing.
+    tmp: scratch of 32 floats."""
     for j in range(12):
         out[4 + j] = 0
     pack_scale_min_k4(ls, lm, out, 4)
@@ -118,42 +130,31 @@ def _pack(L, out):
             out[16 + 32 * c + l] = L[64 * c + l] | (L[64 * c + 32 + l] << 4)
 
 
-@njit(**KJIT)
-def _encode_block(x, out):
-    L = np.empty(QK_K, np.uint8)
-    ls = np.empty(8, np.uint8)
-    lm = np.empty(8, np.uint8)
-    d, dmin = search_plain(x, NMAX, np.float32(-1.0), 20, L, ls, lm)
-    write_head(x, NMAX, L, ls, lm, d, dmin, out)
-    _pack(L, out)
-
-
-@njit(**KJIT)
-def _encode_block_imp(x, qw, out):
-    L = np.empty(QK_K, np.uint8)
-    ls = np.empty(8, np.uint8)
-    lm = np.empty(8, np.uint8)
-    d, dmin = search_importance(x, qw, NMAX, L, ls, lm)
-    write_head(x, NMAX, L, ls, lm, d, dmin, out)
-    _pack(L, out)
-
-
 @njit(**KPARALLEL)
+def _encode_any(x, qw, has_qw):
+    n = x.shape[0]
+    out = np.empty((n, TYPE_SIZE), np.uint8)
+    n_groups = (n + G - 1) // G
+    n_items = n_chunks(n_groups)
+    for c in prange(n_items):
+        s, Lb, lsb, lmb, dd, tmp = group_scratch()
+        for grp in range(c * n_groups // n_items, (c + 1) * n_groups // n_items):
+            b0 = grp * G
+            nb = min(G, n - b0)
+            search_group(x, qw, has_qw, b0, nb, NMAX, np.float32(-1.0), 20, s, Lb, lsb, lmb, dd)
+            for g in range(nb):
+                write_head(x[b0 + g], NMAX, Lb[g], lsb[g], lmb[g], dd[g, 0], dd[g, 1],
+                           out[b0 + g], tmp)
+                _pack(Lb[g], out[b0 + g])
+    return out
+
+
 def _encode(x):
-    n = x.shape[0]
-    out = np.empty((n, TYPE_SIZE), np.uint8)
-    for b in prange(n):
-        _encode_block(x[b], out[b])
-    return out
+    return _encode_any(x, x, False)
 
 
-@njit(**KPARALLEL)
 def _encode_imp(x, imp):
-    n = x.shape[0]
-    out = np.empty((n, TYPE_SIZE), np.uint8)
-    for b in prange(n):
-        _encode_block_imp(x[b], imp[b], out[b])
-    return out
+    return _encode_any(x, imp, True)
 
 
 @njit(**KPARALLEL)

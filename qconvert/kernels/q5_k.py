@@ -9,7 +9,8 @@ import numpy as np
 from . import KERNELS, Kernel
 from .flags import prange
 from .kquant_common import KJIT, KPARALLEL, QK_K, get_f16, get_scale_min_k4, njit
-from .q4_k import search_importance, search_plain, write_head
+from .kquant_lanes import n_chunks
+from .q4_k import G, group_scratch, search_group, write_head
 from .reference import q5_k as ref
 
 TYPE_SIZE = 176
@@ -38,45 +39,35 @@ def _pack(L, out):
             out[48 + 32 * c + l] = (l1 & 0xF) | ((l2 & 0xF) << 4)
 
 
-@njit(**KJIT)
-def _encode_block(x, out):
-    L = np.empty(QK_K, np.uint8)
-    ls = np.empty(8, np.uint8)
-    lm = np.empty(8, np.uint8)
-    d, dmin = search_plain(x, NMAX, np.float32(-0.5), 15, L, ls, lm)
-    write_head(x, NMAX, L, ls, lm, d, dmin, out)
-    _pack(L, out)
-
-
-@njit(**KJIT)
-def _encode_block_imp(x, qw, out):
-    L = np.empty(QK_K, np.uint8)
-    ls = np.empty(8, np.uint8)
-    lm = np.empty(8, np.uint8)
-    d, dmin = search_importance(x, qw, NMAX, L, ls, lm)
-    for j in range(8):  # quantize_row_q5_K_impl clamps here (q4_K_impl does not)
-        ls[j] = min(63, ls[j])
-        lm[j] = min(63, lm[j])
-    write_head(x, NMAX, L, ls, lm, d, dmin, out)
-    _pack(L, out)
-
-
 @njit(**KPARALLEL)
+def _encode_any(x, qw, has_qw):
+    n = x.shape[0]
+    out = np.empty((n, TYPE_SIZE), np.uint8)
+    n_groups = (n + G - 1) // G
+    n_items = n_chunks(n_groups)
+    for c in prange(n_items):
+        s, Lb, lsb, lmb, dd, tmp = group_scratch()
+        for grp in range(c * n_groups // n_items, (c + 1) * n_groups // n_items):
+            b0 = grp * G
+            nb = min(G, n - b0)
+            search_group(x, qw, has_qw, b0, nb, NMAX, np.float32(-0.5), 15, s, Lb, lsb, lmb, dd)
+            for g in range(nb):
+                if has_qw:  # quantize_row_q5_K_impl clamps here (q4_K_impl does not)
+                    for j in range(8):
+                        lsb[g, j] = min(63, lsb[g, j])
+                        lmb[g, j] = min(63, lmb[g, j])
+                write_head(x[b0 + g], NMAX, Lb[g], lsb[g], lmb[g], dd[g, 0], dd[g, 1],
+                           out[b0 + g], tmp)
+                _pack(Lb[g], out[b0 + g])
+    return out
+
+
 def _encode(x):
-    n = x.shape[0]
-    out = np.empty((n, TYPE_SIZE), np.uint8)
-    for b in prange(n):
-        _encode_block(x[b], out[b])
-    return out
+    return _encode_any(x, x, False)
 
 
-@njit(**KPARALLEL)
 def _encode_imp(x, imp):
-    n = x.shape[0]
-    out = np.empty((n, TYPE_SIZE), np.uint8)
-    for b in prange(n):
-        _encode_block_imp(x[b], imp[b], out[b])
-    return out
+    return _encode_any(x, imp, True)
 
 
 @njit(**KPARALLEL)
