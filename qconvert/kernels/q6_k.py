@@ -9,9 +9,10 @@ import numpy as np
 from . import KERNELS, Kernel
 from .flags import prange
 from .kquant_common import (
-    F0, F1, GROUP_MAX_EPS, KJIT, KPARALLEL, QK_K, get_f16, make_qx_quants, nearest_int,
-    njit, put_f16, round_divided,
+    F0, F1, GROUP_MAX_EPS, KJIT, KPARALLEL, QK_K, get_f16, nearest_int, njit, put_f16,
+    round_divided,
 )
+from .kquant_lanes import NL, lane_scratch, load_lanes, n_chunks, qx_lanes
 from .reference import q6_k as ref
 
 TYPE_SIZE = 210
@@ -30,19 +31,17 @@ TYPE_SIZE = 210
 # A block whose sub-block scales are all below GROUP_MAX_EPS is written as 210 zero bytes.
 
 
+G = NL // 16  # super-blocks per lane group
+
+
 @njit(**KJIT)
-def _encode_block(x, qw, has_qw, out):
-    L = np.empty(QK_K, np.int8)
-    scales = np.empty(16, np.float32)
-    w = np.empty(16, np.float32)
-    wx = np.empty(16, np.float32)
-    tmp = np.empty(16, np.float32)
+def _finish_block(x, L, scales, out, tmp):
+    """The sub-block scales (from make_qx_quants) to int8 against the largest, then
+    re-round every weight with the stored scale (C skips a zero one) and pack."""
     max_scale = F0
     max_abs_scale = F0
     for ib in range(16):
-        s = make_qx_quants(16, 32, x[16 * ib:16 * ib + 16], L[16 * ib:16 * ib + 16],
-                           qw[16 * ib:16 * ib + 16], has_qw, w, wx)
-        scales[ib] = s
+        s = scales[ib]
         if abs(s) > max_abs_scale:
             max_abs_scale = abs(s)
             max_scale = s
@@ -76,21 +75,45 @@ def _encode_block(x, qw, has_qw, out):
 
 
 @njit(**KPARALLEL)
+def _encode_any(x, qw, has_qw):
+    """make_qx_quants(16, 32, ...) on the 16 sub-blocks of G super-blocks at once
+    (kquant_lanes.qx_lanes), weighted by the importance or by x*x, then per block
+    _finish_block."""
+    n = x.shape[0]
+    out = np.empty((n, TYPE_SIZE), np.uint8)
+    n_groups = (n + G - 1) // G
+    n_items = n_chunks(n_groups)
+    for c in prange(n_items):
+        xt, wt, ft, par, acc, Lt = lane_scratch(16)
+        L = np.empty(QK_K, np.int8)
+        scales = np.empty(16, np.float32)
+        tmp = np.empty(16, np.float32)
+        for grp in range(c * n_groups // n_items, (c + 1) * n_groups // n_items):
+            b0 = grp * G
+            nb = min(G, n - b0)
+            load_lanes(x, b0, nb, 16, xt)
+            if has_qw:
+                load_lanes(qw, b0, nb, 16, wt)
+            else:
+                for i in range(16):
+                    for k in range(NL):
+                        wt[i, k] = xt[i, k] * xt[i, k]
+            qx_lanes(16, 32, xt, wt, ft, par, acc, Lt)
+            for g in range(nb):
+                for j in range(16):
+                    scales[j] = par[2, 16 * g + j]  # kquant_lanes: qx scale row
+                    for i in range(16):
+                        L[16 * j + i] = Lt[i, 16 * g + j]
+                _finish_block(x[b0 + g], L, scales, out[b0 + g], tmp)
+    return out
+
+
 def _encode(x):
-    n = x.shape[0]
-    out = np.empty((n, TYPE_SIZE), np.uint8)
-    for b in prange(n):
-        _encode_block(x[b], x[b], False, out[b])
-    return out
+    return _encode_any(x, x, False)
 
 
-@njit(**KPARALLEL)
 def _encode_imp(x, imp):
-    n = x.shape[0]
-    out = np.empty((n, TYPE_SIZE), np.uint8)
-    for b in prange(n):
-        _encode_block(x[b], imp[b], True, out[b])
-    return out
+    return _encode_any(x, imp, True)
 
 
 @njit(**KPARALLEL)
