@@ -158,7 +158,34 @@ def test_split_sets_and_files_llama_cpp_refuses(files, tmp_path):
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
     parts[1].unlink()
     for path, code, words in ((parts[0], 2, "member 2 of the 4-file GGUF set"), (truncated, 2, "past the end"),
-                              (alien, 3, "llama.cpp cannot load")):
+                              (alien, 3, "(llama.cpp: error loading model: unknown model architecture: 'nosucharch')")):
         for args in ([path, "-r", files["F16"]], [files["Q8_0"], "-r", path], [files["Q8_0"], "--tokenizer", path]):
             r = run("eval", *args, "--ctx", N_CTX, "--max-windows", 1)
             assert r.returncode == code and words in one_error_line(r), (args, r.stderr)
+
+
+def test_ctx_past_the_training_length_is_one_warning_of_ours(files):
+    """llama.cpp's "n_ctx_seq (1024) > n_ctx_train (512) -- possible training context
+    overflow" reached stderr raw (llama-cpp-python's log printer reads ggml's levels one
+    off); now its log is kept and qconvert says it once, for every model it concerns."""
+    r = run("eval", files["Q8_0"], "-r", EXAMPLE, "--ctx", 1024, "--max-windows", 1, "--threads", 1, "--json")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == [f"warning: --ctx 1024 is longer than the training context, in tokens, of "
+                                     f"{files['Q8_0']} (512), {EXAMPLE} (512): positions past it are scored too"]
+    assert json.loads(r.stdout)["n_ctx"] == 1024
+    quiet = run("eval", files["Q8_0"], "--ctx", 512, "--max-windows", 1, "--threads", 1, "--json")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_a_failed_decode_is_one_line_with_llama_cpps_reason(files):
+    from qconvert.errors import UnsupportedError
+    from qconvert.eval.logits import LlamaCppLogits
+
+    src = LlamaCppLogits(files["Q8_0"], n_ctx=16, threads=1)
+    try:
+        with pytest.raises(UnsupportedError, match=r"could not run a window of 16 tokens .*"
+                                                   r"\(llama.cpp: .*invalid token\[8\] = 99999\)$"):
+            src(np.array([0] * 8 + [99999] + [1] * 7), 8)
+        assert src(np.arange(16), 8).shape == (7, 2048)  # the model still runs afterwards
+    finally:
+        src.close()

@@ -34,6 +34,20 @@ def _check_numbers(n_ctx: int, max_windows: Optional[int], threads: Optional[int
         raise InputError(f"--threads {threads}: give 1 to {MAX_THREADS}")
 
 
+def _warn_past_training_context(paths: list[Path], n_ctx: int) -> None:
+    """One line of ours naming the models --ctx runs past the length they were trained for
+    (the figures then measure that too, not only the quantization); llama.cpp's own warning
+    is kept out of the terminal (eval/llama_model.py)."""
+    from ..eval.comparison import training_context
+    from ._render import printable
+    from .quantize import err_console
+
+    past = [f"{printable(p)} ({t:,})" for p in paths if (t := training_context(p)) is not None and n_ctx > t]
+    if past:
+        err_console.print(f"warning: --ctx {n_ctx} is longer than the training context, in tokens, of "
+                          f"{', '.join(past)}: positions past it are scored too")
+
+
 def _fmt(x: Optional[float], spec: str) -> str:
     return "" if x is None or x != x else format(x, spec)
 
@@ -116,6 +130,7 @@ def eval_cmd(
 
         pyplot()  # a missing matplotlib fails now, not after the evaluation
     text_value = read_text(text_file, "evaluation text") if text_file is not None else None
+    _warn_past_training_context(inputs, n_ctx)
     with reporter() as rep:
         def on_model(name: str, n: int):
             rep.start(f"eval {name}", n)

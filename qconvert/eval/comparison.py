@@ -142,5 +142,27 @@ def evaluate(models: list[Path | str], reference: Path | str | None = None, *, t
     return cmp
 
 
+def training_context(path: Path | str) -> Optional[int]:
+    """The context length a model says it was trained for: a GGUF's `{arch}.context_length`
+    (a split set's first member holds it), a directory's config.json max_position_embeddings
+    (or its text_config's); None when it does not say or cannot be read (the run itself then
+    reports what is wrong)."""
+    import json
+
+    from ..gguf_header import read_gguf_header
+
+    try:
+        if backend_for(path) == "gguf":
+            kv = {k.key: k.value for k in read_gguf_header(loadable_path(path), max_array_items=0).kv}
+            value = kv.get(f"{kv.get('general.architecture')}.context_length")
+        else:
+            config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+            config = config.get("text_config") if "max_position_embeddings" not in config else config
+            value = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    except (InputError, OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def _first_dir(paths: list[Path]) -> Optional[Path]:
     return next((p for p in paths if p.is_dir()), None)

@@ -78,13 +78,23 @@ class LlamaCppLogits:
 
         # logits_all: llama.cpp otherwise returns the last position only. n_batch = n_ctx
         # so a window is one decode call, the same graph for every window.
+        self.path = path
         self.llm = open_llama(path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
                               n_threads=threads, n_threads_batch=threads)
         self.vocab = self.llm.n_vocab()
 
     def __call__(self, tokens: np.ndarray, first: int) -> np.ndarray:
+        from .llama_model import log_mark, with_reason
+
         self.llm.reset()  # a fresh KV cache: no window sees another
-        self.llm.eval([int(t) for t in tokens])
+        mark = log_mark()
+        try:
+            self.llm.eval([int(t) for t in tokens])
+        except RuntimeError as e:  # "llama_decode returned -1": the reason is in llama.cpp's log
+            if "llama_decode" not in str(e):
+                raise
+            raise UnsupportedError(with_reason(f"{self.path}: llama.cpp could not run a window of {len(tokens)} "
+                                               f"tokens ({e})", mark)) from None
         return np.array(self.llm.scores[first: len(tokens) - 1], dtype=np.float32)
 
     def close(self) -> None:
