@@ -171,16 +171,25 @@ class GptOssAdapter(ArchAdapter):
         return h
 
     def _float_slabs(self, stem, proj, parts, rows, cols, step) -> Callable[[int], list[SourceTensor]]:
-        """bf16 layout: (n_expert, in, out); expert e's rows k, k+step, ... of (out, in)."""
+        """bf16 layout: (n_expert, in, out); expert e's rows k, k+step, ... of (out, in),
+        read a slice of them at a time (columns of every stored row) when the handle can."""
         h = self._need(stem, parts, proj, (self.n_expert, cols, rows))
         shape = (rows // step, cols)
 
         def expert(e: int) -> np.ndarray:  # (in, out) as float32, only expert e read
             return h.rows(e, e + 1)[0] if h.rows is not None else h.load()[e]
 
+        def part_rows(k: int, e: int, a: int, b: int) -> np.ndarray:  # rows a..b of part k, (b - a, in)
+            return h.region(e, slice(None), slice(k + step * a, k + step * b, step), transpose=True)
+
         def slab(k: int, e: int) -> SourceTensor:
-            load = lambda: np.ascontiguousarray(expert(e)[:, k::step].T)  # noqa: E731
-            return SourceTensor(h.name, h.name, shape, h.dtype, TensorHandle(h.name, h.dtype, shape, load, h.source))
+            if h.region is None:
+                load, read = (lambda: np.ascontiguousarray(expert(e)[:, k::step].T)), None  # noqa: E731
+            else:
+                read = lambda a, b: part_rows(k, e, a, b)  # noqa: E731
+                load = lambda: read(0, shape[0])  # noqa: E731
+            return SourceTensor(h.name, h.name, shape, h.dtype,
+                                TensorHandle(h.name, h.dtype, shape, load, h.source, read))
 
         return lambda k: [slab(k, e) for e in range(self.n_expert)]
 
@@ -194,14 +203,19 @@ class GptOssAdapter(ArchAdapter):
         hs = self._need(stem, parts, f"{proj}_scales", (e, rows, g))
         shape = (rows // step, cols)
 
-        def ggml_rows(k: int, i: int) -> np.ndarray:  # only expert i read, its pages released after
-            blocks, scales = self.ckpt.raw_rows(hb.name, i, i + 1)[0], self.ckpt.raw_rows(hs.name, i, i + 1)[0]
-            return mxfp4_from_hf(blocks[k::step], scales[k::step])
+        def ggml_rows(k: int, i: int, a: int, b: int) -> np.ndarray:
+            """Rows a..b of expert i's part k; only their stored rows read, released after."""
+            first, last = k + step * a, k + step * (b - 1) + 1
+            blocks = self.ckpt.raw_rows(hb.name, first, last, expert=i)
+            scales = self.ckpt.raw_rows(hs.name, first, last, expert=i)
+            return mxfp4_from_hf(blocks[::step], scales[::step])
 
         def slab(k: int, i: int) -> SourceTensor:
-            packed = lambda: ggml_rows(k, i)  # noqa: E731
-            load = lambda: kernels.decode("MXFP4", packed()).reshape(shape)  # noqa: E731
-            return SourceTensor(hb.name, hb.name, shape, "MXFP4", TensorHandle(hb.name, "MXFP4", shape, load, hb.source),
+            packed = lambda: ggml_rows(k, i, 0, shape[0])  # noqa: E731
+            read = lambda a, b: kernels.decode("MXFP4", ggml_rows(k, i, a, b)).reshape(b - a, cols)  # noqa: E731
+            load = lambda: read(0, shape[0])  # noqa: E731
+            return SourceTensor(hb.name, hb.name, shape, "MXFP4",
+                                TensorHandle(hb.name, "MXFP4", shape, load, hb.source, read),
                                 packed_type="MXFP4", packed_loader=packed)
 
         return lambda k: [slab(k, i) for i in range(e)]

@@ -12,7 +12,10 @@ llama.cpp wants one tensor per layer and projection, experts along the slowest a
 names the expert-less HF name `...experts.gate_proj.weight` -> `blk.3.ffn_gate_exps.weight`.
 Its converter stacks experts in index order; so do we, after checking every index
 0..n_expert-1 is present exactly once with one shape. The stack stays lazy
-(source/expert_stack.py): the writer pulls one expert at a time."""
+(source/expert_stack.py): the writer pulls one expert at a time, and each expert a slice
+of rows at a time (source/row_chunks.py), also from a stack the checkpoint stores whole
+(Llama 4's gate_up_proj, 128 experts x 5120 x 16384: one expert's gate is 168 MB as
+float32)."""
 
 from __future__ import annotations
 
@@ -139,8 +142,10 @@ class MoEAdapter(ArchAdapter):
         self.check_expert_shape(name, hf_name, shape)
         parts = []
         for e in range(self.n_expert):
-            handle = TensorHandle(f"{hf_name}[{e}]", h.dtype, shape, partial(_fused_slab, h, e, k, n_parts,
-                                                                            self.fused_transposed), h.source)
+            rows = None if h.region is None else partial(_fused_rows, h, e, k * shape[0], self.fused_transposed)
+            load = partial(_fused_slab, h, e, k, n_parts, self.fused_transposed) if rows is None \
+                else partial(rows, 0, shape[0])
+            handle = TensorHandle(f"{hf_name}[{e}]", h.dtype, shape, load, h.source, rows)
             parts.append(SourceTensor(name, f"{hf_name}[{e}]", shape, h.dtype, handle, self.transforms(name, stacked)))
         return ExpertStack.of(name, hf_name, parts)
 
@@ -182,8 +187,18 @@ class MoEAdapter(ArchAdapter):
                               "the config does not match the weights")
 
 
+def _fused_rows(h, e: int, first: int, transposed: bool, start: int, stop: int) -> np.ndarray:
+    """Rows start..stop of expert e's part whose first row is stored row `first` (gate's
+    rows, then up's), reading only those: a stack stored (n, out, in) gives them as
+    stored rows, one stored transposed (n, in, out) as columns of every stored row."""
+    if transposed:
+        return h.region(e, slice(None), slice(first + start, first + stop), transpose=True)
+    return h.region(e, slice(first + start, first + stop), slice(None))
+
+
 def _fused_slab(h, e: int, k: int, n_parts: int, transposed: bool) -> np.ndarray:
-    """Expert e's part k (rows of gate, then of up) of a stored stack, as (rows, cols)."""
+    """Expert e's part k (rows of gate, then of up) of a stored stack, as (rows, cols), for
+    a handle that cannot read regions (loaded a whole expert at a time)."""
     slab = h.rows(e, e + 1)[0] if h.rows is not None else h.load()[e]
     if transposed:
         slab = slab.T

@@ -71,15 +71,19 @@ def split_rows(base: SourceTensor, parts: Sequence[tuple[str, int]]) -> list[Sou
 
 def stacked(name: str, parts: Sequence[tuple[str, TensorHandle]]) -> SourceTensor:
     """Several HF tensors of one shape as one GGUF tensor with a new leading axis, in the
-    order given (per-head norms stored one module per head); loaded together when the
-    writer pulls it."""
+    order given (per-head norms stored one module per head). Row i of the result is part
+    i, so the writer reads it a slice of parts at a time (source/row_chunks.py)."""
     first_name, first = parts[0]
     for hf_name, h in parts:
         if tuple(h.shape) != tuple(first.shape):
             raise FormatError(f"{h.source}: {hf_name} has shape {tuple(h.shape)}, unlike {first_name} "
                               f"{tuple(first.shape)}; they should stack into {name}")
     shape = (len(parts), *first.shape)
-    handle = TensorHandle(name, first.dtype, shape, lambda: np.stack([h.load() for _, h in parts]), first.source)
+
+    def rows(start: int, stop: int) -> np.ndarray:
+        return np.stack([h.load() for _, h in parts[start:stop]]).reshape(stop - start, *first.shape)
+
+    handle = TensorHandle(name, first.dtype, shape, lambda: rows(0, len(parts)), first.source, rows)
     return SourceTensor(name, f"{first_name} (+{len(parts) - 1} stacked)", shape, first.dtype, handle)
 
 

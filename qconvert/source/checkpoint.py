@@ -9,6 +9,7 @@ index lists is in the shard it names and in no other, every weight has a float d
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -135,13 +136,18 @@ class Checkpoint:
         integer parts of a quantized format that an adapter repacks (gpt-oss MXFP4)."""
         return self._file_of(name).raw(name)
 
-    def raw_rows(self, name: str, start: int, stop: int):
+    def raw_rows(self, name: str, start: int, stop: int, expert: Optional[int] = None):
         """A copy of rows start..stop (axis 0) of a stored tensor, its pages released after
-        (one expert of a stacked tensor, without the rest staying resident)."""
+        (one expert of a stacked tensor, without the rest staying resident); with `expert`,
+        rows start..stop of axis 1 of that expert (a slice of one expert's rows)."""
         f = self._file_of(name)
-        arr = np.array(f.raw(name)[start:stop])
-        row = arr.nbytes // max(1, stop - start)
-        f.release(name, start * row, stop * row)
+        raw = f.raw(name)
+        if expert is not None:
+            raw = raw[expert]
+        arr = np.array(raw[start:stop])
+        row = raw[0:1].nbytes
+        first = 0 if expert is None else expert * raw.nbytes
+        f.release(name, first + start * row, first + stop * row)
         return arr
 
     def _file_of(self, name: str):

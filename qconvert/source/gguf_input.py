@@ -3,8 +3,9 @@ quality cost, an already-quantized one).
 
 The header goes through the bounded parser (gguf_header.read_gguf_header: every length
 checked against the file, every tensor's byte range against the file size and its type's
-block size). Tensor data is read lazily, one tensor at a time, from a read-only mmap at
-those checked offsets. A header whose layout llama.cpp would refuse (overlapping data,
+block size). Tensor data is read lazily from a read-only mmap at those checked offsets, a
+slice of rows at a time (every GGML type decodes each row on its own), each slice's pages
+released once decoded; a 3-D tensor is a stack of slabs (experts) read the same way. A header whose layout llama.cpp would refuse (overlapping data,
 misaligned offsets, over-long names...) is refused here too: `qconvert inspect` lists the
 problems.
 
@@ -20,8 +21,9 @@ its name says."""
 from __future__ import annotations
 
 import mmap
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import gguf
 import numpy as np
@@ -29,8 +31,9 @@ import numpy as np
 from ..errors import FormatError, InputError, UnsupportedError
 from ..gguf_header import GGUFHeader, KV, TensorInfo, read_gguf_header, stored_bytes
 from ..gguf_split import read_set
-from .finite import check_finite
-from .safetensors_file import TensorHandle
+from .expert_stack import ExpertStack
+from .finite import NonFiniteError, check_finite, count_nonfinite
+from .safetensors_file import TensorHandle, release_pages
 from .source_tensor import SourceTensor
 
 FLOAT_TYPES = {"F32", "F16", "BF16"}
@@ -82,38 +85,117 @@ class GGUFData:
         rows = [int(d) for d in reversed(t.ne[1:])]
         return data.reshape(*rows, -1) if t.n_bytes else data.reshape(*rows, 0)
 
-    def float32(self, t: TensorInfo) -> np.ndarray:
-        """The tensor decoded to float32 in numpy order (a new array)."""
+    def decode(self, t: TensorInfo, raw: np.ndarray) -> np.ndarray:
+        """Stored rows of t (..., bytes per row), all or some, as float32 (..., row width),
+        a new array: every GGML type decodes each row on its own."""
         name = t.type.name
         if self.h.big_endian and name not in ("F32", "F16"):
             raise UnsupportedError(f"{self.h.path}: tensor {t.name!r} is {name} in a big-endian GGUF; only "
                                    "F32/F16 tensors of big-endian files can be read")
-        raw = self.raw(t)
         order = ">" if self.h.big_endian else "<"
         if name == "F32":
-            out = raw.view(order + "f4").astype(np.float32)
-        elif name == "F16":
-            out = raw.view(order + "f2").astype(np.float32)
-        elif name == "BF16":
-            out = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
-        else:
-            try:
-                # an Inf scale makes NaN here (inf * 0): the caller's NaN/Inf check reports it,
-                # numpy's "invalid value" warning would only be noise before that error
-                with np.errstate(all="ignore"):
-                    out = gguf.quants.dequantize(raw, t.type).astype(np.float32, copy=False)
-            except NotImplementedError:
-                raise UnsupportedError(f"{self.h.path}: tensor {t.name!r} is {name}, which qconvert cannot "
-                                       "decode") from None
-        return out.reshape(tuple(int(d) for d in reversed(t.ne)))
+            return raw.view(order + "f4").astype(np.float32)
+        if name == "F16":
+            return raw.view(order + "f2").astype(np.float32)
+        if name == "BF16":
+            return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+        try:
+            # an Inf scale makes NaN here (inf * 0): the caller's NaN/Inf check reports it,
+            # numpy's "invalid value" warning would only be noise before that error
+            with np.errstate(all="ignore"):
+                out = gguf.quants.dequantize(raw, t.type).astype(np.float32, copy=False)
+        except NotImplementedError:
+            raise UnsupportedError(f"{self.h.path}: tensor {t.name!r} is {name}, which qconvert cannot "
+                                   "decode") from None
+        return out.reshape(*raw.shape[:-1], -1)
+
+    def float32(self, t: TensorInfo) -> np.ndarray:
+        """The tensor decoded to float32 in numpy order (a new array)."""
+        out = self.decode(t, self.raw(t)).reshape(tuple(int(d) for d in reversed(t.ne)))
+        self.release(t.offset, t.offset + t.n_bytes)
+        return out
+
+    def release(self, begin: int, end: int) -> None:
+        """Drop file bytes begin..end from the resident set once read (safetensors_file.py
+        says why: RSS would otherwise count every page of the model ever touched)."""
+        release_pages(self._mm, begin, end)
+
+    def rows(self, t: TensorInfo, start: int, stop: int, expert: Optional[int] = None) -> np.ndarray:
+        """Rows start..stop of axis 0 (with `expert`: of that slab of a 3-D tensor) as
+        float32, checked for NaN/Inf, reading and keeping mapped only their bytes."""
+        raw = self.raw(t)
+        first = t.offset
+        if expert is not None:
+            raw = raw[expert]
+            first += expert * raw.nbytes
+        row_bytes = raw[0:1].nbytes
+        out = self.decode(t, raw[start:stop])
+        self.release(first + start * row_bytes, first + stop * row_bytes)
+        try:
+            check_finite(out, "F32", self._what(t))
+        except NonFiniteError:
+            raise NonFiniteError(self._what(t), *self._count_nonfinite(t)) from None
+        return out
+
+    def raw_copy(self, t: TensorInfo, expert: Optional[int] = None) -> np.ndarray:
+        """A copy of the stored bytes (of one slab with `expert`), their pages released."""
+        raw = self.raw(t)
+        first = t.offset
+        if expert is not None:
+            raw = raw[expert]
+            first += expert * raw.nbytes
+        out = np.array(raw)
+        self.release(first, first + raw.nbytes)
+        return out
+
+    def _count_nonfinite(self, t: TensorInfo) -> tuple[int, int]:
+        """(NaN, Inf) of the whole decoded tensor, a few MB at a time: a slice's error
+        names the counts a whole-tensor read reports."""
+        raw = self.raw(t)
+        raw = raw.reshape(-1, raw.shape[-1])
+        step = max(1, (16 << 20) // max(1, 4 * int(t.ne[0])))
+        nan = inf = 0
+        for a in range(0, raw.shape[0], step):
+            n, i = count_nonfinite(self.decode(t, raw[a:a + step]), "F32")
+            nan, inf = nan + n, inf + i
+            self.release(t.offset + a * raw.shape[1], t.offset + (a + step) * raw.shape[1])
+        return nan, inf
+
+    def _what(self, t: TensorInfo) -> str:
+        return f"{self.h.path}: tensor {t.name!r}"
 
     def loader(self, t: TensorInfo) -> Callable[[], np.ndarray]:
         def load() -> np.ndarray:
             arr = self.float32(t)
-            check_finite(arr, "F32", f"{self.h.path}: tensor {t.name!r}")
+            check_finite(arr, "F32", self._what(t))
             return arr
 
         return load
+
+
+def _packed(d: GGUFData, t: TensorInfo, expert: Optional[int] = None) -> dict:
+    """The SourceTensor fields of a tensor whose stored bytes are copied (COPIED_TYPES)."""
+    if t.type.name not in COPIED_TYPES:
+        return {}
+    return {"packed_type": t.type.name, "packed_loader": partial(d.raw_copy, t, expert)}
+
+
+def _slab_stack(d: GGUFData, t: TensorInfo, shape: tuple[int, ...]) -> ExpertStack:
+    """A (n, rows, cols) tensor as n lazy slabs (experts), each read a slice of rows at a
+    time: the writer never holds the stack, nor a large slab, whole."""
+    parts = []
+    for e in range(shape[0]):
+        h = TensorHandle(f"{t.name}[{e}]", t.type.name, shape[1:], partial(d.rows, t, 0, shape[1], e),
+                         str(d.h.path), partial(_slab_rows, d, t, e))
+        parts.append(SourceTensor(t.name, t.name, shape[1:], t.type.name, h, **_packed(d, t, e)))
+    stack = ExpertStack.of(t.name, t.name, parts)
+    for k, v in _packed(d, t).items():
+        setattr(stack, k, v)
+    return stack
+
+
+def _slab_rows(d: GGUFData, t: TensorInfo, expert: int, start: int, stop: int) -> np.ndarray:
+    return d.rows(t, start, stop, expert)
 
 
 def _is_text(s: str) -> bool:
@@ -217,13 +299,17 @@ class GGUFInput:
             )
 
     def tensors(self) -> list[SourceTensor]:
+        """Lazy tensors, read a slice of rows at a time by the writer (source/row_chunks.py);
+        a 3-D tensor (experts) as a stack of per-slab tensors, each read by rows."""
         out = []
         for d, t in self._all():
             shape = tuple(int(n) for n in reversed(t.ne))
-            h = TensorHandle(t.name, t.type.name, shape, d.loader(t), str(d.h.path))
-            packed = {"packed_type": t.type.name, "packed_loader": lambda d=d, t=t: d.raw(t)} \
-                if t.type.name in COPIED_TYPES else {}
-            out.append(SourceTensor(t.name, t.name, shape, t.type.name, h, **packed))
+            if len(shape) == 3:
+                out.append(_slab_stack(d, t, shape))
+                continue
+            rows = partial(d.rows, t) if len(shape) >= 2 else None
+            h = TensorHandle(t.name, t.type.name, shape, d.loader(t), str(d.h.path), rows)
+            out.append(SourceTensor(t.name, t.name, shape, t.type.name, h, **_packed(d, t)))
         return out
 
     def copy_metadata(self, w: gguf.GGUFWriter) -> None:

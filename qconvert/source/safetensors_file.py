@@ -40,6 +40,8 @@ FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 MAX_HEADER = 100 * 1024 * 1024  # the limit the safetensors library itself enforces
 MAX_RANK = 16  # numpy allows 64; no model tensor comes close
 _FAULT_AROUND = 64 * 1024  # Linux maps up to this much around a faulting page (fault_around_bytes)
+# stored bytes read at once when a region takes a column range of every row (region())
+_REGION_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,10 @@ class TensorHandle:
     # rows start..stop of axis 0 as float32, read without touching the rest (None: the
     # handle can only load the whole tensor, and the writer encodes it in one piece)
     rows: Optional[Callable[[int, int], np.ndarray]] = None
+    # of a 3-D (n, rows, cols) tensor: region(i, rows, cols, transpose) is float32
+    # stored[i, rows, cols] (transposed when asked), reading only those rows of slab i
+    # (an expert's part of a stored expert stack; None: only `rows` or `load` read it)
+    region: Optional[Callable[..., np.ndarray]] = None
 
     @property
     def n_elements(self) -> int:
@@ -178,6 +184,24 @@ def overlaps(entries: dict[str, Entry]) -> list[tuple[Entry, Entry, str]]:
     return out
 
 
+def release_pages(mm: Optional[mmap.mmap], begin: int, end: int) -> None:
+    """Drop bytes begin..end of a read-only file mapping from this process's resident set
+    (clean file pages: the page cache keeps them, a later read costs a minor fault).
+    Widened by the kernel's fault-around window: a read maps up to 64 KiB of the
+    neighbours' pages too, and nothing else would drop them (with 128 experts of 0.5 MB
+    per shard they stayed as 14 MB per shard)."""
+    if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    first = max(0, (begin - _FAULT_AROUND) // mmap.PAGESIZE * mmap.PAGESIZE)
+    end = min(len(mm), end + _FAULT_AROUND)
+    if end <= first:
+        return
+    try:
+        mm.madvise(mmap.MADV_DONTNEED, first, end - first)
+    except (OSError, ValueError):
+        pass
+
+
 def _widen(arr: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "BF16":
         # bf16 is the high half of a float32: place the bits into zeroed words (one
@@ -235,19 +259,9 @@ class SafetensorsFile:
         process's resident set. They are clean file pages, so the kernel would reclaim them
         anyway, but RSS would count every page ever touched: converting a 100 GB model
         would look like using 100 GB."""
-        if self._mm is None or not hasattr(mmap, "MADV_DONTNEED"):
-            return
         e = self.entries[name]
-        # widened by the kernel's fault-around window: a read maps up to 64 KiB of the
-        # neighbours' pages too, and nothing else would drop them (with 128 experts of
-        # 0.5 MB per shard they stayed as 14 MB per shard). Dropping a neighbour's pages
-        # early costs only a minor fault from the page cache if it is read later.
-        first = max(0, (self.data_start + e.begin + start - _FAULT_AROUND) // mmap.PAGESIZE * mmap.PAGESIZE)
-        end = min(self.size, self.data_start + (e.end if stop is None else e.begin + stop) + _FAULT_AROUND)
-        try:
-            self._mm.madvise(mmap.MADV_DONTNEED, first, end - first)
-        except (OSError, ValueError):
-            pass
+        release_pages(self._mm, self.data_start + e.begin + start,
+                      self.data_start + (e.end if stop is None else e.begin + stop))
 
     def _check_float(self, name: str) -> Entry:
         e = self.entries[name]
@@ -275,6 +289,40 @@ class SafetensorsFile:
         self.release(name, start * row * dt.itemsize, stop * row * dt.itemsize)
         return out
 
+    def region(self, name: str, i: int, rows: slice, cols: slice, transpose: bool = False) -> np.ndarray:
+        """stored[i, rows, cols] of a 3-D float tensor as float32, (rows, cols) or, with
+        `transpose`, (cols, rows). A column range (one expert's output rows of a stack
+        stored transposed, (n, in, out)) lies in every stored row of slab i: those rows are
+        read a block at a time, each block's pages released before the next, so the
+        mapping holds at most a block, never the slab."""
+        e = self._check_float(name)
+        dt = DTYPES[e.dtype]
+        _, n_rows, n_cols = e.shape
+        r0, r1, step = rows.indices(n_rows)
+        if step != 1:
+            raise ValueError(f"{name}: region rows must be a contiguous range")
+        width = len(range(*cols.indices(n_cols)))
+        row_bytes = n_cols * dt.itemsize
+        first = e.begin + i * n_rows * row_bytes  # slab i, relative to the data section
+        out = np.empty((width, r1 - r0) if transpose else (r1 - r0, width), dtype=np.float32)
+        block = max(1, r1 - r0) if cols == slice(None) else max(1, _REGION_BLOCK // max(1, row_bytes))
+        for a in range(r0, r1, block):
+            b = min(r1, a + block)
+            arr = np.frombuffer(self._map(), dtype=dt, count=(b - a) * n_cols,
+                                offset=self.data_start + first + a * row_bytes).reshape(b - a, n_cols)[:, cols]
+            try:
+                check_finite(arr, e.dtype, f"{self.path}: tensor {name!r}")
+            except NonFiniteError:
+                self.raw(name)  # the whole tensor's counts, as a whole-tensor read reports them
+                raise
+            part = _widen(np.ascontiguousarray(arr), e.dtype)
+            if transpose:
+                out[:, a - r0:b - r0] = part.T
+            else:
+                out[a - r0:b - r0] = part
+            self.release(name, first - e.begin + a * row_bytes, first - e.begin + b * row_bytes)
+        return out
+
     def handle(self, name: str) -> TensorHandle:
         e = self.entries[name]
 
@@ -287,4 +335,8 @@ class SafetensorsFile:
         def rows(start: int, stop: int) -> np.ndarray:
             return self.rows(name, start, stop)
 
-        return TensorHandle(name, e.dtype, e.shape, load, str(self.path), rows if e.shape else None)
+        def region(i: int, rows: slice, cols: slice, transpose: bool = False) -> np.ndarray:
+            return self.region(name, i, rows, cols, transpose)
+
+        return TensorHandle(name, e.dtype, e.shape, load, str(self.path), rows if e.shape else None,
+                            region if len(e.shape) == 3 else None)
