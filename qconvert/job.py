@@ -21,8 +21,9 @@ from .source.input_file import checked_input_file
 
 FORMATS = ("gguf", "safetensors")
 # gptq-imatrix: GPTQ whose block scales the importance-weighted search chooses (GGUF only);
-# awq: activation-aware scales folded into the norms (schemes/awq.py)
-SCHEMES = ("rtn", "gptq", "gptq-imatrix", "awq")
+# awq: activation-aware scales folded into the norms (schemes/awq.py); awq+gptq(-imatrix):
+# those scales folded first, then GPTQ on the folded model (routes/awq.py)
+SCHEMES = ("rtn", "gptq", "gptq-imatrix", "awq", "awq+gptq", "awq+gptq-imatrix")
 
 # option (the keyword of qconvert.quantize) -> how the CLI spells it, for messages
 FLAGS = {

@@ -58,6 +58,6 @@ def run(job: Job) -> Optional[QuantizeResult]:
 def check_spread(job: Job, world) -> None:
     """Under torchrun the processes share a calibration pass; a job without one has
     nothing to share."""
-    if world.distributed and job.calibration.text is None and job.scheme.name != "gptq":
+    if world.distributed and job.calibration.text is None and job.scheme.name == "rtn":
         raise InputError(f"started as {world.size} processes (torchrun), but this job runs no calibration "
-                         "pass to share (--calibration or --scheme gptq); run it as one process")
+                         "pass to share (--calibration, or a --scheme other than rtn); run it as one process")

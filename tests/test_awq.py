@@ -1,4 +1,4 @@
-"""--scheme awq and --scheme gptq-imatrix end to end: on llama_narrow (hidden 320, ffn 576:
+"""--scheme awq, awq+gptq and gptq-imatrix end to end: on llama_narrow (hidden 320, ffn 576:
 K-quant presets fall back to Q5_0 / Q8_0, safetensors groups fall back) and on the example
 model. The folded float model must be the same function as the original (transformers),
 llama.cpp must run the GGUF files, transformers must load the safetensors output (in a
@@ -63,7 +63,7 @@ def test_folded_model_is_the_same_function(narrow, tmp_path):
     assert torch.allclose(got, orig, atol=1e-4 * float(orig.abs().max())), float((got - orig).abs().max())
 
 
-@pytest.mark.parametrize("scheme", ["awq", "gptq-imatrix"])
+@pytest.mark.parametrize("scheme", ["awq", "gptq-imatrix", "awq+gptq"])
 def test_gguf_schemes_run_on_fallback_grids(narrow, tmp_path, scheme):
     out = tmp_path / f"{scheme}.gguf"
     assert run(["quantize", str(narrow), "-o", str(out), "-t", "Q4_K_M", "--scheme", scheme, *CAL]) == 0
@@ -87,14 +87,16 @@ def test_gptq_imatrix_differs_from_gptq(narrow, tmp_path):
     assert any(n.endswith("attn_q.weight") for n in diff)
 
 
-def test_awq_safetensors_loads_in_transformers(narrow, tmp_path):
+@pytest.mark.parametrize("scheme", ["awq", "awq+gptq"])
+def test_awq_safetensors_loads_in_transformers(narrow, tmp_path, scheme):
     from safetensors.torch import load_file
 
     from qconvert.sink.safetensors_out import read_dequantized
     from test_safetensors_out import Reference
 
-    res = qconvert.quantize(narrow, tmp_path / "awq", format="safetensors", bits=4, group_size=128, scheme="awq",
+    res = qconvert.quantize(narrow, tmp_path / "awq", format="safetensors", bits=4, group_size=128, scheme=scheme,
                             **CAL_KW)
+    assert ("GPTQ on 14 tensors" in " ".join(res.notes)) == (scheme == "awq+gptq")
     out = res.output
     (tmp_path / "load.py").write_text(LOADER)
     (tmp_path / "spec.json").write_text(json.dumps({"ids": IDS, "models": {"awq": str(out)}}))
@@ -114,6 +116,32 @@ def test_awq_safetensors_loads_in_transformers(narrow, tmp_path):
     assert not torch.equal(dense["model.layers.0.input_layernorm.weight"],
                            ref.pristine["model.layers.0.input_layernorm.weight"])  # folded
     assert torch.allclose(loaded["logits"], ref.logits({**ours, **dense}), atol=1e-3)
+
+
+def test_awq_gptq_solves_the_folded_model(narrow, tmp_path):
+    """awq+gptq folds the scales awq folds (same windows, same search grids), then GPTQ
+    rounds the folded linears: norms equal to awq's file, linears unlike it."""
+    kw = dict(type="Q4_K_M", **CAL_KW)
+    a = qconvert.quantize(narrow, tmp_path / "a.gguf", scheme="awq", **kw).output
+    res = qconvert.quantize(narrow, tmp_path / "ag.gguf", scheme="awq+gptq", **kw)
+    plain = qconvert.quantize(narrow, tmp_path / "p.gguf", type="Q4_K_M").output
+    ta, tp = ({t.name: np.asarray(t.data) for t in gguf.GGUFReader(f).tensors} for f in (a, plain))
+    tag = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(res.output).tensors}
+    for n in ("blk.0.attn_norm.weight", "blk.1.ffn_norm.weight"):
+        assert np.array_equal(tag[n], ta[n]) and not np.array_equal(tag[n], tp[n]), n
+    assert not np.array_equal(tag["blk.0.attn_q.weight"], ta["blk.0.attn_q.weight"])
+    notes = " ".join(res.notes)
+    assert "AWQ scales on 6 groups" in notes and "GPTQ on 14 tensors" in notes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gguf", "ag.gguf", "p.gguf"]  # scratch removed
+
+
+def test_awq_gptq_imatrix_is_gguf_only(narrow, tmp_path):
+    from qconvert.errors import InputError
+
+    with pytest.raises(InputError, match="awq\\+gptq-imatrix: int-N group grids"):
+        qconvert.quantize(narrow, tmp_path / "s", format="safetensors", scheme="awq+gptq-imatrix")
+    with pytest.raises(InputError, match="--act-order: not used by GGUF output with --scheme awq\\+gptq"):
+        qconvert.quantize(narrow, tmp_path / "g.gguf", type="Q4_K_M", scheme="awq+gptq", act_order=True, **CAL_KW)
 
 
 def test_gemma_norms_are_refused(tiny, tmp_path):

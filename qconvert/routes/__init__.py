@@ -5,7 +5,8 @@ asks for; the runner (runner.py) drives every route through the same stages.
     gguf-sized   --target-size / --target-bpw / --target-vram
     gguf-gptq    --scheme gptq, gptq-imatrix
     gguf-awq     --scheme awq
-    safetensors  --format safetensors (rtn, gptq or awq)
+    gguf-awq-gptq --scheme awq+gptq, awq+gptq-imatrix
+    safetensors  --format safetensors (rtn, gptq, awq or awq+gptq)
 
 A new output format is a new Route subclass registered here, not a branch in a driver.
 Split GGUF output (--split-max-size / --split-max-tensors) is not a route of its own: every
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from ..job import Job
 from ..registry import Registry
-from .awq import AWQRoute
+from .awq import AWQGPTQRoute, AWQRoute
 from .base import Route, check_consumed
 from .gguf import PresetRoute
 from .gptq import GPTQRoute
@@ -24,7 +25,7 @@ from .safetensors import SafetensorsRoute
 from .sized import SizedRoute
 
 ROUTES: Registry[Route] = Registry("route")
-for _route in (PresetRoute(), SizedRoute(), GPTQRoute(), AWQRoute(), SafetensorsRoute()):
+for _route in (PresetRoute(), SizedRoute(), GPTQRoute(), AWQRoute(), AWQGPTQRoute(), SafetensorsRoute()):
     ROUTES.add(_route.name, _route)
 
 
@@ -33,7 +34,8 @@ def route_name(job: Job) -> str:
         return "safetensors"
     if job.budget is not None:
         return "gguf-sized"
-    return {"gptq": "gguf-gptq", "gptq-imatrix": "gguf-gptq", "awq": "gguf-awq"}.get(job.scheme.name, "gguf")
+    return {"gptq": "gguf-gptq", "gptq-imatrix": "gguf-gptq", "awq": "gguf-awq", "awq+gptq": "gguf-awq-gptq",
+            "awq+gptq-imatrix": "gguf-awq-gptq"}.get(job.scheme.name, "gguf")
 
 
 def route_for(job: Job) -> Route:

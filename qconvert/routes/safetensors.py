@@ -1,7 +1,7 @@
 """Safetensors output: an int-N checkpoint transformers loads (compressed-tensors
 pack-quantized), rounded to nearest on absmax / min-max grids, solved with GPTQ, or
 rounded to nearest after AWQ scales searched on the same grids were folded into the
-float model (schemes/awq_driver.py)."""
+float model (schemes/awq_driver.py), or both: AWQ's fold, then GPTQ (routes/awq.py)."""
 
 from __future__ import annotations
 
@@ -36,11 +36,11 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
         return f"safetensors output with --scheme {job.scheme.name}"
 
     def needs_scratch(self, job: Job) -> bool:
-        return job.scheme.name in ("gptq", "awq")
+        return job.scheme.name != "rtn"
 
     def consumes(self, job: Job) -> frozenset[str]:
         own = {"bits", "group_size", "sym", "scheme", "no_fallback"}
-        if job.scheme.name == "gptq":
+        if job.scheme.name in ("gptq", "awq+gptq"):
             own |= {"damp", "act_order", "calibration"} | CALIBRATION_RUN
         if job.scheme.name == "awq":
             own |= {"calibration"} | CALIBRATION_RUN
@@ -52,9 +52,9 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
         from ..sink.safetensors_out import plan_safetensors
         from ..source.checkpoint import Checkpoint
 
-        if job.scheme.name == "gptq-imatrix":
-            raise InputError("--scheme gptq-imatrix: int-N group grids have no importance-weighted scale search; "
-                             "use --scheme gptq or awq with --format safetensors")
+        if job.scheme.name.endswith("gptq-imatrix"):
+            raise InputError(f"--scheme {job.scheme.name}: int-N group grids have no importance-weighted scale "
+                             "search; use --scheme gptq, awq or awq+gptq with --format safetensors")
         bits = 4 if job.bits is None else job.bits
         if bits not in BITS:
             raise InputError(f"--bits {bits}: safetensors output takes {', '.join(map(str, BITS[:-1]))} or 8 bits")
@@ -81,31 +81,21 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
         return check_output_dir(out, job.force, input_dir=job.source)
 
     def prepare(self, job: Job, planned: SafetensorsPlanned, scratch: Optional[Path]):
-        """GPTQ, when asked: results staged in `scratch`; (quantized supplier, statistics).
-        AWQ: (the folded checkpoint, its statistics)."""
-        if job.scheme.name == "awq":
-            return awq_folded(job, planned, scratch)
-        if job.scheme.name != "gptq":
-            return None, {}
-        from ..schemes.gptq_safetensors import run_gptq_int, staged_results
+        """(the model written, quantized supplier, statistics): GPTQ's results staged in
+        `scratch`; AWQ's folded checkpoint there too (routes/awq.py)."""
+        if job.scheme.name.startswith("awq"):
+            from .awq import safetensors_awq
 
-        s, c, splan = job.scheme, job.calibration, planned.plan
-        targets = {it.hf_name for it in splan.items if it.quantize}
-        stats = run_gptq_int(job.source, scratch, targets=targets, bits=planned.bits, group_size=s.group_size,
-                             sym=s.sym, act_order=s.act_order, damp=s.damp, scale_dtype=splan.scale_dtype,
-                             text_file=c.text_file, n_samples=c.samples, seqlen=c.seqlen, device=c.device,
-                             progress=job.progress,
-                             group_sizes={it.hf_name: it.group_size for it in splan.items if it.quantize})
-        return staged_results(scratch), stats
+            return safetensors_awq(job, planned, scratch)
+        if job.scheme.name != "gptq":
+            return planned.ckpt, None, {}
+        return (planned.ckpt, *int_gptq(job, planned, job.source, scratch))
 
     def write(self, job: Job, planned: SafetensorsPlanned, prepared, out: Path) -> SafetensorsResult:
         from ..sink.safetensors_out import write_quantized_safetensors
 
-        quantized, stats = prepared
+        source, quantized, stats = prepared
         s = job.scheme
-        source = planned.ckpt
-        if job.scheme.name == "awq":  # the folded float model, rounded to nearest
-            source, quantized, stats = quantized.model_dir, None, {}
         write_quantized_safetensors(source, out, bits=planned.bits, group_size=s.group_size, sym=s.sym,
                                     scheme="absmax", quantized=quantized, force=job.force, progress=job.progress,
                                     actorder="weight" if s.act_order else None,
@@ -118,18 +108,19 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
         return SafetensorsResult(None, planned.plan, planned.label, notes=list(planned.notes))
 
 
-def awq_folded(job: Job, planned: SafetensorsPlanned, scratch: Path):
-    """AWQ's pass with each projection's own int-N grid; (the folded checkpoint, {})."""
-    import torch
-
-    from ..schemes.awq_driver import int_quantizer, run_awq
+def int_gptq(job: Job, planned: SafetensorsPlanned, model_dir: Path, store: Optional[Path]):
+    """GPTQ over `model_dir`'s calibration pass, results staged in `store` (None: a
+    torchrun rank that stages nothing); (quantized supplier, statistics)."""
+    from ..schemes.gptq_safetensors import run_gptq_int, staged_results
 
     s, c, splan = job.scheme, job.calibration, planned.plan
-    sd = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[splan.scale_dtype]
-    grids = {it.hf_name: int_quantizer(planned.bits, it.group_size, s.sym, sd) for it in splan.items if it.quantize}
-    folded = run_awq(job.source, scratch, grids.get, text_file=c.text_file, n_samples=c.samples, seqlen=c.seqlen,
-                     device=c.device, progress=job.progress)
-    return folded, {}
+    targets = {it.hf_name for it in splan.items if it.quantize}
+    stats = run_gptq_int(model_dir, store, targets=targets, bits=planned.bits, group_size=s.group_size,
+                         sym=s.sym, act_order=s.act_order, damp=s.damp, scale_dtype=splan.scale_dtype,
+                         text_file=c.text_file, n_samples=c.samples, seqlen=c.seqlen, device=c.device,
+                         progress=job.progress,
+                         group_sizes={it.hf_name: it.group_size for it in splan.items if it.quantize})
+    return (None if store is None else staged_results(store)), stats
 
 
 def fallback_notes(splan) -> list[str]:

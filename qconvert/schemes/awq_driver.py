@@ -19,7 +19,15 @@ gave before. A family whose norm is not a plain weight (Gemma's x̂ · (1 + w)) 
 "post-attention" norm does not feed the MLP fails that check and is refused in one line.
 
 The folded checkpoint is `<store>/<model name>/`: one float32 file per decoder layer, the
-other tensors copied as stored, the config and tokenizer linked."""
+other tensors copied as stored, the config and tokenizer linked. Every fold is computed in
+float32 on the float32 copy of the layer and stored so; a writer narrows a dense tensor
+(a folded norm) to the output's dtype once.
+
+Under torchrun (calib/world.py) each rank runs its share of the windows and the sums above
+are all-reduced per layer, as importance statistics and Hessians are; the scale search runs
+on rank 0 alone and its scales are broadcast, so every rank folds the same numbers into the
+same weights and runs the next layer on the same model. Each rank checks its own folds on
+its own first batch. Ranks given no `store` keep no checkpoint."""
 
 from __future__ import annotations
 
@@ -54,7 +62,7 @@ TOLERANCE = 1e-3  # relative max difference of a folded layer's output; float32 
 
 @dataclass
 class Folded:
-    model_dir: Path  # the folded float checkpoint
+    model_dir: Optional[Path]  # the folded float checkpoint (None: run without a store)
     # hf weight name -> (mean x² of its (scaled) input channels, rows seen), for importance
     importance: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)
     # "layer i: prev" -> alpha, err, rtn_err
@@ -72,6 +80,10 @@ class _Sums:
         self.abs = torch.zeros(n, dtype=torch.float64, device=device)
         self.sq = torch.zeros(n, dtype=torch.float64, device=device)
         self.hess = HessianSum(n, device=device)
+
+    def tensors(self) -> list:
+        """What is summed over ranks (calib/world.py), in a fixed order."""
+        return [self.abs, self.sq, *self.hess.tensors()]
 
     def add(self, x) -> None:
         import torch
@@ -112,11 +124,13 @@ def int_quantizer(bits: int, group_size: int, sym: bool, scale_dtype) -> Quantiz
     return q
 
 
-def run_awq(model_dir: Path, store: Path, quantizer_for: Callable[[str], Optional[Quantizer]], *,
+def run_awq(model_dir: Path, store: Optional[Path], quantizer_for: Callable[[str], Optional[Quantizer]], *,
             text_file=None, n_samples: int = 128, seqlen: int = 512, device: str = "auto",
             batch_size: int = 8, progress: Optional[bool] = None) -> Folded:
     """Search and fold every layer's scales; `quantizer_for(hf weight name)` is the grid
-    that tensor is written with (None: not quantized). Returns the folded checkpoint."""
+    that tensor is written with (None: not quantized). Returns the folded checkpoint
+    (written under `store`; with None, only the statistics: a torchrun rank that writes
+    nothing)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -125,16 +139,17 @@ def run_awq(model_dir: Path, store: Path, quantizer_for: Callable[[str], Optiona
     from ..calib.text import calibration_samples
     from ..source.checkpoint import Checkpoint
 
-    if worlds.current().distributed:
-        raise UnsupportedError("--scheme awq runs in one process; run it without torchrun")
+    world = worlds.current()
     model_dir = Path(model_dir)
     names = set(Checkpoint(model_dir).handles)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     samples = calibration_samples(tokenizer, text_file=text_file, n_samples=n_samples, seqlen=seqlen)
+    samples = worlds.own_windows(samples, batch_size, world)
     model = load_causal_lm(model_dir)
     dec = find_decoder(model)
-    out = store / model_dir.resolve().name
-    out.mkdir(parents=True)
+    out = None if store is None else store / model_dir.resolve().name
+    if out is not None:
+        out.mkdir(parents=True)
     folded = Folded(out)
     sums: dict[str, _Sums] = {}
     first_call: dict[int, tuple] = {}  # layer -> (args, kwargs, output) of its first batch, before folding
@@ -157,18 +172,16 @@ def run_awq(model_dir: Path, store: Path, quantizer_for: Callable[[str], Optiona
     def transform(i: int, layer) -> None:
         prefix = f"{dec.prefix}.{i}."
         col_scale: dict[str, torch.Tensor] = {}
+        _unite(world, sums, next(layer.parameters()).device)
         for g in GROUPS:
             mods = _group_modules(layer, g)
             if mods is None or g.consumers[0] not in sums:
                 continue
             prev, consumers = mods
-            st = sums[g.consumers[0]]
             qs = [quantizer_for(prefix + c + ".weight") for c in g.consumers]
             if all(q is None for q in qs):
                 continue
-            found = search_scales((st.abs / st.rows).cpu(), (st.sq / st.rows).cpu(), st.hess.sum.float().cpu(),
-                                  [m.weight.detach().float().cpu() for m in consumers],
-                                  [q or (lambda w, imp: w) for q in qs])
+            found = _searched(world, f"searching AWQ scales for layer {i}", sums[g.consumers[0]], consumers, qs)
             if g.norm:
                 fold_into_norm(prev.weight.data, [m.weight.data for m in consumers], found.scales)
             else:
@@ -177,7 +190,8 @@ def run_awq(model_dir: Path, store: Path, quantizer_for: Callable[[str], Optiona
             for c in g.consumers:
                 col_scale[c] = found.scales
             folded.stats[f"layer {i}: {g.prev}"] = {"alpha": found.alpha, "err": found.err, "rtn_err": found.rtn_err}
-        _check_same_function(model_dir, i, layer, first_call.pop(i), _as_hidden)
+        with world.agreed(f"checking layer {i}'s AWQ folds"):
+            _check_same_function(model_dir, i, layer, first_call.pop(i), _as_hidden)
         for rel, st in sums.items():  # importance of every linear reading a recorded input
             for c in FIRSTS[rel].consumers:
                 s = col_scale.get(c)
@@ -185,17 +199,48 @@ def run_awq(model_dir: Path, store: Path, quantizer_for: Callable[[str], Optiona
                 folded.importance[prefix + c + ".weight"] = (
                     (meansq if s is None else meansq / s.double().numpy() ** 2).astype(np.float32), st.rows)
         sums.clear()
-        _save_layer(model_dir, out / f"layer-{i:05d}.safetensors", prefix, layer, names, col_scale)
+        with world.agreed(f"saving layer {i}'s folded weights"):
+            if out is not None:
+                _save_layer(model_dir, out / f"layer-{i:05d}.safetensors", prefix, layer, names, col_scale)
 
     hooks = [layer.register_forward_hook(recorder(i), with_kwargs=True) for i, layer in enumerate(dec.layers)]
     try:
         run_layerwise(model, samples, on_linear=on_linear, transform=transform, device=device,
-                      batch_size=batch_size, show_progress=progress)
+                      batch_size=batch_size, show_progress=progress if world.writer else False)
     finally:
         for h in hooks:
             h.remove()
-    _finish_checkpoint(model_dir, out, names)
+    if out is not None:
+        _finish_checkpoint(model_dir, out, names)
     return folded
+
+
+def _unite(world, sums: dict[str, _Sums], device) -> None:
+    """A layer's input sums added over the ranks (every rank gets the ones any rank has,
+    so all run the same collectives in the same order)."""
+    for rel, n in world.union({rel: st.abs.shape[0] for rel, st in sums.items()}).items():
+        if rel not in sums:
+            sums[rel] = _Sums(n, device)
+    for rel in sorted(sums):
+        world.all_sum(sums[rel].tensors())
+
+
+def _searched(world, what: str, st: _Sums, consumers, qs):
+    """One group's scales: searched on rank 0 (the only process outside torchrun) and
+    broadcast, so every rank folds the same float32 numbers."""
+    import torch
+
+    from .awq import Found
+
+    mine = None
+    with world.agreed(what):
+        if world.writer:
+            f = search_scales((st.abs / st.rows).cpu(), (st.sq / st.rows).cpu(), st.hess.sum.float().cpu(),
+                              [m.weight.detach().float().cpu() for m in consumers],
+                              [q or (lambda w, imp: w) for q in qs])
+            mine = {"scales": f.scales, "alpha": f.alpha, "err": f.err, "rtn_err": f.rtn_err}
+    got = world.share(mine, src=0)
+    return Found(torch.as_tensor(got["scales"]).cpu(), got["alpha"], got["err"], got["rtn_err"])
 
 
 def _group_modules(layer, g: Group):
