@@ -28,7 +28,7 @@ import numpy as np
 from .kquant_common import F0, F1, GROUP_MAX_EPS, KJIT, MAGIC, P01, _f32_bits_i32, njit
 
 NL = 64  # lanes per search: 4 AVX-512 or 8 AVX2 vectors of float32
-NPAR = 16  # per-lane scalar rows in `par`
+NPAR = 24  # per-lane scalar rows in `par`
 
 
 @njit(inline="always", **KJIT)
@@ -47,8 +47,10 @@ def lane_scratch(n):
             np.zeros((4, NL), np.float32), np.zeros((n, NL), np.int32))
 
 
-# par rows of qkx_lanes
-_MN, _MX, _SW, _SX, _ISC, _BEST, _SCALE, _BISC, _BMN, _TSC, _TMN, _ERR, _D, _MN0 = range(14)
+# par rows of qkx_lanes; _MN .. _BMN are pairs, the current value in row + parity
+# (see absmax_lanes for why); the results go to rows 6 (scale) and 0 (the_min)
+_MX, _SW, _SX, _ISC, _TSC, _TMN, _ERR, _D, _MN0 = 1, 2, 3, 4, 9, 10, 11, 12, 13
+_MN, _BEST, _SCALE, _BISC, _BMN = 14, 16, 18, 20, 22
 
 
 @njit(**KJIT)
@@ -61,23 +63,29 @@ def qkx_lanes(n, nmax, xt, wt, rmin, rdelta, nstep, use_mad, ft, par, acc, Lt):
     izero = np.int32(0)
     for k in range(NL):
         par[_MN, k] = xt[0, k]
-        par[_MX, k] = xt[0, k]
+        par[_BEST, k] = xt[0, k]  # the running max until the search starts
         par[_SW, k] = wt[0, k]
         par[_SX, k] = wt[0, k] * xt[0, k]
     for i in range(1, n):
+        r = (i - 1) & 1
         for k in range(NL):
             x = xt[i, k]
             w = wt[i, k]
-            par[_MN, k] = x if x < par[_MN, k] else par[_MN, k]
-            par[_MX, k] = x if x > par[_MX, k] else par[_MX, k]
+            mn = par[_MN + r, k]
+            mx = par[_BEST + r, k]
+            par[_MN + 1 - r, k] = x if x < mn else mn
+            par[_BEST + 1 - r, k] = x if x > mx else mx
             par[_SW, k] += w
             par[_SX, k] += w * x
+    r = (n - 1) & 1
     for k in range(NL):
-        mn = par[_MN, k]
+        mn = par[_MN + r, k]
         mn = F0 if mn > F0 else mn
+        mx = par[_BEST + r, k]
+        par[_MX, k] = mx
         par[_MN, k] = mn
         par[_MN0, k] = mn
-        isc = fnmax / (par[_MX, k] - mn)
+        isc = fnmax / (mx - mn)
         par[_BISC, k] = isc
         par[_BMN, k] = mn
         par[_SCALE, k] = F1 / isc
@@ -90,27 +98,30 @@ def qkx_lanes(n, nmax, xt, wt, rmin, rdelta, nstep, use_mad, ft, par, acc, Lt):
             diff = par[_SCALE, k] * np.float32(l) + mn - x
             diff = abs(diff) if use_mad else diff * diff
             par[_BEST, k] += wt[i, k] * diff
+    r = 0
     if nstep >= 1:
         for step in range(nstep + 1):
             _qkx_step(n, fnmax, inmax, xt, wt, rmin + rdelta * np.float32(step) + fnmax,
-                      use_mad, ft, par, acc)
+                      use_mad, ft, par, acc, r)
+            r = 1 - r
     for i in range(n):
         for k in range(NL):
-            l = max(izero, min(inmax, near32(par[_BISC, k] * (xt[i, k] - par[_BMN, k]))))
+            l = max(izero, min(inmax, near32(par[_BISC + r, k] * (xt[i, k] - par[_BMN + r, k]))))
             # a flat lane (max == min) keeps L = 0, scale 0 and its first min
             Lt[i, k] = izero if par[_MX, k] <= par[_MN0, k] else l
     for k in range(NL):
         flat = par[_MX, k] <= par[_MN0, k]
-        par[_SCALE, k] = F0 if flat else par[_SCALE, k]
-        par[_MN, k] = -(par[_MN0, k] if flat else par[_MN, k])
+        par[6, k] = F0 if flat else par[_SCALE + r, k]
+        par[0, k] = -(par[_MN0, k] if flat else par[_MN + r, k])
 
 
 @njit(inline="always", **KJIT)
-def _qkx_step(n, fnmax, inmax, xt, wt, num, use_mad, ft, par, acc):
-    """One candidate inverse scale num/(max - min) of make_qkx_quants, in every lane."""
+def _qkx_step(n, fnmax, inmax, xt, wt, num, use_mad, ft, par, acc, r):
+    """One candidate inverse scale num/(max - min) of make_qkx_quants, in every lane;
+    the running values are read from rows + r and written to rows + 1 - r."""
     izero = np.int32(0)
     for k in range(NL):
-        par[_ISC, k] = num / (par[_MX, k] - par[_MN, k])
+        par[_ISC, k] = num / (par[_MX, k] - par[_MN + r, k])
         acc[0, k] = F0
         acc[1, k] = F0
         acc[2, k] = F0
@@ -118,7 +129,7 @@ def _qkx_step(n, fnmax, inmax, xt, wt, num, use_mad, ft, par, acc):
         for k in range(NL):
             x = xt[i, k]
             w = wt[i, k]
-            l = max(izero, min(inmax, near32(par[_ISC, k] * (x - par[_MN, k]))))
+            l = max(izero, min(inmax, near32(par[_ISC, k] * (x - par[_MN + r, k]))))
             fl = np.float32(l)
             ft[i, k] = fl
             acc[0, k] += w * fl
@@ -143,17 +154,19 @@ def _qkx_step(n, fnmax, inmax, xt, wt, num, use_mad, ft, par, acc):
             diff = par[_TSC, k] * ft[i, k] + par[_TMN, k] - xt[i, k]
             diff = abs(diff) if use_mad else diff * diff
             par[_ERR, k] += wt[i, k] * diff
+    w_ = 1 - r
     for k in range(NL):
-        better = par[_D, k] > F0 and par[_ERR, k] < par[_BEST, k]
-        par[_BEST, k] = par[_ERR, k] if better else par[_BEST, k]
-        par[_SCALE, k] = par[_TSC, k] if better else par[_SCALE, k]
-        par[_BISC, k] = par[_ISC, k] if better else par[_BISC, k]
-        par[_BMN, k] = par[_MN, k] if better else par[_BMN, k]
-        par[_MN, k] = par[_TMN, k] if better else par[_MN, k]
+        better = (par[_D, k] > F0) & (par[_ERR, k] < par[_BEST + r, k])
+        par[_BEST + w_, k] = par[_ERR, k] if better else par[_BEST + r, k]
+        par[_SCALE + w_, k] = par[_TSC, k] if better else par[_SCALE + r, k]
+        par[_BISC + w_, k] = par[_ISC, k] if better else par[_BISC + r, k]
+        par[_BMN + w_, k] = par[_MN + r, k] if better else par[_BMN + r, k]
+        par[_MN + w_, k] = par[_TMN, k] if better else par[_MN + r, k]
 
 
-# par rows of qx_lanes (and, the first three, of q3_lanes)
-_AMAX, _XMAX, _QSCALE, _QBEST, _QBISC, _QISC = range(6)
+# par rows of qx_lanes (and, the first three, of q3_lanes); pairs as in qkx_lanes
+_AMAX, _XMAX, _QSCALE, _QISC = 0, 1, 2, 5
+_QSC, _QBEST, _QBISC = 6, 8, 10
 
 
 @njit(**KJIT)
@@ -164,17 +177,10 @@ def qx_lanes(n, nmax, xt, wt, ft, par, acc, Lt):
     fnmax = np.float32(nmax)
     lo = np.int32(-nmax)
     hi = np.int32(nmax - 1)
-    for k in range(NL):
-        par[_AMAX, k] = F0
-        par[_XMAX, k] = F0
+    absmax_lanes(n, xt, par)
     for i in range(n):
         for k in range(NL):
-            x = xt[i, k]
-            ax = abs(x)
-            up = ax > par[_AMAX, k]
-            par[_AMAX, k] = ax if up else par[_AMAX, k]
-            par[_XMAX, k] = x if up else par[_XMAX, k]
-            ft[i, k] = wt[i, k] * x
+            ft[i, k] = wt[i, k] * xt[i, k]
     for k in range(NL):
         par[_QBISC, k] = np.float32(-nmax) / par[_XMAX, k]
         acc[0, k] = F0
@@ -184,9 +190,10 @@ def qx_lanes(n, nmax, xt, wt, ft, par, acc, Lt):
         sumlx = acc[0, k]
         suml2 = acc[1, k]
         scale = sumlx / suml2 if suml2 != F0 else F0
-        par[_QSCALE, k] = scale
+        par[_QSC, k] = scale
         par[_QBEST, k] = scale * sumlx
     isc = par[_QISC]
+    r = 0
     for step in range(-9, 10):
         if step == 0:
             continue
@@ -196,20 +203,22 @@ def qx_lanes(n, nmax, xt, wt, ft, par, acc, Lt):
             acc[0, k] = F0
             acc[1, k] = F0
         _qx_sums(n, lo, hi, xt, wt, ft, isc, acc)
+        w_ = 1 - r
         for k in range(NL):
             sumlx = acc[0, k]
             suml2 = acc[1, k]
-            better = suml2 > F0 and sumlx * sumlx > par[_QBEST, k] * suml2
+            better = (suml2 > F0) & (sumlx * sumlx > par[_QBEST + r, k] * suml2)
             scale = sumlx / suml2
-            par[_QSCALE, k] = scale if better else par[_QSCALE, k]
-            par[_QBEST, k] = scale * sumlx if better else par[_QBEST, k]
-            par[_QBISC, k] = isc[k] if better else par[_QBISC, k]
+            par[_QSC + w_, k] = scale if better else par[_QSC + r, k]
+            par[_QBEST + w_, k] = scale * sumlx if better else par[_QBEST + r, k]
+            par[_QBISC + w_, k] = isc[k] if better else par[_QBISC + r, k]
+        r = w_
     for i in range(n):
         for k in range(NL):
-            l = max(lo, min(hi, near32(par[_QBISC, k] * xt[i, k])))
+            l = max(lo, min(hi, near32(par[_QBISC + r, k] * xt[i, k])))
             Lt[i, k] = np.int32(0) if par[_AMAX, k] < GROUP_MAX_EPS else l - lo
     for k in range(NL):
-        par[_QSCALE, k] = F0 if par[_AMAX, k] < GROUP_MAX_EPS else par[_QSCALE, k]
+        par[_QSCALE, k] = F0 if par[_AMAX, k] < GROUP_MAX_EPS else par[_QSC + r, k]
 
 
 @njit(inline="always", **KJIT)
@@ -222,28 +231,46 @@ def _qx_sums(n, lo, hi, xt, wt, wxt, isc, acc):
             acc[1, k] += wt[i, k] * fl * fl
 
 
-# further par rows of q3_lanes
-_Q3ISC, _SUMLX, _SUML2, _CHANGED = 4, 5, 6, 7
+# further par rows of q3_lanes: _SUMLX and _SUML2 are pairs (see absmax_lanes)
+_Q3ISC, _SUMLX, _SUML2, _CHANGED = 4, 8, 10, 12
 
 
 @njit(**KJIT)
-def q3_lanes(n, nmax, xt, par, Lt):
-    """kquant_common.make_q3_quants on NL lanes of n elements. Leaves each lane's scale
-    in par[2] and its quants 0..2*nmax-1 in Lt. A sweep that changes nothing in a lane
-    would change nothing again, so lanes simply run until none changes (C stops each
-    sub-block at its first quiet sweep; the result is the same)."""
-    lo = np.int32(-nmax)
-    hi = np.int32(nmax - 1)
+def absmax_lanes(n, xt, par):
+    """par[0] = the largest |x| of each lane, par[1] = the first x reaching it (C's
+    strict >). A running value updated by select goes through two rows, read from one
+    and written to the other in turn: a store of select(c, v, the stored value) back to
+    the same place becomes a masked vector store, which stalls the next load of that
+    place (3-9x slower on the test machine's AVX-512)."""
     for k in range(NL):
-        par[_AMAX, k] = F0
-        par[_XMAX, k] = F0
+        par[16, k] = F0
+        par[18, k] = F0
     for i in range(n):
+        r = i & 1
         for k in range(NL):
             x = xt[i, k]
             ax = abs(x)
-            up = ax > par[_AMAX, k]
-            par[_AMAX, k] = ax if up else par[_AMAX, k]
-            par[_XMAX, k] = x if up else par[_XMAX, k]
+            old = par[16 + r, k]
+            up = ax > old
+            par[17 - r, k] = ax if up else old
+            par[19 - r, k] = x if up else par[18 + r, k]
+    r = n & 1
+    for k in range(NL):
+        par[_AMAX, k] = par[16 + r, k]
+        par[_XMAX, k] = par[18 + r, k]
+
+
+@njit(**KJIT)
+def q3_lanes(n, nmax, xt, wt, ft, par, Lt):
+    """kquant_common.make_q3_quants on NL lanes of n elements. Leaves each lane's scale
+    in par[2] and its quants 0..2*nmax-1 in Lt; wt and ft are scratch. A sweep that
+    changes nothing in a lane would change nothing again, so lanes simply run until
+    none changes (C stops each sub-block at its first quiet sweep; same result).
+    The quants (as floats) and the two sums alternate between two copies, see
+    absmax_lanes for why."""
+    lo = np.int32(-nmax)
+    hi = np.int32(nmax - 1)
+    absmax_lanes(n, xt, par)
     for k in range(NL):
         par[_Q3ISC, k] = np.float32(-nmax) / par[_XMAX, k]
         par[_SUMLX, k] = F0
@@ -251,46 +278,52 @@ def q3_lanes(n, nmax, xt, par, Lt):
     for i in range(n):
         for k in range(NL):
             x = xt[i, k]
-            l = max(lo, min(hi, near32(par[_Q3ISC, k] * x)))
-            Lt[i, k] = l
+            fl = np.float32(max(lo, min(hi, near32(par[_Q3ISC, k] * x))))
+            ft[i, k] = fl
             w = x * x
-            fl = np.float32(l)
             par[_SUMLX, k] += w * x * fl
             par[_SUML2, k] += w * fl * fl
+    cur = ft
+    nxt = wt
+    t = 0
     for _ in range(5):
         for k in range(NL):
             par[_CHANGED, k] = F0
         for i in range(n):
+            r = t & 1
+            t += 1
             for k in range(NL):
                 x = xt[i, k]
                 w = x * x
-                li = Lt[i, k]
-                fli = np.float32(li)
-                sumlx = par[_SUMLX, k]
-                suml2 = par[_SUML2, k]
+                fli = cur[i, k]
+                sumlx = par[_SUMLX + r, k]
+                suml2 = par[_SUML2 + r, k]
                 slx = sumlx - w * x * fli
                 sl2 = suml2 - w * fli * fli
-                new_l = max(lo, min(hi, near32(x * sl2 / slx)))
-                fnl = np.float32(new_l)
+                fnl = np.float32(max(lo, min(hi, near32(x * sl2 / slx))))
                 slx2 = slx + w * x * fnl
                 sl22 = sl2 + w * fnl * fnl
-                ok = (slx > F0 and new_l != li and sl22 > F0
-                      and slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
-                Lt[i, k] = new_l if ok else li
-                par[_SUMLX, k] = slx2 if ok else sumlx
-                par[_SUML2, k] = sl22 if ok else suml2
-                par[_CHANGED, k] = F1 if ok else par[_CHANGED, k]
+                # & rather than `and`: no branches, so the lane loop vectorises
+                ok = ((slx > F0) & (fnl != fli) & (sl22 > F0)
+                      & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22))
+                nxt[i, k] = fnl if ok else fli
+                par[_SUMLX + 1 - r, k] = slx2 if ok else sumlx
+                par[_SUML2 + 1 - r, k] = sl22 if ok else suml2
+                par[_CHANGED, k] += np.float32(ok)
+        cur, nxt = nxt, cur
         moved = F0
         for k in range(NL):
-            moved = max(moved, par[_CHANGED, k])
+            moved += par[_CHANGED, k]
         if moved == F0:
             break
+    r = t & 1
     for i in range(n):
         for k in range(NL):
-            Lt[i, k] = np.int32(0) if par[_AMAX, k] < GROUP_MAX_EPS else Lt[i, k] - lo
+            l = np.int32(cur[i, k]) - lo
+            Lt[i, k] = np.int32(0) if par[_AMAX, k] < GROUP_MAX_EPS else l
     for k in range(NL):
-        suml2 = par[_SUML2, k]
-        s = par[_SUMLX, k] / suml2 if suml2 > F0 else F0
+        suml2 = par[_SUML2 + r, k]
+        s = par[_SUMLX + r, k] / suml2 if suml2 > F0 else F0
         par[_QSCALE, k] = F0 if par[_AMAX, k] < GROUP_MAX_EPS else s
 
 

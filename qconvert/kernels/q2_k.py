@@ -9,9 +9,10 @@ import numpy as np
 from . import KERNELS, Kernel
 from .flags import prange
 from .kquant_common import (
-    F0, KJIT, KPARALLEL, QK_K, get_f16, make_qkx_quants, make_qp_quants, nearest_int, njit,
-    pack_2bit, put_f16, round_divided,
+    F0, KJIT, KPARALLEL, QK_K, get_f16, make_qp_quants, nearest_int, njit, pack_2bit, put_f16,
+    round_divided,
 )
+from .kquant_lanes import NL, importance_lanes, lane_scratch, load_lanes, n_chunks, qkx_lanes
 from .reference import q2_k as ref
 
 TYPE_SIZE = 84
@@ -25,10 +26,12 @@ TYPE_SIZE = 84
 #   82      2     dmin   fp16 super-scale of the mins
 
 
+G = NL // 16  # super-blocks per lane group
+
+
 @njit(**KJIT)
-def _finish_block(x, L, d, dmin, out):
+def _finish_block(x, L, d, dmin, out, tmp):
     """Re-round with the stored scales (C skips sub-blocks whose scale is 0) and pack."""
-    tmp = np.empty(16, np.float32)
     for j in range(16):
         dd = d * np.float32(out[j] & 0xF)
         if dd == F0:
@@ -39,27 +42,17 @@ def _finish_block(x, L, d, dmin, out):
 
 
 @njit(**KJIT)
-def _encode_block(x, out):
-    L = np.empty(QK_K, np.uint8)
-    Laux = np.empty(16, np.uint8)
-    weights = np.empty(16, np.float32)
-    scales = np.empty(16, np.float32)
-    mins = np.empty(16, np.float32)
+def _head_plain(scales, mins, out):
+    """quantize_row_q2_K_ref: scales and mins to 4 bits against their maxima; returns
+    the stored (d, dmin) as floats."""
     q4scale = np.float32(15)
     max_scale = F0
     max_min = F0
     for j in range(16):
-        xs = x[16 * j:16 * j + 16]
-        for l in range(16):
-            weights[l] = abs(xs[l])
-        s, m = make_qkx_quants(16, 3, xs, weights, L[16 * j:16 * j + 16], Laux,
-                               np.float32(-0.5), np.float32(0.1), 15, True)
-        scales[j] = s
-        mins[j] = m
-        if s > max_scale:
-            max_scale = s
-        if m > max_min:
-            max_min = m
+        if scales[j] > max_scale:
+            max_scale = scales[j]
+        if mins[j] > max_min:
+            max_min = mins[j]
     if max_scale > F0:
         iscale = q4scale / max_scale
         for j in range(16):
@@ -76,60 +69,76 @@ def _encode_block(x, out):
         dmin = put_f16(out, 82, max_min / q4scale)
     else:
         dmin = put_f16(out, 82, F0)
-    _finish_block(x, L, d, dmin, out)
+    return d, dmin
 
 
 @njit(**KJIT)
-def _encode_block_imp(x, qw, out):
-    L = np.empty(QK_K, np.uint8)
-    Laux = np.empty(16, np.uint8)
-    weight = np.empty(16, np.float32)
-    sw = np.empty(16, np.float32)
-    scales = np.empty(16, np.float32)
-    mins = np.empty(16, np.float32)
-    sumx2 = F0
-    for j in range(QK_K):
-        sumx2 += x[j] * x[j]
-    sigma2 = sumx2 / np.float32(QK_K)  # q2_K_impl: no factor 2, unlike Q3..Q5
-    for j in range(16):
-        for l in range(16):
-            xv = x[16 * j + l]
-            weight[l] = qw[16 * j + l] * np.sqrt(sigma2 + xv * xv)
-        s = F0
-        for l in range(16):
-            s += weight[l]
-        sw[j] = s
-        sc, m = make_qkx_quants(16, 3, x[16 * j:16 * j + 16], weight, L[16 * j:16 * j + 16],
-                                Laux, np.float32(-0.9), np.float32(0.05), 36, False)
-        scales[j] = sc
-        mins[j] = m
-    Ls = np.empty(16, np.uint8)
-    Lm = np.empty(16, np.uint8)
+def _head_imp(scales, mins, sw, Ls, Lm, out):
+    """quantize_row_q2_K_impl: scales and mins through make_qp_quants (4 bits)."""
     dm = make_qp_quants(16, 15, scales, Ls, sw)
     mm = make_qp_quants(16, 15, mins, Lm, sw)
     d = put_f16(out, 80, dm)
     dmin = put_f16(out, 82, mm)
     for j in range(16):
         out[j] = Ls[j] | (Lm[j] << 4)
-    _finish_block(x, L, d, dmin, out)
+    return d, dmin
 
 
 @njit(**KPARALLEL)
+def _encode_any(x, qw, has_qw):
+    """The (scale, min) search of the 16 sub-blocks of G super-blocks at once
+    (kquant_lanes.qkx_lanes): plain, weights |x| and the mean-absolute-error variant;
+    importance, weights qw * sqrt(sigma2 + x^2) (sigma2 without q3..q5's factor 2)."""
+    n = x.shape[0]
+    out = np.empty((n, TYPE_SIZE), np.uint8)
+    n_groups = (n + G - 1) // G
+    n_items = n_chunks(n_groups)
+    for c in prange(n_items):
+        xt, wt, ft, par, acc, Lt = lane_scratch(16)
+        L = np.empty(QK_K, np.uint8)
+        scales = np.empty(16, np.float32)
+        mins = np.empty(16, np.float32)
+        sw = np.empty(16, np.float32)
+        Ls = np.empty(16, np.uint8)
+        Lm = np.empty(16, np.uint8)
+        tmp = np.empty(16, np.float32)
+        for grp in range(c * n_groups // n_items, (c + 1) * n_groups // n_items):
+            b0 = grp * G
+            nb = min(G, n - b0)
+            load_lanes(x, b0, nb, 16, xt)
+            if has_qw:
+                importance_lanes(x, qw, b0, nb, 16, 1, xt, wt, acc[3], par[15])
+                qkx_lanes(16, 3, xt, wt, np.float32(-0.9), np.float32(0.05), 36, False,
+                          ft, par, acc, Lt)
+            else:
+                for i in range(16):
+                    for k in range(NL):
+                        wt[i, k] = abs(xt[i, k])
+                qkx_lanes(16, 3, xt, wt, np.float32(-0.5), np.float32(0.1), 15, True,
+                          ft, par, acc, Lt)
+            for g in range(nb):
+                for j in range(16):
+                    k = 16 * g + j
+                    scales[j] = par[6, k]  # kquant_lanes: scale row
+                    mins[j] = par[0, k]  # the_min row
+                    sw[j] = acc[3, k]
+                    for i in range(16):
+                        L[16 * j + i] = Lt[i, k]
+                o = out[b0 + g]
+                if has_qw:
+                    d, dmin = _head_imp(scales, mins, sw, Ls, Lm, o)
+                else:
+                    d, dmin = _head_plain(scales, mins, o)
+                _finish_block(x[b0 + g], L, d, dmin, o, tmp)
+    return out
+
+
 def _encode(x):
-    n = x.shape[0]
-    out = np.empty((n, TYPE_SIZE), np.uint8)
-    for b in prange(n):
-        _encode_block(x[b], out[b])
-    return out
+    return _encode_any(x, x, False)
 
 
-@njit(**KPARALLEL)
 def _encode_imp(x, imp):
-    n = x.shape[0]
-    out = np.empty((n, TYPE_SIZE), np.uint8)
-    for b in prange(n):
-        _encode_block_imp(x[b], imp[b], out[b])
-    return out
+    return _encode_any(x, imp, True)
 
 
 @njit(**KPARALLEL)

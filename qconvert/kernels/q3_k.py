@@ -9,9 +9,10 @@ import numpy as np
 from . import KERNELS, Kernel
 from .flags import prange
 from .kquant_common import (
-    F0, F1, KJIT, KPARALLEL, QK_K, get_f16, make_q3_quants, make_qx_quants, nearest_int, njit,
-    pack_2bit, put_f16, round_divided,
+    F0, F1, KJIT, KPARALLEL, QK_K, get_f16, make_qx_quants, nearest_int, njit, pack_2bit,
+    put_f16, round_divided,
 )
+from .kquant_lanes import NL, importance_lanes, lane_scratch, load_lanes, n_chunks, q3_lanes, qx_lanes
 from .reference import q3_k as ref
 
 TYPE_SIZE = 110
@@ -53,11 +54,13 @@ def _scale(q, j):
     return (lo | (hi << 4)) - 32
 
 
+G = NL // 16  # super-blocks per lane group
+
+
 @njit(**KJIT)
-def _finish_block(x, L, d, out):
+def _finish_block(x, L, d, out, tmp):
     """Re-round with the stored scales, then split each 3-bit quant into hmask + qs."""
     dq = put_f16(out, 108, d)
-    tmp = np.empty(16, np.float32)
     for j in range(16):
         dd = dq * np.float32(_scale(out, j))
         if dd == F0:
@@ -73,18 +76,16 @@ def _finish_block(x, L, d, out):
 
 
 @njit(**KJIT)
-def _encode_block(x, out):
-    L = np.empty(QK_K, np.int8)
-    scales = np.empty(16, np.float32)
+def _head_plain(scales, ls, out):
+    """quantize_row_q3_K_ref: the sub-block scales to 6 bits against the largest;
+    returns d."""
     max_scale = F0
     amax = F0
     for j in range(16):
-        s = make_q3_quants(16, 4, x[16 * j:16 * j + 16], L[16 * j:16 * j + 16])
-        scales[j] = s
+        s = scales[j]
         if abs(s) > amax:
             amax = abs(s)
             max_scale = s
-    ls = np.zeros(16, np.int64)
     if max_scale != F0:
         iscale = np.float32(-32) / max_scale
         for j in range(16):
@@ -92,58 +93,74 @@ def _encode_block(x, out):
             ls[j] = max(-32, min(31, l)) + 32
         d = F1 / iscale
     else:
+        for j in range(16):
+            ls[j] = 0
         d = F0
     _pack_scales(ls, out)
-    _finish_block(x, L, d, out)
+    return d
 
 
 @njit(**KJIT)
-def _encode_block_imp(x, qw, out):
-    L = np.empty(QK_K, np.int8)
-    scales = np.empty(16, np.float32)
-    weight = np.empty(16, np.float32)
-    sw = np.empty(16, np.float32)
-    Ls = np.empty(16, np.int8)
-    w = np.empty(16, np.float32)
-    wx = np.empty(16, np.float32)
-    sumx2 = F0
-    for j in range(QK_K):
-        sumx2 += x[j] * x[j]
-    sigma2 = np.float32(2) * sumx2 / np.float32(QK_K)
-    for j in range(16):
-        for l in range(16):
-            xv = x[16 * j + l]
-            weight[l] = qw[16 * j + l] * np.sqrt(sigma2 + xv * xv)
-        sumw = F0
-        for l in range(16):
-            sumw += weight[l]
-        sw[j] = sumw
-        scales[j] = make_qx_quants(16, 4, x[16 * j:16 * j + 16], L[16 * j:16 * j + 16],
-                                   weight, True, w, wx)
-    d_block = make_qx_quants(16, 32, scales, Ls, sw, True, w, wx)
-    ls = np.empty(16, np.int64)
+def _head_imp(scales, sw, Ls, ls, w, wx, out):
+    """quantize_row_q3_K_impl: the scales through make_qx_quants(16, 32) weighted by
+    each sub-block's weight sum; returns d."""
+    d = make_qx_quants(16, 32, scales, Ls, sw, True, w, wx)
     for j in range(16):
         ls[j] = Ls[j]
     _pack_scales(ls, out)
-    _finish_block(x, L, d_block, out)
+    return d
 
 
 @njit(**KPARALLEL)
+def _encode_any(x, qw, has_qw):
+    """The 16 sub-blocks of G super-blocks searched at once: plain, make_q3_quants
+    (kquant_lanes.q3_lanes); importance, make_qx_quants(16, 4) weighted by
+    qw * sqrt(sigma2 + x^2) (kquant_lanes.qx_lanes)."""
+    n = x.shape[0]
+    out = np.empty((n, TYPE_SIZE), np.uint8)
+    n_groups = (n + G - 1) // G
+    n_items = n_chunks(n_groups)
+    for c in prange(n_items):
+        xt, wt, ft, par, acc, Lt = lane_scratch(16)
+        L = np.empty(QK_K, np.int8)
+        scales = np.empty(16, np.float32)
+        sw = np.empty(16, np.float32)
+        Ls = np.empty(16, np.int8)
+        ls = np.empty(16, np.int64)
+        w = np.empty(16, np.float32)
+        wx = np.empty(16, np.float32)
+        tmp = np.empty(16, np.float32)
+        for grp in range(c * n_groups // n_items, (c + 1) * n_groups // n_items):
+            b0 = grp * G
+            nb = min(G, n - b0)
+            load_lanes(x, b0, nb, 16, xt)
+            if has_qw:
+                importance_lanes(x, qw, b0, nb, 16, 2, xt, wt, acc[3], par[15])
+                qx_lanes(16, 4, xt, wt, ft, par, acc, Lt)
+            else:
+                q3_lanes(16, 4, xt, wt, ft, par, Lt)
+            for g in range(nb):
+                for j in range(16):
+                    k = 16 * g + j
+                    scales[j] = par[2, k]  # kquant_lanes: q3/qx scale row
+                    sw[j] = acc[3, k]
+                    for i in range(16):
+                        L[16 * j + i] = Lt[i, k]
+                o = out[b0 + g]
+                if has_qw:
+                    d = _head_imp(scales, sw, Ls, ls, w, wx, o)
+                else:
+                    d = _head_plain(scales, ls, o)
+                _finish_block(x[b0 + g], L, d, o, tmp)
+    return out
+
+
 def _encode(x):
-    n = x.shape[0]
-    out = np.empty((n, TYPE_SIZE), np.uint8)
-    for b in prange(n):
-        _encode_block(x[b], out[b])
-    return out
+    return _encode_any(x, x, False)
 
 
-@njit(**KPARALLEL)
 def _encode_imp(x, imp):
-    n = x.shape[0]
-    out = np.empty((n, TYPE_SIZE), np.uint8)
-    for b in prange(n):
-        _encode_block_imp(x[b], imp[b], out[b])
-    return out
+    return _encode_any(x, imp, True)
 
 
 @njit(**KPARALLEL)
