@@ -22,7 +22,8 @@ def test_documents_are_sorted_and_cover_the_stdlib_topics():
 
 
 def test_splits_partition_the_topics():
-    per_split = {name: {k for k, _ in corpus.split_documents(name)} for name in corpus.SPLITS}
+    per_split = {name: {k for k, _ in corpus.split_documents(name) if not k.startswith("stdlib:")}
+                 for name in corpus.SPLITS}
     all_keys = {k for k, _ in corpus.documents()}
     assert set().union(*per_split.values()) == all_keys
     names = list(per_split)
@@ -43,10 +44,10 @@ def test_splits_are_large_enough_and_text_is_disjoint():
     texts = {name: corpus.split_text(name) for name in corpus.SPLITS}
     assert len(texts["evaluation"]) >= 30_000
     assert len(texts["calibration"]) >= 30_000
-    assert len(texts["train"]) > 5 * len(texts["evaluation"])
-    # pydoc topics quote one another; no held-out paragraph of 40+ characters may appear
-    # anywhere in the training text, even inside a longer paragraph
-    train = texts["train"]
+    train = "\n\n".join(t for _, t in corpus.training_documents())
+    assert len(train) > 5 * len(texts["evaluation"])
+    # pydoc topics quote one another, docstrings repeat; no held-out paragraph of 40+
+    # characters may appear anywhere in the training text, even inside a longer paragraph
     for name in ("evaluation", "calibration"):
         paragraphs = [p.strip() for p in texts[name].split("\n\n") if len(p.strip()) >= 40]
         assert len(paragraphs) > 50
@@ -161,3 +162,21 @@ def test_training_documents_add_stdlib_docstrings_and_keep_held_out_text_out():
     for name in ("evaluation", "calibration"):
         paragraphs = [p.strip() for p in corpus.split_text(name).split("\n\n") if len(p.strip()) >= 40]
         assert not [p[:60] for p in paragraphs if p in text], name
+
+
+def test_held_out_splits_add_their_own_docstring_files_which_never_train():
+    """Evaluation text of the kind the model trains on: each held-out split is its topics then
+    the stdlib module files the same hash rule gives it; those files are not in training."""
+    trained = {k for k, _ in corpus.training_documents()}
+    seen = set()
+    for name in ("evaluation", "calibration"):
+        docs = corpus.split_documents(name)
+        keys = [k for k, _ in docs]
+        files = [k for k in keys if k.startswith("stdlib:")]
+        assert len(files) >= 20, name
+        assert keys == sorted(k for k in keys if not k.startswith("stdlib:")) + sorted(files)
+        assert all(corpus.split_of(k) == name for k in keys)
+        assert not set(files) & trained and not set(files) & seen
+        seen |= set(files)
+        # docstrings dominate the held-out text as they dominate the training text
+        assert sum(len(t) for k, t in docs if k in files) > sum(len(t) for k, t in docs if k not in files)

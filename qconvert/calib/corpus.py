@@ -20,17 +20,18 @@ splits of ~53k and ~37k characters (unsalted, both fell under 30k: a few topics 
 long, so per-topic hashing has high variance).  The texts differ a little between
 Python versions; the rule does not.
 
-Training text (`training_documents`) is the train split plus the docstrings of the pure-Python
-standard library, read with `ast` from the installed sources (nothing is imported): one
-document per module file, its module, class and function docstrings in source order, files
-in sorted path order.  Packages that distributions ship separately or patch (test, idlelib,
-tkinter, turtledemo, lib2to3, distutils, ensurepip, site.py, sysconfig.py, ...) are left
-out so the text is the same on any install of one CPython version.  Docstrings only ever
-train: the calibration and evaluation splits are the pydoc topics above, unchanged, and a
-docstring paragraph containing a held-out paragraph of 40+ characters is dropped.  Figures
-(made with CPython 3.11.7): 459 module files with docstrings, 1,368,863 characters beside
-the train split's ~358k (with the example model's tokenizer, 530,627 training tokens in
-all); evaluation ~53k and calibration ~37k characters as before.
+The docstrings of the pure-Python standard library are a second source, read with `ast` from
+the installed sources (nothing is imported): one document per module file (key
+"stdlib:<path>"), its module, class and function docstrings in source order, files in sorted
+path order.  Packages that distributions ship separately or patch (test, idlelib, tkinter,
+turtledemo, lib2to3, distutils, ensurepip, site.py, sysconfig.py, ...) are left out so the
+text is the same on any install of one CPython version.  Module files are split by the same
+hash rule on their key, so each held-out split is its topics followed by its docstring files:
+the evaluation text is then mostly of the kind the example model trains on (a topic-only
+evaluation split was out of distribution for a model trained mostly on docstrings, and
+quantization noise lowered its perplexity there).  Training text (`training_documents`) is
+the train split plus the train docstring files, with every paragraph of 40+ characters that
+occurs in any held-out document dropped.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def documents() -> list[tuple[str, str]]:
 
 
 def split_of(key: str) -> str:
-    """The split a topic key belongs to (see the module docstring for the rule)."""
+    """The split a topic key or "stdlib:<path>" key belongs to (the module docstring's rule)."""
     bucket = int.from_bytes(hashlib.sha256(_SALT + key.encode("utf-8")).digest()[:8], "big") % 10
     if bucket == 0:
         return "evaluation"
@@ -80,7 +81,7 @@ def split_documents(name: str) -> list[tuple[str, str]]:
         raise InputError(f"unknown corpus split {name!r}; choose one of {', '.join(SPLITS)}")
     chosen = [(k, t) for k, t in documents() if split_of(k) == name]
     if name != "train":
-        return chosen
+        return chosen + [(k, t) for k, t in _docstring_pool() if split_of(k) == name]
     held_out = _held_out_paragraphs()
     return [(k, _SEPARATOR.join(p for p in t.split(_SEPARATOR) if p.strip() not in held_out))
             for k, t in chosen]
@@ -91,7 +92,7 @@ def _held_out_paragraphs() -> frozenset[str]:
     """Stripped paragraphs of the held-out topics long enough to count as shared text."""
     return frozenset(
         p.strip()
-        for k, t in documents() if split_of(k) != "train"
+        for k, t in documents() + _docstring_pool() if split_of(k) != "train"
         for p in t.split(_SEPARATOR) if len(p.strip()) >= _MIN_SHARED
     )
 
@@ -102,13 +103,25 @@ def split_text(name: str) -> str:
 
 
 def training_documents() -> list[tuple[str, str]]:
-    """What the example model trains on: the train split, then the stdlib docstring documents."""
+    """What the example model trains on: the train split, then the train docstring files."""
     return split_documents("train") + _docstring_documents()
 
 
 @lru_cache(maxsize=1)
 def _docstring_documents() -> list[tuple[str, str]]:
-    """("stdlib:<path>", docstrings) per stdlib module file; held-out paragraphs dropped."""
+    """The train split's ("stdlib:<path>", docstrings); held-out paragraphs dropped."""
+    docs = [(k, t) for k, t in _docstring_pool() if split_of(k) == "train"]
+    held_out = _held_out_paragraphs()
+    leaked = [p for p in held_out if any(p in t for _, t in docs)]
+    if leaked:  # checked per paragraph only when some held-out text occurs at all
+        docs = [(k, _SEPARATOR.join(q for q in t.split(_SEPARATOR) if not any(p in q for p in leaked)))
+                for k, t in docs]
+    return [(k, t) for k, t in docs if t.strip()]
+
+
+@lru_cache(maxsize=1)
+def _docstring_pool() -> list[tuple[str, str]]:
+    """("stdlib:<path>", docstrings) for every stdlib module file with any, sorted by path."""
     root = Path(sysconfig.get_paths()["stdlib"])
     docs = []
     for path in sorted(root.rglob("*.py"), key=lambda p: p.relative_to(root).as_posix()):
@@ -123,11 +136,7 @@ def _docstring_documents() -> list[tuple[str, str]]:
         text = _SEPARATOR.join(_docstrings(tree))
         if text:
             docs.append((f"stdlib:{rel.as_posix()}", text))
-    leaked = [p for p in _held_out_paragraphs() if any(p in t for _, t in docs)]
-    if leaked:  # rare; checked per paragraph only when some held-out text occurs at all
-        docs = [(k, _SEPARATOR.join(q for q in t.split(_SEPARATOR) if not any(p in q for p in leaked)))
-                for k, t in docs]
-    return [(k, t) for k, t in docs if t.strip()]
+    return docs
 
 
 def _docstrings(node: ast.AST):
