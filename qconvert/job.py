@@ -23,6 +23,9 @@ FORMATS = ("gguf", "safetensors")
 # gptq-imatrix: GPTQ whose block scales the importance-weighted search chooses (GGUF only);
 # awq: activation-aware scales folded into the norms (schemes/awq.py); awq+gptq(-imatrix):
 # those scales folded first, then GPTQ on the folded model (routes/awq.py)
+# --scale-search: llama.cpp's K-quant block scales, or those refined by a more thorough
+# search scored on the dequantized weights (kernels/scale_refine.py)
+SCALE_SEARCHES = ("llama", "thorough")
 SCHEMES = ("rtn", "gptq", "gptq-imatrix", "awq", "awq+gptq", "awq+gptq-imatrix")
 
 # option (the keyword of qconvert.quantize) -> how the CLI spells it, for messages
@@ -38,7 +41,7 @@ FLAGS = {
     "target_size": "--target-size", "target_bpw": "--target-bpw", "context": "--context", "kv_type": "--kv-type",
     "sensitivity_cache": "--sensitivity-cache", "allow_nonfinite": "--allow-nonfinite",
     "split_max_size": "--split-max-size", "split_max_tensors": "--split-max-tensors",
-    "candidates": "--candidates",
+    "candidates": "--candidates", "scale_search": "--scale-search",
 }
 
 
@@ -120,6 +123,7 @@ class Job:
     allow_requantize: bool = False
     allow_nonfinite: bool = False
     split: Optional[Split] = None  # GGUF output as a split set
+    scale_search: str = "llama"  # SCALE_SEARCHES
     force: bool = False
     dry_run: bool = False
     progress: Optional[bool] = False
@@ -162,6 +166,9 @@ def build_job(model: str | Path, output: str | Path | None = None, **options) ->
     if scheme not in SCHEMES and not (fmt == "safetensors" and scheme == "absmax"):
         raise InputError(f"--scheme {o['scheme']}: choose {', '.join(SCHEMES)} "
                          "(importance weighting comes with --imatrix/--calibration)")
+    scale_search = str(o["scale_search"] or "llama").lower()
+    if scale_search not in SCALE_SEARCHES:
+        raise InputError(f"--scale-search {o['scale_search']}: choose {' or '.join(SCALE_SEARCHES)}")
     targets = [t for t in ("target_size", "target_bpw", "target_vram") if t in given]
     if len(targets) > 1:
         raise InputError(f"give one of {', '.join(flag(t) for t in targets)}, not several")
@@ -195,7 +202,7 @@ def build_job(model: str | Path, output: str | Path | None = None, **options) ->
                             bool(o["pure"]), bool(o["no_fallback"])),
         vocab_pre=o["vocab_pre"], allow_requantize=bool(o["allow_requantize"]),
         allow_nonfinite=bool(o["allow_nonfinite"]), split=_split(o), force=bool(o["force"]),
-        dry_run=bool(o["dry_run"]),
+        dry_run=bool(o["dry_run"]), scale_search=scale_search,
         progress=o["progress"] if "progress" in options else False, given=given)
 
 
@@ -229,7 +236,8 @@ def _check_numbers(o: dict) -> None:
 
 
 # options naming a choice: '' is a mistake (an unset shell variable), not "the default"
-WORDS = ("type", "output_tensor_type", "token_embedding_type", "scheme", "kv_type", "format", "device", "vocab_pre")
+WORDS = ("type", "output_tensor_type", "token_embedding_type", "scheme", "kv_type", "format", "device", "vocab_pre",
+         "scale_search")
 DEVICE = re.compile(r"(cpu|auto|cuda(:[0-9]{1,4})?)", re.IGNORECASE)
 
 

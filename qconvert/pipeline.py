@@ -52,6 +52,7 @@ def quantize(
     split_max_size: Optional[str | int] = None,
     split_max_tensors: Optional[int] = None,
     candidates: Optional[str | Sequence[str]] = None,
+    scale_search: Optional[str] = None,
 ) -> Optional[QuantizeResult]:
     """Convert a Hugging Face model directory (or a Hub model id "ORG/NAME", fetched into the
     Hugging Face cache; or a GGUF, a split set given by any of its files) into a GGUF file or a
@@ -81,6 +82,11 @@ def quantize(
     weighted by the importance statistics when given. candidates ("k,legacy,iq", the
     default all): the families of types to choose from (Q8_0 and F16 always; i-quants that
     need statistics only with them).
+
+    scale_search="thorough": the K-quant blocks llama.cpp's search wrote get a more thorough
+    choice of their integer scales and super-scales, each block kept only where its
+    (importance-)weighted error drops (kernels/scale_refine.py); "llama" (the default)
+    writes llama.cpp's bytes.
 
     format="safetensors" -> SafetensorsResult: an int-N checkpoint transformers loads
     (compressed-tensors pack-quantized): `bits` (2, 3, 4 (default), 8), `group_size` (128;

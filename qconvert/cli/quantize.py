@@ -91,6 +91,7 @@ def register(app: typer.Typer) -> None:
         no_fallback: Annotated[bool, typer.Option("--no-fallback", rich_help_panel=TYPES, help="Fail instead of falling back when a row width does not fit a type.")] = False,
         allow_requantize: Annotated[bool, typer.Option("--allow-requantize", rich_help_panel=TYPES, help="Accept an already-quantized GGUF as input (rounding errors compound: lower quality than quantizing the original).")] = False,
         vocab_pre: Annotated[Optional[str], typer.Option("--vocab-pre", rich_help_panel=TYPES, help="llama.cpp pre-tokenizer name, when it cannot be derived.")] = None,
+        scale_search: Annotated[Optional[str], typer.Option("--scale-search", rich_help_panel=TYPES, help="K-quant block scales: llama (llama.cpp's search and bytes, the default) or thorough (then refined: neighbouring integer scales and super-scales tried, each block kept only where its importance-weighted error drops; slower).")] = None,
         scheme: Annotated[Optional[str], typer.Option("--scheme", rich_help_panel=CALIB, help="rtn (round to nearest, the default; importance-weighted with --imatrix/--calibration), gptq (error feedback), gptq-imatrix (GGUF: gptq with importance-chosen block scales), awq (activation-aware scales folded into the norms), awq+gptq (awq's fold, then gptq on the folded model) or awq+gptq-imatrix (GGUF); all but rtn run a calibration pass.")] = None,
         imatrix: Annotated[Optional[str], typer.Option("--imatrix", rich_help_panel=CALIB, help="Importance statistics (qconvert's or llama.cpp's imatrix file) weighting the K-quant scale search.")] = None,
         calibration: Annotated[Optional[str], typer.Option("--calibration", rich_help_panel=CALIB, help="Calibration text file, or 'default' for the bundled text (needs torch + transformers): importance statistics, or GPTQ's pass.")] = None,
@@ -120,6 +121,7 @@ def register(app: typer.Typer) -> None:
                        group_size=group_size, sym=sym, act_order=act_order, progress=progress,
                        target_vram=target_vram, target_size=target_size, target_bpw=target_bpw, context=context,
                        kv_type=kv_type, sensitivity_cache=sensitivity_cache, split_max_size=split_max_size,
-                       split_max_tensors=split_max_tensors, candidates=candidates)
+                       split_max_tensors=split_max_tensors, candidates=candidates,
+                       scale_search=scale_search)
         if res is not None:  # None: a torchrun rank other than 0, which prints nothing
             show(res, dry_run)

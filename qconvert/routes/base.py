@@ -39,7 +39,7 @@ BELONGS = {
     "context": "--target-vram", "kv_type": "--target-vram", "sensitivity_cache": "--target-size/-bpw/-vram",
     "no_fallback": "GGUF output and --format safetensors", "vocab_pre": "GGUF output from a model directory",
     "split_max_size": "GGUF output", "split_max_tensors": "GGUF output",
-    "candidates": "--target-size/-bpw/-vram",
+    "candidates": "--target-size/-bpw/-vram", "scale_search": "GGUF output",
 }
 
 P = TypeVar("P")  # what plan() returns

@@ -23,7 +23,7 @@ from .statistics import (check_calibration_source, checked_save_path, collected_
 
 # a preset plan's own options, shared with the GPTQ route
 PRESET_OPTIONS = frozenset({"type", "bits", "tensor_types", "output_tensor_type", "token_embedding_type", "pure",
-                            "no_fallback", "vocab_pre", "scheme"})
+                            "no_fallback", "vocab_pre", "scheme", "scale_search"})
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def preset_plan_of(job: Job, src: Source) -> tuple[str, Plan]:
 
 def write_with_importance(job: Job, planned: GGUFPlanned, plan: Plan, imx, out: Path, notes) -> GGUFResult:
     def encoder(tp, s):
-        return pieces(tp, s, importance_for(imx, tp.name))
+        return pieces(tp, s, importance_for(imx, tp.name), job.scale_search)
 
     tok = write_gguf(planned.src, plan, out, encoder, job.progress, job.split)
     return GGUFResult(out, plan, tokenizer=tok, notes=list(notes), budget=planned.budget, **written(out, job.split))

@@ -59,7 +59,7 @@ class GPTQRoute(Route[GGUFPlanned, GGUFResult]):
         c = job.calibration
         stats = run_gptq(planned.src, planned.plan, scratch, text_file=c.text_file, n_samples=c.samples,
                          seqlen=c.seqlen, device=c.device, damp=job.scheme.damp, progress=job.progress,
-                         weighted_scales=job.scheme.name == "gptq-imatrix")
+                         weighted_scales=job.scheme.name == "gptq-imatrix", scale_search=job.scale_search)
         return stats, scratch
 
     def write(self, job: Job, planned: GGUFPlanned, prepared: tuple[dict[str, dict], Path], out: Path) -> GGUFResult:
@@ -72,8 +72,8 @@ class GPTQRoute(Route[GGUFPlanned, GGUFResult]):
                 name = f"{tp.name}.npy" if tp.slab is None else staged_name(tp.name, tp.slab)
                 return staged(np.load(scratch / name, mmap_mode="r"))
             if tp.scheme == "importance":
-                return pieces(tp, s, np.load(scratch / f"{tp.name}.imp.npy"))
-            return pieces(tp, s)
+                return pieces(tp, s, np.load(scratch / f"{tp.name}.imp.npy"), job.scale_search)
+            return pieces(tp, s, None, job.scale_search)
 
         tok = write_gguf(planned.src, planned.plan, out, encoder, job.progress, job.split)
         return GGUFResult(out, planned.plan, tokenizer=tok, notes=list(planned.notes) + gptq_notes(stats),

@@ -31,7 +31,7 @@ class SizedRoute(Route[GGUFPlanned, GGUFResult]):
     def consumes(self, job: Job) -> frozenset[str]:
         b = job.budget
         own = {"target_size", "target_bpw", "target_vram", "sensitivity_cache", "no_fallback", "vocab_pre",
-               "allow_requantize", "candidates"}
+               "allow_requantize", "candidates", "scale_search"}
         if job.scheme.name == "rtn":  # types are chosen for round-to-nearest (importance-weighted)
             own.add("scheme")
         if b is not None and b.vram is not None:

@@ -45,7 +45,8 @@ def gptq_plan(plan: Plan, src: Source) -> tuple[Plan, dict[str, str]]:
 
 def run_gptq(src: Source, plan: Plan, store: Optional[Path], *, text_file: Optional[str | Path] = None,
              n_samples: int = 128, seqlen: int = 512, device: str = "auto", damp: float = 0.01,
-             batch_size: int = 8, progress: Optional[bool] = None, weighted_scales: bool = False) -> dict[str, dict]:
+             batch_size: int = 8, progress: Optional[bool] = None, weighted_scales: bool = False,
+             scale_search: str = "llama") -> dict[str, dict]:
     """Quantize every linear `plan` (from gptq_plan) marks; write `<store>/<gguf name>.npy` (GGUF bytes) and, for
     importance-scheme tensors, `<name>.imp.npy`. Returns per-tensor GPTQ statistics.
 
@@ -55,7 +56,8 @@ def run_gptq(src: Source, plan: Plan, store: Optional[Path], *, text_file: Optio
 
     `weighted_scales` (--scheme gptq-imatrix): each block's scales are chosen by the
     importance-weighted search (llama.cpp's imatrix path, importance = mean x², the
-    Hessian's diagonal over 2) instead of the plain one; the codes are GPTQ's either way."""
+    Hessian's diagonal over 2) instead of the plain one; the codes are GPTQ's either way.
+    `scale_search` "thorough" refines those scales first (kernels/scale_refine.py)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -97,7 +99,7 @@ def run_gptq(src: Source, plan: Plan, store: Optional[Path], *, text_file: Optio
         check_holds(gname, by_name[gname].qtype, W)
         H_np = H.cpu().numpy()
         blocks, deq, st = gptq_gguf(W, H_np, by_name[gname].qtype.name, damp=damp, device=H.device,
-                                    importance=weights_of(H_np))
+                                    importance=weights_of(H_np), scale_search=scale_search)
         return {"rows": np.ascontiguousarray(blocks).reshape(-1), "deq": deq,
                 **{k: st[k] for k in ("err", "rtn_err") if k in st}}
 
@@ -110,7 +112,8 @@ def run_gptq(src: Source, plan: Plan, store: Optional[Path], *, text_file: Optio
         check_finite(W, "F32", f"{src.path}: {gname} ({full}.weight)")
         check_holds(gname, tp.qtype, W)
         H_np = H.cpu().numpy()
-        blocks, deq, st = gptq_gguf(W, H_np, tp.qtype.name, damp=damp, device=H.device, importance=weights_of(H_np))
+        blocks, deq, st = gptq_gguf(W, H_np, tp.qtype.name, damp=damp, device=H.device, importance=weights_of(H_np),
+                                   scale_search=scale_search)
         # llama.cpp's row order (e.g. Llama's q/k rope permutation) applies to whole
         # rows, so it applies to the encoded rows too
         rows = blocks.reshape(W.shape[0], -1)

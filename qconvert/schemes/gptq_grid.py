@@ -21,6 +21,7 @@ import torch
 
 from .. import kernels
 from ..kernels._blocks import row_sigma2
+from ..kernels.scale_refine import refine
 from ..errors import ShapeError
 from ..qtypes import qtype
 from .block_grid import block_grid
@@ -41,13 +42,16 @@ def _importance(importance, shape) -> np.ndarray | None:
 
 def gptq_gguf(W: np.ndarray, H: np.ndarray, type_name: str, damp: float = 0.01,
               importance: np.ndarray | None = None, *,
-              device: torch.device | str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+              device: torch.device | str | None = None,
+              scale_search: str = "llama") -> tuple[np.ndarray, np.ndarray, dict]:
     """Quantize W (out, in) to ggml type `type_name` with GPTQ against Hessian H (in, in).
 
     `importance` (in,) or (out, in), e.g. diag(H), is handed to the kernel's scale
     search (llama.cpp's imatrix path) for every type but Q8_0, which has none; the
     32-wide legacy types weigh with each row's mean square, taken from W's own rows.
     `device` runs the solver's torch part elsewhere (the kernels always run on the host).
+    scale_search "thorough": each K-quant block's scales are refined (kernels/scale_refine.py)
+    on its current weights before GPTQ rounds to them.
 
     Returns (blocks uint8 (out * in / block, type_size) in GGUF row-major order,
     dequantized float32 (out, in) equal to decoding those blocks, stats) with stats
@@ -93,6 +97,8 @@ def gptq_gguf(W: np.ndarray, H: np.ndarray, type_name: str, damp: float = 0.01,
             cur = W1[:, b0:b0 + B].cpu().numpy()
             raw = kernels.encode(type_name, cur, importance=None if imp is None else imp[:, c0:c0 + B],
                                  row_sigma2=sig)
+            if scale_search == "thorough":
+                raw = refine(type_name, cur, raw, None if imp is None else imp[:, c0:c0 + B])
             step, offset = (torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in grid.parse(raw))
             live = step != 0  # a zero step (flat or all-zero sub-block) has a single value
             safe = torch.where(live, step, 1.0)

@@ -23,7 +23,8 @@ from .gguf import check_holds, encode
 Piece = Callable[[], np.ndarray]
 
 
-def pieces(tp: TensorPlan, s: SourceTensor, importance: Optional[np.ndarray] = None) -> Iterator[Piece]:
+def pieces(tp: TensorPlan, s: SourceTensor, importance: Optional[np.ndarray] = None,
+           scale_search: str = "llama") -> Iterator[Piece]:
     """Read s slice by slice (reading happens as this iterator advances); each item
     encodes its slice when called, to the bytes `encode` gives for that slice."""
     imp = None if importance is None else np.asarray(importance, dtype=np.float32)
@@ -33,12 +34,13 @@ def pieces(tp: TensorPlan, s: SourceTensor, importance: Optional[np.ndarray] = N
         # per-expert statistics (n_expert, cols) of a stacked (n_expert, rows, cols) tensor
         if part is not None and part.ndim == 2 and len(tp.shape) == 3 and getattr(tp, "slab", None) is None:
             part = part[start:stop]
-        yield partial(_encode_slice, tp, s, x, part, whole)
+        yield partial(_encode_slice, tp, s, x, part, whole, scale_search)
 
 
-def _encode_slice(tp: TensorPlan, s: SourceTensor, x: np.ndarray, imp, whole: bool) -> np.ndarray:
+def _encode_slice(tp: TensorPlan, s: SourceTensor, x: np.ndarray, imp, whole: bool,
+                  scale_search: str = "llama") -> np.ndarray:
     try:
-        return encode(tp, x, imp)
+        return encode(tp, x, imp, scale_search)
     except RangeError:
         if whole:
             raise

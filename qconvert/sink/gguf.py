@@ -35,9 +35,11 @@ def check_holds(name: str, qt: QType, x: np.ndarray) -> None:
     check_range(x, qt.max_abs, holder(qt), f"tensor {name!r}", hint)
 
 
-def encode(tp: TensorPlan, x: np.ndarray, importance: np.ndarray | None = None) -> np.ndarray:
+def encode(tp: TensorPlan, x: np.ndarray, importance: np.ndarray | None = None,
+           scale_search: str = "llama") -> np.ndarray:
     """float32 tensor -> the bytes (or float array) GGUF stores for it, after checking the
-    type holds its values."""
+    type holds its values. scale_search "thorough" refines llama.cpp's K-quant block
+    scales (kernels/scale_refine.py), scored with the same importance."""
     check_holds(tp.name, tp.qtype, x)
     if not tp.qtype.quantized:
         return encode_float(tp.qtype.name, x)
@@ -50,8 +52,16 @@ def encode(tp: TensorPlan, x: np.ndarray, importance: np.ndarray | None = None) 
         elif imp.ndim == 2 and x.ndim == 3:
             imp = imp[:, None, :]
         imp = np.broadcast_to(imp, x.shape)
-        return kernels.encode(tp.qtype.name, x, importance=imp).reshape(-1)
-    return kernels.encode(tp.qtype.name, x).reshape(-1)
+        return _refined(tp, x, kernels.encode(tp.qtype.name, x, importance=imp), imp, scale_search)
+    return _refined(tp, x, kernels.encode(tp.qtype.name, x), None, scale_search)
+
+
+def _refined(tp: TensorPlan, x: np.ndarray, blocks: np.ndarray, imp, scale_search: str) -> np.ndarray:
+    if scale_search == "thorough":
+        from ..kernels.scale_refine import refine
+
+        blocks = refine(tp.qtype.name, x, blocks, imp)
+    return blocks.reshape(-1)
 
 
 class GGUFSink:
