@@ -36,7 +36,7 @@ VALUES = {"type": "Q4_K_M", "bits": 4, "tensor_types": ["attn_v=Q8_0"], "output_
           "vocab_pre": "llama-bpe", "imatrix": "x.imatrix", "calibration": True, "calibration_samples": 8,
           "calibration_seqlen": 64, "device": "cpu", "save_imatrix": "s.gguf", "group_size": 64, "sym": False,
           "act_order": True, "damp": 0.02, "context": 2048, "kv_type": "q8_0", "sensitivity_cache": "c.json",
-          "split_max_size": "50GB", "split_max_tensors": 256, "candidates": "k,legacy"}
+          "split_max_size": "50GB", "split_max_tensors": 256, "candidates": "k,legacy", "scale_search": "thorough"}
 WITH_CALIBRATION = {"calibration_samples", "calibration_seqlen", "device", "save_imatrix"}
 C, R = "consumed", "refused"
 #                          gguf sized sized-vram gptq st st-gptq awq st-awq
@@ -66,6 +66,7 @@ TABLE = {
     "split_max_size":       (C, C, C, C, R, R, C, R),
     "split_max_tensors":    (C, C, C, C, R, R, C, R),
     "candidates":           (R, C, C, R, R, R, R, R),
+    "scale_search":         (C, C, C, C, R, R, C, R),
 }
 
 

@@ -159,7 +159,8 @@ class AWQGPTQRoute(GPTQRoute):
             staged = gptq_store(scratch)
             stats = run_gptq(src, plan, staged, text_file=c.text_file, n_samples=c.samples, seqlen=c.seqlen,
                              device=c.device, damp=job.scheme.damp, progress=job.progress,
-                             weighted_scales=job.scheme.name.endswith("gptq-imatrix"))
+                             weighted_scales=job.scheme.name.endswith("gptq-imatrix"),
+                             scale_search=job.scale_search)
         notes = tuple(planned.notes) + tuple(awq_notes(folded.stats))
         return (stats, staged), replace(planned, src=src, plan=plan, notes=notes)
 
