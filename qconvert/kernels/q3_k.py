@@ -66,12 +66,13 @@ def _finish_block(x, L, d, out, tmp):
         if dd == F0:
             continue
         round_divided(x, 16 * j, 16, None, dd, tmp, L, -4, 3, 4)
-    for m in range(32):
-        out[m] = 0
-    for j in range(QK_K):
-        if L[j] > 3:
-            out[j % 32] |= 1 << (j // 32)
-            L[j] -= 4
+    for m in range(32):  # hmask byte m, bit k: q[32k + m] > 3 (no branch: q is random)
+        h = 0
+        for k in range(8):
+            hi = L[32 * k + m] >> 2  # 0 or 1 (q in 0..7)
+            h |= hi << k
+            L[32 * k + m] -= hi << 2
+        out[m] = h
     pack_2bit(L, out, 32)
 
 

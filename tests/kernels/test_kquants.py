@@ -142,3 +142,33 @@ def test_roundtrip_error_is_small(name):
     y = decode(name, encode(name, x)).reshape(x.shape)
     rel = np.sqrt(np.mean((y - x) ** 2) / np.mean(x ** 2))
     assert rel < bound, rel
+
+
+def mixed_blocks(n):
+    """n blocks of 256, each of a different kind: the numba encoders search several
+    super-blocks side by side (kernels/kquant_lanes.py), so flat, zero, tiny and huge
+    blocks share a search with ordinary ones."""
+    rng = np.random.default_rng(n)
+    kinds = [
+        lambda: np.zeros(256),
+        lambda: np.full(256, rng.standard_normal()),
+        lambda: rng.standard_normal(256) * 1e-9,
+        lambda: rng.standard_t(3, 256) * 10.0 ** rng.uniform(-3, 3),
+        lambda: rng.random(256) * 1e4,
+        lambda: -rng.random(256),
+        lambda: rng.integers(-4, 4, 256).astype(float),
+        lambda: rng.standard_normal(256) * (rng.random(256) < 0.1),
+    ]
+    return np.stack([kinds[(5 * i + n) % len(kinds)]() for i in range(n)]).astype(F32)
+
+
+@pytest.mark.parametrize("name", TYPES)
+@pytest.mark.parametrize("n_blocks", [1, 3, 9, 37])
+def test_partial_lane_groups_match_llama_cpp(name, n_blocks):
+    """Block counts that leave the last search group part-filled (4 or 8 super-blocks
+    per group), plain and with importance."""
+    x = mixed_blocks(n_blocks)
+    assert np.array_equal(encode(name, x), ggml_quantize(name, x))
+    imat = importance_cases(256)["random"]
+    got = encode(name, x, importance=np.broadcast_to(imat, x.shape))
+    assert np.array_equal(got, ggml_quantize(name, x, imat))
