@@ -64,11 +64,21 @@ RECIPES: list[Recipe] = [
     Recipe("Q4_K_M + GPTQ", dict(type="Q4_K_M", scheme="gptq", **CALIB)),
     Recipe("Q4_K_M + GPTQ-imatrix", dict(type="Q4_K_M", scheme="gptq-imatrix", **CALIB)),
     Recipe("Q4_K_M + AWQ", dict(type="Q4_K_M", scheme="awq", **CALIB)),
+    Recipe("Q4_K_M + AWQ+GPTQ", dict(type="Q4_K_M", scheme="awq+gptq", **CALIB)),
+    Recipe("Q4_K_M + AWQ+GPTQ-imatrix", dict(type="Q4_K_M", scheme="awq+gptq-imatrix", **CALIB)),
+    Recipe("Q4_K_M thorough", dict(type="Q4_K_M", scale_search="thorough")),
+    Recipe("Q4_K_M + importance thorough", dict(type="Q4_K_M", scale_search="thorough", **CALIB)),
+    Recipe("Q4_K_M + GPTQ-imatrix thorough", dict(type="Q4_K_M", scheme="gptq-imatrix", scale_search="thorough", **CALIB)),
     Recipe("Q3_K_M", dict(type="Q3_K_M")),
     Recipe("Q3_K_M + importance", dict(type="Q3_K_M", **CALIB)),
     Recipe("Q3_K_M + GPTQ", dict(type="Q3_K_M", scheme="gptq", **CALIB)),
     Recipe("Q3_K_M + GPTQ-imatrix", dict(type="Q3_K_M", scheme="gptq-imatrix", **CALIB)),
     Recipe("Q3_K_M + AWQ", dict(type="Q3_K_M", scheme="awq", **CALIB)),
+    Recipe("Q3_K_M + AWQ+GPTQ", dict(type="Q3_K_M", scheme="awq+gptq", **CALIB)),
+    Recipe("Q3_K_M + AWQ+GPTQ-imatrix", dict(type="Q3_K_M", scheme="awq+gptq-imatrix", **CALIB)),
+    Recipe("Q3_K_M thorough", dict(type="Q3_K_M", scale_search="thorough")),
+    Recipe("Q3_K_M + importance thorough", dict(type="Q3_K_M", scale_search="thorough", **CALIB)),
+    Recipe("Q3_K_M + GPTQ-imatrix thorough", dict(type="Q3_K_M", scheme="gptq-imatrix", scale_search="thorough", **CALIB)),
     Recipe("IQ4_XS", dict(type="IQ4_XS")),
     Recipe("IQ4_XS + importance", dict(type="IQ4_XS", **CALIB)),
     Recipe("IQ4_XS + AWQ", dict(type="IQ4_XS", scheme="awq", **CALIB)),
@@ -81,10 +91,14 @@ RECIPES: list[Recipe] = [
                                               act_order=True, **CALIB), evaluate="hf"),
     Recipe("AWQ 4-bit g128", dict(format="safetensors", bits=4, group_size=128, scheme="awq", **CALIB),
            evaluate="hf"),
+    Recipe("AWQ+GPTQ 4-bit g128", dict(format="safetensors", bits=4, group_size=128, scheme="awq+gptq", **CALIB),
+           evaluate="hf"),
     Recipe("RTN 3-bit g128", dict(format="safetensors", bits=3, group_size=128), evaluate="hf"),
     Recipe("GPTQ 3-bit g128", dict(format="safetensors", bits=3, group_size=128, scheme="gptq", **CALIB),
            evaluate="hf"),
     Recipe("AWQ 3-bit g128", dict(format="safetensors", bits=3, group_size=128, scheme="awq", **CALIB),
+           evaluate="hf"),
+    Recipe("AWQ+GPTQ 3-bit g128", dict(format="safetensors", bits=3, group_size=128, scheme="awq+gptq", **CALIB),
            evaluate="hf"),
 ]
 
@@ -140,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     # (the second half) would lie beyond anything it saw, and its PPL rises from 106.9 to 110.8
     ap.add_argument("--n-ctx", type=int, default=256)
     ap.add_argument("--max-windows", type=int, default=None, help="default: the whole evaluation split")
+    ap.add_argument("--first", type=int, default=None,
+                    help="first scored position of each window (default: the second half is scored)")
     ap.add_argument("--reference", choices=("gguf", "hf"), default="gguf",
                     help="gguf: the F16 GGUF in llama.cpp (default); hf: the checkpoint in transformers")
     ap.add_argument("--threads", type=int, default=1)
@@ -151,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.disable_progress_bar()  # one "Loading weights" bar per hf row
     recipes = [r for r in RECIPES if not args.only or r.label in args.only]
     t_all = time.perf_counter()
-    windows = evaluation_windows(args.model, n_ctx=args.n_ctx, max_windows=args.max_windows)
+    windows = evaluation_windows(args.model, n_ctx=args.n_ctx, first=args.first, max_windows=args.max_windows)
     print(f"{args.model.name}: {windows.n_windows} windows of {windows.n_ctx} tokens, "
           f"{windows.n_windows * windows.n_scored} scored positions ({windows.source})", flush=True)
     with tempfile.TemporaryDirectory(prefix="qconvert-quality-") as tmp:
