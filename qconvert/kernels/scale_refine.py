@@ -12,7 +12,8 @@ Q3_K perplexity by several percent. This module does that search, our own way:
   1. each sub-block tries its neighbouring integer scales (and mins), +-2;
   2. the super-scale d tries fp16 values around it (steps moving the largest sub-block's
      integer by half a unit), each sub-block re-choosing its integer scale near the same
-     real scale; then the same for dmin;
+     real scale (+-2 for the symmetric types, +-1 for the others, whose mins stay); then
+     the same for dmin (mins +-1, scales kept);
   3. with the weights' codes fixed, the least-squares (d, dmin) is tried;
   4. step 1 again, +-1.
 
@@ -47,7 +48,7 @@ SPECS = {
     "Q6_K": (4, 16, 16, 0, -32, 31, -128, 127, 0, 0),
 }
 TYPE_SIZES = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
-D_TRIES = 6  # super-scale candidates each side of d (and of dmin)
+D_TRIES = 10  # super-scale candidates each side of d (and of dmin)
 HALF = np.float32(0.5)
 # the block is replaced only when its error drops by more than this fraction: a gain in
 # the last bits of a float64 sum could reverse when the error is summed in another order
@@ -139,7 +140,7 @@ def _try_supers(x, w, spec, d, dmin, s, m, esub, which):
     if top == 0:
         return d, dmin
     step = HALF / np.float32(top)
-    rm = 1 if asym else 0
+    rs = 1 if asym else 2
     best = _total(esub)
     ts = np.empty(nsub, np.int64)
     tm = np.empty(nsub, np.int64)
@@ -155,10 +156,10 @@ def _try_supers(x, w, spec, d, dmin, s, m, esub, which):
         for j in range(nsub):
             if which == 0:
                 sc = max(lo, min(hi, nearest_int(d * np.float32(s[j]) / cand)))
-                te[j], ts[j], tm[j] = _best_sub(x, w, j, spec, cand, dmin, sc, m[j], 1, rm)
+                te[j], ts[j], tm[j] = _best_sub(x, w, j, spec, cand, dmin, sc, m[j], rs, 0)
             else:
                 mc = max(lo, min(hi, nearest_int(dmin * np.float32(m[j]) / cand)))
-                te[j], ts[j], tm[j] = _best_sub(x, w, j, spec, d, cand, s[j], mc, 1, 1)
+                te[j], ts[j], tm[j] = _best_sub(x, w, j, spec, d, cand, s[j], mc, 0, 1)
             tot += te[j]
         if tot < best:
             best = tot

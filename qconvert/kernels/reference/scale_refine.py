@@ -90,7 +90,7 @@ def _try_supers(x, w, spec, d, dmin, s, m, esub, which):
     active = (base != F0) & (top != 0)
     with quiet():
         step = HALF / top.astype(F32)
-    rm = 1 if asym else 0
+    rs = 1 if asym else 2
     best = _total(esub)
     for k in range(-D_TRIES, D_TRIES + 1):
         if k == 0:
@@ -107,10 +107,10 @@ def _try_supers(x, w, spec, d, dmin, s, m, esub, which):
             with quiet():
                 if which == 0:
                     sc = np.clip(nearest_int((d * s[:, j].astype(F32)) / cand), lo, hi)
-                    te[:, j], ts[:, j], tm[:, j] = _best_sub(x, w, j, spec, cand, dmin, sc, m[:, j], 1, rm)
+                    te[:, j], ts[:, j], tm[:, j] = _best_sub(x, w, j, spec, cand, dmin, sc, m[:, j], rs, 0)
                 else:
                     mc = np.clip(nearest_int((dmin * m[:, j].astype(F32)) / cand), lo, hi)
-                    te[:, j], ts[:, j], tm[:, j] = _best_sub(x, w, j, spec, d, cand, s[:, j], mc, 1, 1)
+                    te[:, j], ts[:, j], tm[:, j] = _best_sub(x, w, j, spec, d, cand, s[:, j], mc, 0, 1)
             tot = tot + te[:, j]
         better = ok & (tot < best)
         best = np.where(better, tot, best)
