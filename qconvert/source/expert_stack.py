@@ -5,9 +5,10 @@ that stores one 2-D weight per expert.
 Each slab is itself a `SourceTensor` (its own handle and transforms), so the writer can
 pull, encode and write expert after expert: every GGML type packs rows independently and
 a slab is a whole number of rows, so encoding slab by slab gives the same bytes as
-encoding the stack, with one expert's weights in memory instead of the layer's. `load()`
-still builds the whole stack for consumers that need it at once (safetensors output,
-sensitivity measurements): one stack, never a layer."""
+encoding the stack, with one expert's weights in memory instead of the layer's; and a slab
+whose handle reads rows (`TensorHandle.rows`) is itself written a slice of rows at a time
+(source/row_chunks.py). `load()` still builds the whole stack for consumers that need it at
+once (safetensors output, sensitivity measurements): one stack, never a layer."""
 
 from __future__ import annotations
 

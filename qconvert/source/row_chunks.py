@@ -5,8 +5,11 @@ slice gives the bytes of encoding it whole; reading a slice touches only its par
 mmap. A slice holds at most CHUNK_BYTES of float32 (one row, or one group of rows a
 transform mixes, if that is larger), whatever the tensor's size.
 
-Axis 0 is cut: rows of a matrix, experts of a (n_expert, rows, cols) stack. Tensors of one
-dimension (norms, biases) and those whose handle or transforms cannot be read by rows
+Axis 0 is cut: rows of a matrix, experts of a (n_expert, rows, cols) stack. Expert stacks
+(source/expert_stack.py: the MoE families, gpt-oss, every 3-D tensor of a GGUF input) are
+written slab by slab (sink/tensor_pipeline.py) and each slab is cut here by its rows, so a
+slice is some rows of one expert whatever the experts' size. Tensors of one dimension
+(norms, biases) and those whose handle or transforms cannot be read by rows
 (`SourceTensor.row_group`) come whole, as one slice.
 """
 
