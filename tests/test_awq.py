@@ -144,6 +144,26 @@ def test_awq_gptq_imatrix_is_gguf_only(narrow, tmp_path):
         qconvert.quantize(narrow, tmp_path / "g.gguf", type="Q4_K_M", scheme="awq+gptq", act_order=True, **CAL_KW)
 
 
+def test_clipping_lowers_the_group_error_on_an_int_grid():
+    from qconvert.schemes.awq import clip_weights
+    from qconvert.schemes.awq_driver import int_quantizer
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(24, 256, generator=g)
+    W[:, 7] *= 8  # an outlier column stretches every row's first group
+    X = torch.randn(512, 256, generator=g)
+    H = (X.T @ X).double()
+    q = int_quantizer(4, 128, True, torch.bfloat16)
+    clipped, err, plain = clip_weights(W, H, q, 128)
+    assert err < 0.9 * plain
+    changed = (clipped != W).any(dim=1)
+    assert changed.any() and (clipped.abs() <= W.abs()).all()  # clamped, never enlarged
+    D = lambda A: (W - torch.from_numpy(q(A.numpy(), None))).double()  # noqa: E731 (the error is W's)
+    block = lambda A: sum(float(((D(A)[:, a:a + 128] @ H[a:a + 128, a:a + 128]) * D(A)[:, a:a + 128]).sum())  # noqa: E731
+                          for a in (0, 128))
+    assert abs(block(W) - plain) <= 1e-6 * plain and abs(block(clipped) - err) <= 1e-6 * plain
+
+
 def test_gemma_norms_are_refused(tiny, tmp_path):
     with pytest.raises(UnsupportedError, match="awq.*1 \\+ w"):
         qconvert.quantize(tiny("gemma3"), tmp_path / "g.gguf", type="Q4_K_M", scheme="awq", **CAL_KW)

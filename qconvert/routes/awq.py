@@ -182,8 +182,9 @@ def safetensors_awq(job: Job, planned, scratch: Optional[Path]):
     sd = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[splan.scale_dtype]
     grids = {it.hf_name: int_quantizer(planned.bits, it.group_size, s.sym, sd) for it in splan.items if it.quantize}
     run = dict(text_file=c.text_file, n_samples=c.samples, seqlen=c.seqlen, device=c.device, progress=job.progress)
-    if s.name == "awq":
-        return run_awq(job.source, scratch, grids.get, **run).model_dir, None, {}
+    if s.name == "awq":  # AWQ's clipping too: rounding to nearest keeps what it chose
+        clips = {it.hf_name: it.group_size for it in splan.items if it.quantize}
+        return run_awq(job.source, scratch, grids.get, clip_groups=clips.get, **run).model_dir, None, {}
     with fold_store(scratch) as store:
         folded = run_awq(job.source, store, grids.get, **run)
         quantized, stats = int_gptq(job, planned, folded.model_dir, gptq_store(scratch))

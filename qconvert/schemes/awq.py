@@ -96,3 +96,35 @@ def fold_into_linear(prev_weight: torch.Tensor, prev_bias, weights: Sequence[tor
         prev_bias.div_(s.to(prev_bias))
     for W in weights:
         W.mul_(s.to(W))
+
+
+# AWQ's weight clipping (the paper's auto_clip): each (row, group) of an int-N weight may be
+# clamped to c·max|w| before it is rounded, so its absmax grid is finer. 1.0 (no clipping)
+# is in the grid, so the chosen clip is never worse on the objective below.
+CLIP_RATIOS = tuple(1 - i / 20 for i in range(10))  # 1.0, 0.95, ..., 0.55
+
+
+def clip_weights(W: torch.Tensor, H: torch.Tensor, quantize: Quantizer, group_size: int) -> tuple[torch.Tensor, float, float]:
+    """W (out, in) with each (row, group of `group_size` columns) clamped to the ratio of
+    CLIP_RATIOS that minimises that group's own output error Δ_g H_gg Δ_gᵀ after `quantize`
+    (the int-N group grid; cross-group terms of H are left out, as AWQ does). Returns the
+    clipped W and the summed group errors with and without clipping."""
+    n_out, n_in = W.shape
+    gs = n_in if group_size == -1 else group_size
+    G = n_in // gs
+    Hb = torch.stack([H[g * gs:(g + 1) * gs, g * gs:(g + 1) * gs] for g in range(G)]).to(torch.float64)
+    Wg = W.reshape(n_out, G, gs)
+    amax = Wg.abs().amax(dim=2, keepdim=True)
+    best_err = best = None
+    for c in CLIP_RATIOS:
+        Wc = torch.maximum(torch.minimum(Wg, c * amax), -c * amax).reshape(n_out, n_in)
+        Wq = torch.from_numpy(np.asarray(quantize(Wc.numpy(), None), dtype=np.float32)).reshape(n_out, G, gs)
+        D = (Wg - Wq).to(torch.float64)
+        err = torch.einsum("rgi,gij,rgj->rg", D, Hb, D)
+        if best is None:
+            best_err, best, plain = err, Wc.reshape(n_out, G, gs).clone(), float(err.sum())
+            continue
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better[..., None], Wc.reshape(n_out, G, gs), best)
+    return best.reshape(n_out, n_in), float(best_err.sum()), plain

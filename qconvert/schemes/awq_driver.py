@@ -40,7 +40,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import UnsupportedError
-from .awq import Quantizer, fold_into_linear, fold_into_norm, search_scales
+from .awq import Quantizer, clip_weights, fold_into_linear, fold_into_norm, search_scales
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ class Folded:
     importance: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)
     # "layer i: prev" -> alpha, err, rtn_err
     stats: dict[str, dict] = field(default_factory=dict)
+    # hf weight name -> err, unclipped_err of its clipped groups (int-N grids, `clip_groups`)
+    clips: dict[str, dict] = field(default_factory=dict)
 
 
 class _Sums:
@@ -126,11 +128,14 @@ def int_quantizer(bits: int, group_size: int, sym: bool, scale_dtype) -> Quantiz
 
 def run_awq(model_dir: Path, store: Optional[Path], quantizer_for: Callable[[str], Optional[Quantizer]], *,
             text_file=None, n_samples: int = 128, seqlen: int = 512, device: str = "auto",
-            batch_size: int = 8, progress: Optional[bool] = None) -> Folded:
+            batch_size: int = 8, progress: Optional[bool] = None,
+            clip_groups: Optional[Callable[[str], Optional[int]]] = None) -> Folded:
     """Search and fold every layer's scales; `quantizer_for(hf weight name)` is the grid
     that tensor is written with (None: not quantized). Returns the folded checkpoint
     (written under `store`; with None, only the statistics: a torchrun rank that writes
-    nothing)."""
+    nothing). `clip_groups(hf weight name)`: the group size of an int-N grid whose weights
+    get AWQ's clipping search after the fold (None: not clipped; GGUF block types choose
+    their own clipped scales)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -192,6 +197,8 @@ def run_awq(model_dir: Path, store: Optional[Path], quantizer_for: Callable[[str
             folded.stats[f"layer {i}: {g.prev}"] = {"alpha": found.alpha, "err": found.err, "rtn_err": found.rtn_err}
         with world.agreed(f"checking layer {i}'s AWQ folds"):
             _check_same_function(model_dir, i, layer, first_call.pop(i), _as_hidden)
+        if clip_groups is not None:
+            _clip_layer(world, i, layer, prefix, sums, col_scale, quantizer_for, clip_groups, folded)
         for rel, st in sums.items():  # importance of every linear reading a recorded input
             for c in FIRSTS[rel].consumers:
                 s = col_scale.get(c)
@@ -213,6 +220,33 @@ def run_awq(model_dir: Path, store: Optional[Path], quantizer_for: Callable[[str
     if out is not None:
         _finish_checkpoint(model_dir, out, names)
     return folded
+
+
+def _clip_layer(world, i: int, layer, prefix: str, sums: dict, col_scale: dict, quantizer_for, clip_groups,
+                folded: Folded) -> None:
+    """AWQ's clipping of the layer's folded int-N weights, after the fold was checked: it
+    changes the weights as rounding will, so the next layer runs on the clipped ones.
+    Searched on rank 0 and broadcast, as the scales are."""
+    import torch
+
+    for rel, st in sorted(sums.items()):
+        for c in FIRSTS[rel].consumers:
+            name = prefix + c + ".weight"
+            gs, q = clip_groups(name), quantizer_for(name)
+            if gs is None or q is None:
+                continue
+            mod = layer.get_submodule(c)
+            mine = None
+            with world.agreed(f"clipping layer {i}'s weights"):
+                if world.writer:
+                    s = col_scale.get(c)
+                    H = st.hess.sum.cpu()  # of the input before the fold: the folded input is x / s
+                    H = H if s is None else H / (s.double()[:, None] * s.double()[None, :])
+                    w, err, plain = clip_weights(mod.weight.detach().float().cpu(), H, q, gs)
+                    mine = {"weight": w, "err": err, "plain": plain}
+            got = world.share(mine, src=0)
+            mod.weight.data.copy_(torch.as_tensor(got["weight"]).to(mod.weight))
+            folded.clips[name] = {"err": got["err"], "unclipped_err": got["plain"]}
 
 
 def _unite(world, sums: dict[str, _Sums], device) -> None:
