@@ -23,6 +23,10 @@ of sub-blocks); tests/kernels/test_kquants.py holds both to llama.cpp's bytes.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
 
 from .kquant_common import F0, F1, GROUP_MAX_EPS, KJIT, MAGIC, P01, _f32_bits_i32, njit
@@ -371,8 +375,39 @@ def importance_lanes(x, qw, b0, nb, sub, factor, xt, wt, sw, sig):
             sw[k] += wt[i, k]
 
 
-@njit(inline="always", **KJIT)
-def n_chunks(n_groups):
-    """Parallel work items: enough for the threads to balance, each allocating its
-    scratch once."""
-    return min(n_groups, 64)
+# ---- running the groups on threads ----------------------------------------------------
+#
+# Python threads, not prange: a parallel numba function links and re-optimizes all the
+# code it calls once more, which for these searches cost ~3 s of compilation per type;
+# the group encoders are nogil, so the threads run them in parallel all the same.
+
+_pools: dict = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    with _pools_lock:
+        if threads not in _pools:
+            _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="qconvert-kquant")
+        return _pools[threads]
+
+
+def run_groups(encode_groups, x, qw, has_qw, group, type_size):
+    """Encode every super-block (row) of x: encode_groups(x, qw, has_qw, first, last,
+    out) on ranges of lane groups (`group` super-blocks each), on numba's thread count
+    (NUMBA_NUM_THREADS / numba.set_num_threads), four ranges per thread so that a thread
+    slowed by other work is made up by the rest."""
+    n = x.shape[0]
+    out = np.empty((n, type_size), np.uint8)
+    n_groups = -(-n // group)
+    threads = max(1, min(numba.get_num_threads(), n_groups // 4))
+    if threads == 1:
+        encode_groups(x, qw, has_qw, 0, n_groups, out)
+        return out
+    n_items = 4 * threads
+    cuts = [n_groups * i // n_items for i in range(n_items + 1)]
+    jobs = [_pool(threads).submit(encode_groups, x, qw, has_qw, cuts[i], cuts[i + 1], out)
+            for i in range(n_items)]
+    for j in jobs:
+        j.result()
+    return out

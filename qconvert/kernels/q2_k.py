@@ -12,7 +12,7 @@ from .kquant_common import (
     F0, KJIT, KPARALLEL, QK_K, get_f16, make_qp_quants, nearest_int, njit, pack_2bit, put_f16,
     round_divided,
 )
-from .kquant_lanes import NL, importance_lanes, lane_scratch, load_lanes, n_chunks, qkx_lanes
+from .kquant_lanes import NL, importance_lanes, lane_scratch, load_lanes, run_groups, qkx_lanes
 from .reference import q2_k as ref
 
 TYPE_SIZE = 84
@@ -84,61 +84,56 @@ def _head_imp(scales, mins, sw, Ls, Lm, out):
     return d, dmin
 
 
-@njit(**KPARALLEL)
-def _encode_any(x, qw, has_qw):
+@njit(**KJIT)
+def _encode_groups(x, qw, has_qw, first, last, out):
     """The (scale, min) search of the 16 sub-blocks of G super-blocks at once
     (kquant_lanes.qkx_lanes): plain, weights |x| and the mean-absolute-error variant;
     importance, weights qw * sqrt(sigma2 + x^2) (sigma2 without q3..q5's factor 2)."""
     n = x.shape[0]
-    out = np.empty((n, TYPE_SIZE), np.uint8)
-    n_groups = (n + G - 1) // G
-    n_items = n_chunks(n_groups)
-    for c in prange(n_items):
-        xt, wt, ft, par, acc, Lt = lane_scratch(16)
-        L = np.empty(QK_K, np.uint8)
-        scales = np.empty(16, np.float32)
-        mins = np.empty(16, np.float32)
-        sw = np.empty(16, np.float32)
-        Ls = np.empty(16, np.uint8)
-        Lm = np.empty(16, np.uint8)
-        tmp = np.empty(16, np.float32)
-        for grp in range(c * n_groups // n_items, (c + 1) * n_groups // n_items):
-            b0 = grp * G
-            nb = min(G, n - b0)
-            load_lanes(x, b0, nb, 16, xt)
-            if has_qw:
-                importance_lanes(x, qw, b0, nb, 16, 1, xt, wt, acc[3], par[15])
-                qkx_lanes(16, 3, xt, wt, np.float32(-0.9), np.float32(0.05), 36, False,
-                          ft, par, acc, Lt)
-            else:
+    xt, wt, ft, par, acc, Lt = lane_scratch(16)
+    L = np.empty(QK_K, np.uint8)
+    scales = np.empty(16, np.float32)
+    mins = np.empty(16, np.float32)
+    sw = np.empty(16, np.float32)
+    Ls = np.empty(16, np.uint8)
+    Lm = np.empty(16, np.uint8)
+    tmp = np.empty(16, np.float32)
+    for grp in range(first, last):
+        b0 = grp * G
+        nb = min(G, n - b0)
+        load_lanes(x, b0, nb, 16, xt)
+        if has_qw:
+            importance_lanes(x, qw, b0, nb, 16, 1, xt, wt, acc[3], par[15])
+            rmin, rdelta, nstep = np.float32(-0.9), np.float32(0.05), 36
+        else:
+            for i in range(16):
+                for k in range(NL):
+                    wt[i, k] = abs(xt[i, k])
+            rmin, rdelta, nstep = np.float32(-0.5), np.float32(0.1), 15
+        # one call site: each is another copy of the search for LLVM to compile
+        qkx_lanes(16, 3, xt, wt, rmin, rdelta, nstep, not has_qw, ft, par, acc, Lt)
+        for g in range(nb):
+            for j in range(16):
+                k = 16 * g + j
+                scales[j] = par[6, k]  # kquant_lanes: scale row
+                mins[j] = par[0, k]  # the_min row
+                sw[j] = acc[3, k]
                 for i in range(16):
-                    for k in range(NL):
-                        wt[i, k] = abs(xt[i, k])
-                qkx_lanes(16, 3, xt, wt, np.float32(-0.5), np.float32(0.1), 15, True,
-                          ft, par, acc, Lt)
-            for g in range(nb):
-                for j in range(16):
-                    k = 16 * g + j
-                    scales[j] = par[6, k]  # kquant_lanes: scale row
-                    mins[j] = par[0, k]  # the_min row
-                    sw[j] = acc[3, k]
-                    for i in range(16):
-                        L[16 * j + i] = Lt[i, k]
-                o = out[b0 + g]
-                if has_qw:
-                    d, dmin = _head_imp(scales, mins, sw, Ls, Lm, o)
-                else:
-                    d, dmin = _head_plain(scales, mins, o)
-                _finish_block(x[b0 + g], L, d, dmin, o, tmp)
-    return out
+                    L[16 * j + i] = Lt[i, k]
+            o = out[b0 + g]
+            if has_qw:
+                d, dmin = _head_imp(scales, mins, sw, Ls, Lm, o)
+            else:
+                d, dmin = _head_plain(scales, mins, o)
+            _finish_block(x[b0 + g], L, d, dmin, o, tmp)
 
 
 def _encode(x):
-    return _encode_any(x, x, False)
+    return run_groups(_encode_groups, x, x, False, G, TYPE_SIZE)
 
 
 def _encode_imp(x, imp):
-    return _encode_any(x, imp, True)
+    return run_groups(_encode_groups, x, imp, True, G, TYPE_SIZE)
 
 
 @njit(**KPARALLEL)

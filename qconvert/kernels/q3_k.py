@@ -12,7 +12,7 @@ from .kquant_common import (
     F0, F1, KJIT, KPARALLEL, QK_K, get_f16, make_qx_quants, nearest_int, njit, pack_2bit,
     put_f16, round_divided,
 )
-from .kquant_lanes import NL, importance_lanes, lane_scratch, load_lanes, n_chunks, q3_lanes, qx_lanes
+from .kquant_lanes import NL, importance_lanes, lane_scratch, load_lanes, run_groups, q3_lanes, qx_lanes
 from .reference import q3_k as ref
 
 TYPE_SIZE = 110
@@ -112,56 +112,51 @@ def _head_imp(scales, sw, Ls, ls, w, wx, out):
     return d
 
 
-@njit(**KPARALLEL)
-def _encode_any(x, qw, has_qw):
+@njit(**KJIT)
+def _encode_groups(x, qw, has_qw, first, last, out):
     """The 16 sub-blocks of G super-blocks searched at once: plain, make_q3_quants
     (kquant_lanes.q3_lanes); importance, make_qx_quants(16, 4) weighted by
     qw * sqrt(sigma2 + x^2) (kquant_lanes.qx_lanes)."""
     n = x.shape[0]
-    out = np.empty((n, TYPE_SIZE), np.uint8)
-    n_groups = (n + G - 1) // G
-    n_items = n_chunks(n_groups)
-    for c in prange(n_items):
-        xt, wt, ft, par, acc, Lt = lane_scratch(16)
-        L = np.empty(QK_K, np.int8)
-        scales = np.empty(16, np.float32)
-        sw = np.empty(16, np.float32)
-        Ls = np.empty(16, np.int8)
-        ls = np.empty(16, np.int64)
-        w = np.empty(16, np.float32)
-        wx = np.empty(16, np.float32)
-        tmp = np.empty(16, np.float32)
-        for grp in range(c * n_groups // n_items, (c + 1) * n_groups // n_items):
-            b0 = grp * G
-            nb = min(G, n - b0)
-            load_lanes(x, b0, nb, 16, xt)
+    xt, wt, ft, par, acc, Lt = lane_scratch(16)
+    L = np.empty(QK_K, np.int8)
+    scales = np.empty(16, np.float32)
+    sw = np.empty(16, np.float32)
+    Ls = np.empty(16, np.int8)
+    ls = np.empty(16, np.int64)
+    w = np.empty(16, np.float32)
+    wx = np.empty(16, np.float32)
+    tmp = np.empty(16, np.float32)
+    for grp in range(first, last):
+        b0 = grp * G
+        nb = min(G, n - b0)
+        load_lanes(x, b0, nb, 16, xt)
+        if has_qw:
+            importance_lanes(x, qw, b0, nb, 16, 2, xt, wt, acc[3], par[15])
+            qx_lanes(16, 4, xt, wt, ft, par, acc, Lt)
+        else:
+            q3_lanes(16, 4, xt, wt, ft, par, Lt)
+        for g in range(nb):
+            for j in range(16):
+                k = 16 * g + j
+                scales[j] = par[2, k]  # kquant_lanes: q3/qx scale row
+                sw[j] = acc[3, k]
+                for i in range(16):
+                    L[16 * j + i] = Lt[i, k]
+            o = out[b0 + g]
             if has_qw:
-                importance_lanes(x, qw, b0, nb, 16, 2, xt, wt, acc[3], par[15])
-                qx_lanes(16, 4, xt, wt, ft, par, acc, Lt)
+                d = _head_imp(scales, sw, Ls, ls, w, wx, o)
             else:
-                q3_lanes(16, 4, xt, wt, ft, par, Lt)
-            for g in range(nb):
-                for j in range(16):
-                    k = 16 * g + j
-                    scales[j] = par[2, k]  # kquant_lanes: q3/qx scale row
-                    sw[j] = acc[3, k]
-                    for i in range(16):
-                        L[16 * j + i] = Lt[i, k]
-                o = out[b0 + g]
-                if has_qw:
-                    d = _head_imp(scales, sw, Ls, ls, w, wx, o)
-                else:
-                    d = _head_plain(scales, ls, o)
-                _finish_block(x[b0 + g], L, d, o, tmp)
-    return out
+                d = _head_plain(scales, ls, o)
+            _finish_block(x[b0 + g], L, d, o, tmp)
 
 
 def _encode(x):
-    return _encode_any(x, x, False)
+    return run_groups(_encode_groups, x, x, False, G, TYPE_SIZE)
 
 
 def _encode_imp(x, imp):
-    return _encode_any(x, imp, True)
+    return run_groups(_encode_groups, x, imp, True, G, TYPE_SIZE)
 
 
 @njit(**KPARALLEL)

@@ -12,7 +12,7 @@ from .kquant_common import (
     F0, KJIT, KPARALLEL, QK_K, get_f16, get_scale_min_k4, make_qp_quants, nearest_int, njit,
     pack_scale_min_k4, put_f16, round_divided,
 )
-from .kquant_lanes import NL, importance_lanes, lane_scratch, load_lanes, n_chunks, qkx_lanes
+from .kquant_lanes import NL, importance_lanes, lane_scratch, load_lanes, run_groups, qkx_lanes
 from .reference import q4_k as ref
 
 TYPE_SIZE = 144
@@ -31,7 +31,7 @@ NMAX = 15
 G = NL // 8  # super-blocks per lane group
 
 
-@njit(**KJIT)
+@njit(inline="always", **KJIT)  # inlined in numba's IR: one less LLVM module to re-optimize
 def search_group(x, qw, has_qw, b0, nb, nmax, rmin, nstep, s, Lb, lsb, lmb, dd):
     """The searches of quantize_row_q{4,5}_K_ref (plain) or _impl (importance) for the
     super-blocks b0 .. b0+nb-1 at once (kquant_lanes). Per block g: quants Lb[g]
@@ -44,9 +44,9 @@ def search_group(x, qw, has_qw, b0, nb, nmax, rmin, nstep, s, Lb, lsb, lmb, dd):
     load_lanes(x, b0, nb, 32, xt)
     if has_qw:
         importance_lanes(x, qw, b0, nb, 32, 2, xt, wt, acc[3], par[15])
-        sw = acc[3]
-        qkx_lanes(32, nmax, xt, wt, np.float32(-0.9), np.float32(0.05), 36, False,
-                  ft, par, acc, Lt)
+        rmin = np.float32(-0.9)
+        rdelta = np.float32(0.05)
+        nstep = 36
     else:
         av = acc[3]
         for k in range(NL):
@@ -59,8 +59,10 @@ def search_group(x, qw, has_qw, b0, nb, nmax, rmin, nstep, s, Lb, lsb, lmb, dd):
         for i in range(32):
             for k in range(NL):
                 wt[i, k] = av[k] + abs(xt[i, k])
-        sw = av
-        qkx_lanes(32, nmax, xt, wt, rmin, np.float32(0.1), nstep, False, ft, par, acc, Lt)
+        rdelta = np.float32(0.1)
+    # one call site: each one is another copy of the search for LLVM to compile
+    qkx_lanes(32, nmax, xt, wt, rmin, rdelta, nstep, False, ft, par, acc, Lt)
+    sw = acc[3]  # the importance path's weight sums (unused on the plain path)
     for g in range(nb):
         for j in range(8):
             k = 8 * g + j
@@ -130,31 +132,27 @@ def _pack(L, out):
             out[16 + 32 * c + l] = L[64 * c + l] | (L[64 * c + 32 + l] << 4)
 
 
-@njit(**KPARALLEL)
-def _encode_any(x, qw, has_qw):
+@njit(**KJIT)
+def _encode_groups(x, qw, has_qw, first, last, out):
+    """Super-block groups first .. last-1: search, store the head, re-round, pack."""
     n = x.shape[0]
-    out = np.empty((n, TYPE_SIZE), np.uint8)
-    n_groups = (n + G - 1) // G
-    n_items = n_chunks(n_groups)
-    for c in prange(n_items):
-        s, Lb, lsb, lmb, dd, tmp = group_scratch()
-        for grp in range(c * n_groups // n_items, (c + 1) * n_groups // n_items):
-            b0 = grp * G
-            nb = min(G, n - b0)
-            search_group(x, qw, has_qw, b0, nb, NMAX, np.float32(-1.0), 20, s, Lb, lsb, lmb, dd)
-            for g in range(nb):
-                write_head(x[b0 + g], NMAX, Lb[g], lsb[g], lmb[g], dd[g, 0], dd[g, 1],
-                           out[b0 + g], tmp)
-                _pack(Lb[g], out[b0 + g])
-    return out
+    s, Lb, lsb, lmb, dd, tmp = group_scratch()
+    for grp in range(first, last):
+        b0 = grp * G
+        nb = min(G, n - b0)
+        search_group(x, qw, has_qw, b0, nb, NMAX, np.float32(-1.0), 20, s, Lb, lsb, lmb, dd)
+        for g in range(nb):
+            write_head(x[b0 + g], NMAX, Lb[g], lsb[g], lmb[g], dd[g, 0], dd[g, 1],
+                       out[b0 + g], tmp)
+            _pack(Lb[g], out[b0 + g])
 
 
 def _encode(x):
-    return _encode_any(x, x, False)
+    return run_groups(_encode_groups, x, x, False, G, TYPE_SIZE)
 
 
 def _encode_imp(x, imp):
-    return _encode_any(x, imp, True)
+    return run_groups(_encode_groups, x, imp, True, G, TYPE_SIZE)
 
 
 @njit(**KPARALLEL)

@@ -9,7 +9,7 @@ import numpy as np
 from . import KERNELS, Kernel
 from .flags import prange
 from .kquant_common import KJIT, KPARALLEL, QK_K, get_f16, get_scale_min_k4, njit
-from .kquant_lanes import n_chunks
+from .kquant_lanes import run_groups
 from .q4_k import G, group_scratch, search_group, write_head
 from .reference import q5_k as ref
 
@@ -39,35 +39,30 @@ def _pack(L, out):
             out[48 + 32 * c + l] = (l1 & 0xF) | ((l2 & 0xF) << 4)
 
 
-@njit(**KPARALLEL)
-def _encode_any(x, qw, has_qw):
+@njit(**KJIT)
+def _encode_groups(x, qw, has_qw, first, last, out):
     n = x.shape[0]
-    out = np.empty((n, TYPE_SIZE), np.uint8)
-    n_groups = (n + G - 1) // G
-    n_items = n_chunks(n_groups)
-    for c in prange(n_items):
-        s, Lb, lsb, lmb, dd, tmp = group_scratch()
-        for grp in range(c * n_groups // n_items, (c + 1) * n_groups // n_items):
-            b0 = grp * G
-            nb = min(G, n - b0)
-            search_group(x, qw, has_qw, b0, nb, NMAX, np.float32(-0.5), 15, s, Lb, lsb, lmb, dd)
-            for g in range(nb):
-                if has_qw:  # quantize_row_q5_K_impl clamps here (q4_K_impl does not)
-                    for j in range(8):
-                        lsb[g, j] = min(63, lsb[g, j])
-                        lmb[g, j] = min(63, lmb[g, j])
-                write_head(x[b0 + g], NMAX, Lb[g], lsb[g], lmb[g], dd[g, 0], dd[g, 1],
-                           out[b0 + g], tmp)
-                _pack(Lb[g], out[b0 + g])
-    return out
+    s, Lb, lsb, lmb, dd, tmp = group_scratch()
+    for grp in range(first, last):
+        b0 = grp * G
+        nb = min(G, n - b0)
+        search_group(x, qw, has_qw, b0, nb, NMAX, np.float32(-0.5), 15, s, Lb, lsb, lmb, dd)
+        for g in range(nb):
+            if has_qw:  # quantize_row_q5_K_impl clamps here (q4_K_impl does not)
+                for j in range(8):
+                    lsb[g, j] = min(63, lsb[g, j])
+                    lmb[g, j] = min(63, lmb[g, j])
+            write_head(x[b0 + g], NMAX, Lb[g], lsb[g], lmb[g], dd[g, 0], dd[g, 1],
+                       out[b0 + g], tmp)
+            _pack(Lb[g], out[b0 + g])
 
 
 def _encode(x):
-    return _encode_any(x, x, False)
+    return run_groups(_encode_groups, x, x, False, G, TYPE_SIZE)
 
 
 def _encode_imp(x, imp):
-    return _encode_any(x, imp, True)
+    return run_groups(_encode_groups, x, imp, True, G, TYPE_SIZE)
 
 
 @njit(**KPARALLEL)

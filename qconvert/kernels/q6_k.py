@@ -12,7 +12,7 @@ from .kquant_common import (
     F0, F1, GROUP_MAX_EPS, KJIT, KPARALLEL, QK_K, get_f16, nearest_int, njit, put_f16,
     round_divided,
 )
-from .kquant_lanes import NL, lane_scratch, load_lanes, n_chunks, qx_lanes
+from .kquant_lanes import NL, lane_scratch, load_lanes, run_groups, qx_lanes
 from .reference import q6_k as ref
 
 TYPE_SIZE = 210
@@ -74,46 +74,41 @@ def _finish_block(x, L, scales, out, tmp):
             out[128 + 32 * h + l] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6)
 
 
-@njit(**KPARALLEL)
-def _encode_any(x, qw, has_qw):
+@njit(**KJIT)
+def _encode_groups(x, qw, has_qw, first, last, out):
     """make_qx_quants(16, 32, ...) on the 16 sub-blocks of G super-blocks at once
     (kquant_lanes.qx_lanes), weighted by the importance or by x*x, then per block
     _finish_block."""
     n = x.shape[0]
-    out = np.empty((n, TYPE_SIZE), np.uint8)
-    n_groups = (n + G - 1) // G
-    n_items = n_chunks(n_groups)
-    for c in prange(n_items):
-        xt, wt, ft, par, acc, Lt = lane_scratch(16)
-        L = np.empty(QK_K, np.int8)
-        scales = np.empty(16, np.float32)
-        tmp = np.empty(16, np.float32)
-        for grp in range(c * n_groups // n_items, (c + 1) * n_groups // n_items):
-            b0 = grp * G
-            nb = min(G, n - b0)
-            load_lanes(x, b0, nb, 16, xt)
-            if has_qw:
-                load_lanes(qw, b0, nb, 16, wt)
-            else:
+    xt, wt, ft, par, acc, Lt = lane_scratch(16)
+    L = np.empty(QK_K, np.int8)
+    scales = np.empty(16, np.float32)
+    tmp = np.empty(16, np.float32)
+    for grp in range(first, last):
+        b0 = grp * G
+        nb = min(G, n - b0)
+        load_lanes(x, b0, nb, 16, xt)
+        if has_qw:
+            load_lanes(qw, b0, nb, 16, wt)
+        else:
+            for i in range(16):
+                for k in range(NL):
+                    wt[i, k] = xt[i, k] * xt[i, k]
+        qx_lanes(16, 32, xt, wt, ft, par, acc, Lt)
+        for g in range(nb):
+            for j in range(16):
+                scales[j] = par[2, 16 * g + j]  # kquant_lanes: qx scale row
                 for i in range(16):
-                    for k in range(NL):
-                        wt[i, k] = xt[i, k] * xt[i, k]
-            qx_lanes(16, 32, xt, wt, ft, par, acc, Lt)
-            for g in range(nb):
-                for j in range(16):
-                    scales[j] = par[2, 16 * g + j]  # kquant_lanes: qx scale row
-                    for i in range(16):
-                        L[16 * j + i] = Lt[i, 16 * g + j]
-                _finish_block(x[b0 + g], L, scales, out[b0 + g], tmp)
-    return out
+                    L[16 * j + i] = Lt[i, 16 * g + j]
+            _finish_block(x[b0 + g], L, scales, out[b0 + g], tmp)
 
 
 def _encode(x):
-    return _encode_any(x, x, False)
+    return run_groups(_encode_groups, x, x, False, G, TYPE_SIZE)
 
 
 def _encode_imp(x, imp):
-    return _encode_any(x, imp, True)
+    return run_groups(_encode_groups, x, imp, True, G, TYPE_SIZE)
 
 
 @njit(**KPARALLEL)
