@@ -35,12 +35,12 @@ def text(tmp_path_factory) -> Path:
     return p
 
 
-def torchrun(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def torchrun(args: list[str], cwd: Path, timeout: float = 300, model: Path = MODEL) -> subprocess.CompletedProcess:
     """`torchrun --nproc-per-node 2 --standalone -m qconvert quantize MODEL ARGS` in `cwd`.
     The timeout turns a hang into a failure rather than a stuck suite."""
     env = {**os.environ, "QCONVERT_RANK_THREADS": "1", "QCONVERT_DIST_TIMEOUT": "120"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-           "-m", "qconvert", "quantize", str(MODEL), *args]
+           "-m", "qconvert", "quantize", str(model), *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -50,10 +50,20 @@ def one_thread():
     (QCONVERT_RANK_THREADS=1): torch's CPU reductions group by thread count, so GPTQ on 1
     and on 2 threads differs in a few codes whatever the number of processes (measured for
     the int4 safetensors run: 0 bytes differ at equal thread counts; 1 vs 2 threads, 5% of
-    packed words by the last layer, growing layer by layer through the true-sequential pass)."""
+    packed words by the last layer, growing layer by layer through the true-sequential pass).
+
+    Set explicitly, as each rank does (calib/world.py), numba's included: torch's matrix
+    products follow OpenMP's thread count unless pinned, and numba's first parallel kernel
+    sets that to numba's own count. A reference run with OMP_NUM_THREADS=1 alone did its
+    matrix products on 1 thread until the first GPTQ solve and on 2 after it, and differed
+    from the 2 ranks by 118 bytes of the Qwen3-MoE fixture's GPTQ GGUF."""
+    from qconvert.calib.world import _numba_threads
+
     n = torch.get_num_threads()
     torch.set_num_threads(1)
+    before = _numba_threads(1)
     yield
+    _numba_threads(before)
     torch.set_num_threads(n)
 
 
@@ -111,6 +121,27 @@ def test_two_ranks_write_the_gptq_safetensors_of_one_process(text, tmp_path, one
     for name in names:
         assert (two / "q" / name).read_bytes() == (one / "q" / name).read_bytes(), name
     assert sorted(os.listdir(two)) == ["q"]
+
+
+def test_two_ranks_write_the_moe_gptq_gguf_of_one_process(text, tmp_path, one_thread):
+    """Routed experts: each expert's Hessian is summed over the ranks (an expert no token of
+    one rank chose takes part with zeros there), the experts' solves are dealt out over the
+    ranks and broadcast back (gptq_experts.ExpertSolver.solve_layer), and layer 1 is
+    calibrated on layer 0's quantized experts on every rank alike."""
+    from fixtures.moe_models import build
+
+    moe = build("qwen3_moe", tmp_path / "moe")
+    one, two = dirs(tmp_path)
+    cal = dict(calibration_samples=16, calibration_seqlen=4)
+    res = qconvert.quantize(moe, one / "g.gguf", type="Q4_K_M", scheme="gptq", calibration=text, device="cpu",
+                            **cal)
+    p = torchrun(["-t", "Q4_K_M", "--scheme", "gptq", "--calibration", str(text), "-o", "g.gguf",
+                  "--calibration-samples", "16", "--calibration-seqlen", "4", "--device", "cpu"], two, model=moe)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (two / "g.gguf").read_bytes() == (one / "g.gguf").read_bytes()
+    # 2 layers x 8 experts x 3 projections, each solved (or rounded, with no tokens) once
+    assert sum(1 for k in res.stats if "_exps" in k) == 2 * 8 * 3
+    assert sorted(os.listdir(two)) == ["g.gguf"]
 
 
 def test_a_bad_calibration_file_fails_every_rank(tmp_path):
@@ -188,3 +219,54 @@ def test_hessian_sums_add_up_over_any_split():
     # the running mean's matrix, to float32 resolution of the largest entry (products are float32)
     assert float((whole.hessian(torch.float64) - H).abs().max() / H.abs().max()) < 1e-6
     assert float(whole.rows) == 256
+
+
+def test_expert_solves_are_dealt_out_in_rounds_and_broadcast_back():
+    """Rank 0 of 2 solves tasks 0, 2, 4, ... of a layer's experts; the others' results
+    arrive by broadcast and are written into the module like its own (a fake world stands
+    in for the peer, which broadcasts slabs of 7s)."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    import transformers
+
+    from qconvert.calib.experts import expert_weight
+    from qconvert.schemes.gptq_experts import ExpertSolver
+
+    cfg = transformers.Qwen3MoeConfig(hidden_size=32, moe_intermediate_size=16, num_experts=3, num_experts_per_tok=1)
+    layer = torch.nn.Module()
+    layer.mlp = transformers.models.qwen3_moe.modeling_qwen3_moe.Qwen3MoeSparseMoeBlock(cfg)
+    experts, base, projs = layer.mlp.experts, "model.layers.0.mlp.experts", ("gate_proj", "up_proj", "down_proj")
+    tasks = [(e, proj) for e in range(3) for proj in projs]
+    hess = {}
+    for e, proj in tasks:
+        hess[f"{base}.{e}.{proj}"] = HessianSum(32 if proj != "down_proj" else 16)
+        hess[f"{base}.{e}.{proj}"].add(torch.randn(4, 32 if proj != "down_proj" else 16))
+    slabs = iter(expert_weight(experts, e, proj) for e, proj in tasks)  # in the order of the broadcasts
+
+    class RankZeroOfTwo(World):
+        @contextmanager
+        def agreed(self, what):
+            yield
+
+        def share(self, payload, src):
+            slab = next(slabs)
+            assert (payload is not None) == (src == 0)
+            return payload if src == 0 else {"rows": np.zeros(1, np.uint8), "err": 0.0,
+                                             "deq": np.full(tuple(slab.shape), 7.0, np.float32)}
+
+    solved = []
+
+    def solve_one(gname, W, h):
+        solved.append(gname)
+        return {"rows": np.zeros(1, np.uint8), "deq": np.ones_like(W), "err": 0.0}
+
+    by_name = {f"blk.0.ffn_{p[:-5]}_exps": SimpleNamespace(scheme="gptq") for p in projs}
+    rename = {f"{base}.{p}.weight": f"blk.0.ffn_{p[:-5]}_exps" for p in projs}.get
+    stats = {}
+    ExpertSolver(rename, by_name).solve_layer(0, layer, hess, solve_one, None, stats, RankZeroOfTwo(0, 2))
+    assert len(solved) == 5 and not hess  # tasks 0, 2, 4, 6, 8 of 9, every Hessian used
+    for t, (e, proj) in enumerate(tasks):
+        want = 1.0 if t % 2 == 0 else 7.0
+        assert bool((expert_weight(experts, e, proj) == want).all()), (t, e, proj)
+    assert len(stats) == 9

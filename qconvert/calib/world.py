@@ -272,7 +272,9 @@ def joined(device: str) -> Iterator[World]:
     backend = "nccl" if dev.startswith("cuda") else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(dev.split(":")[1]))
-    torch.set_num_threads(rank_threads(world))
+    threads = rank_threads(world)
+    torch.set_num_threads(threads)
+    numba_before = _numba_threads(threads)
     own = not dist.is_initialized()  # a caller's program may have set up the group already
     if own:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds()))
@@ -287,6 +289,20 @@ def joined(device: str) -> Iterator[World]:
             dist.barrier(device_ids=[torch.cuda.current_device()] if joined_as.backend == "nccl" else None)
         if own:
             dist.destroy_process_group()
+        _numba_threads(numba_before)  # rank 0 encodes and writes next: on the numba threads it had
+
+
+def _numba_threads(n: int) -> int:
+    """Give numba's parallel kernels `n` threads (at most its pool's size); returns the
+    count it had. Needed beside torch.set_num_threads: numba's OpenMP layer shares torch's
+    libgomp and sets the OpenMP thread count to its own on every parallel launch, so the
+    first parallel kernel (GPTQ's row_sigma2, an encoder) would silently raise this rank's
+    torch threads from its share of the cores to numba's count (all the host's cores)."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    return before
 
 
 def shard_bounds(n_samples: int, batch_size: int, world: World) -> tuple[int, int]:

@@ -148,8 +148,8 @@ def run_gptq(src: Source, plan: Plan, store: Optional[Path], *, text_file: Optio
         for full, _ in todo:
             if by_name[linears[full]].scheme != "gptq" and store is not None:
                 np.save(store / f"{linears[full]}.imp.npy", (np.diag(H[full].cpu().numpy()) / 2).astype(np.float32))
-        # every rank solves the experts alike (same Hessians, same weights): no exchange
-        experts.solve_layer(i, layer, hess, solve_expert, store, stats)
+        # the experts' solves, dealt out by expert and broadcast back like the modules' above
+        experts.solve_layer(i, layer, hess, solve_expert, store, stats, world)
 
     run_layerwise(model, samples, on_linear=on_linear, transform=transform, device=device,
                   batch_size=batch_size, show_progress=progress if world.writer else False)
