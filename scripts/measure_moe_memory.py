@@ -13,7 +13,8 @@ converts each with qconvert.quantize in a fresh child process and prints its pea
 to the size of one expert's gate_up as float32 (what reading an expert whole holds), one
 whole stack and the checkpoint.
 
-    python scripts/measure_moe_memory.py [--layout llama4] [--experts 8 32 128] [--hidden 512] [--ff 512] [--type Q4_K_M]
+    python scripts/measure_moe_memory.py [--layout llama4] [--experts 8 32 128] [--hidden 512] [--ff 512]
+                                         [--type Q4_K_M]
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def make_moe_checkpoint(d: Path, n_expert: int, hidden: int, layers: int, vocab:
             t.update({f + "router.weight": (n_expert, hidden),
                       f + "experts.gate_up_proj": (n_expert, hidden, 2 * ff),
                       f + "experts.down_proj": (n_expert, ff, hidden),
-                      f + "shared_expert.gate_proj.weight": (ff, hidden), f + "shared_expert.up_proj.weight": (ff, hidden),
+                      f + "shared_expert.gate_proj.weight": (ff, hidden),
+                      f + "shared_expert.up_proj.weight": (ff, hidden),
                       f + "shared_expert.down_proj.weight": (hidden, ff)})
         else:
             t.update({p + "self_attn.q_norm.weight": (head,), p + "self_attn.k_norm.weight": (head,),

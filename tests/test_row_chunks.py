@@ -103,8 +103,12 @@ def test_nan_in_a_later_slice_counts_the_whole_tensor(tmp_path, budget):
 
 
 def _peak_rss(code: str) -> int:
-    """Peak RSS (bytes) of a fresh interpreter running `code` (ru_maxrss is KiB on Linux)."""
-    tail = "\nimport resource; print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    """Peak RSS (bytes) of a fresh interpreter running `code`: VmHWM, the high-water mark of
+    its own memory since exec. Not ru_maxrss: Linux carries the parent's RSS at fork into
+    the child's ru_maxrss, so under a pytest process of a few hundred MB every child would
+    report at least that, whatever it used."""
+    tail = ("\nimport re; print('RSS', re.search(r'VmHWM:\\s*(\\d+) kB', "
+            "open('/proc/self/status').read()).group(1))")
     out = subprocess.run([sys.executable, "-c", code + tail], check=True, capture_output=True, text=True,
                          cwd=ROOT, timeout=600).stdout
     return int(out.rsplit("RSS", 1)[1]) * 1024

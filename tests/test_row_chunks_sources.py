@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import gguf
@@ -21,6 +22,7 @@ from qconvert.source import row_chunks
 from qconvert.source.expert_stack import ExpertStack
 from qconvert.source.finite import NonFiniteError
 from qconvert.source.model_source import open_source
+from test_row_chunks import _peak_rss
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "tiny-llama"
@@ -248,8 +250,49 @@ def test_stacked_per_head_norms_are_read_a_head_at_a_time(made, budget, tmp_path
     norm = next(s for s in open_source(model).tensors if s.name == "blk.1.attn_q_norm.weight")
     slices = list(row_chunks.row_chunks(norm))
     assert len(slices) == norm.shape[0] > 1
-    np.testing.assert_array_equal(slices[2][2][0], _stored(model, "model.layers.1.self_attn.q_layernorm.norms.2.weight"))
+    head2 = _stored(model, "model.layers.1.self_attn.q_layernorm.norms.2.weight")
+    np.testing.assert_array_equal(slices[2][2][0], head2)
     np.testing.assert_array_equal(np.concatenate([x for _, _, x in slices]), norm.load())
     whole, sliced = _sliced_and_whole(model, tmp_path, budget, type_name="Q8_0")
     assert sliced == whole
 
+
+
+# -- peak memory -----------------------------------------------------------------------------
+
+def _scripts():
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units and madvise are Linux's")
+def test_peak_memory_of_gguf_requantization_does_not_follow_the_largest_tensor(tmp_path):
+    _scripts()
+    from synthetic_checkpoint import make_checkpoint
+
+    code = "import qconvert\nqconvert.quantize({!r}, {!r}, type='Q8_0')"
+    peaks = {}
+    for name, vocab in (("small", 1024), ("big", 65536)):  # embeddings of 4 or 256 MiB as float32
+        make_checkpoint(tmp_path / name, layers=1, hidden=1024, vocab=vocab)
+        src = qconvert.quantize(tmp_path / name, tmp_path / f"{name}-f16.gguf", type="F16").output
+        peaks[name] = _peak_rss(code.format(str(src), str(tmp_path / f"{name}-q8.gguf")))
+    # loaded whole, the two 256 MiB embeddings cost ~2.2 float32 copies (560 MiB); in slices
+    # the working set is a few 16 MiB slices whatever the tensor
+    f32 = 4 * 65536 * 1024
+    assert peaks["big"] - peaks["small"] < f32 / 2, {k: v / 2**20 for k, v in peaks.items()}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units and madvise are Linux's")
+def test_peak_memory_of_large_stacked_transposed_experts_stays_flat(tmp_path):
+    """Llama 4's layout with experts of 2048 x 2 x 8192 (one expert's gate_up is 128 MiB as
+    float32): converting it peaks like a model of narrow experts."""
+    _scripts()
+    from measure_moe_memory import make_moe_checkpoint
+
+    code = "import qconvert\nqconvert.quantize({!r}, {!r}, type='Q8_0')"
+    peaks = {}
+    for name, ff in (("narrow", 256), ("wide", 8192)):
+        make_moe_checkpoint(tmp_path / name, 2, 2048, 1, 1000, ff=ff, layout="llama4")
+        peaks[name] = _peak_rss(code.format(str(tmp_path / name), str(tmp_path / f"{name}.gguf")))
+    gate_f32 = 4 * 8192 * 2048  # one expert's gate (or up) as float32: 64 MiB
+    assert peaks["wide"] - peaks["narrow"] < gate_f32 / 2, {k: v / 2**20 for k, v in peaks.items()}

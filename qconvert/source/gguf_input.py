@@ -5,9 +5,9 @@ The header goes through the bounded parser (gguf_header.read_gguf_header: every 
 checked against the file, every tensor's byte range against the file size and its type's
 block size). Tensor data is read lazily from a read-only mmap at those checked offsets, a
 slice of rows at a time (every GGML type decodes each row on its own), each slice's pages
-released once decoded; a 3-D tensor is a stack of slabs (experts) read the same way. A header whose layout llama.cpp would refuse (overlapping data,
-misaligned offsets, over-long names...) is refused here too: `qconvert inspect` lists the
-problems.
+released once decoded; a 3-D tensor is a stack of slabs (experts) read the same way. A
+header whose layout llama.cpp would refuse (overlapping data, misaligned offsets, over-long
+names...) is refused here too: `qconvert inspect` lists the problems.
 
 Metadata is carried over key by key, except what describes the file rather than the
 model: the keys the writer sets anew (_OWN_KEYS), the data alignment (the writer lays out
