@@ -189,3 +189,32 @@ def test_a_failed_decode_is_one_line_with_llama_cpps_reason(files):
         assert src(np.arange(16), 8).shape == (7, 2048)  # the model still runs afterwards
     finally:
         src.close()
+
+
+def _with_nan_weights(src, out):
+    """A copy of `src` whose blk.1.attn_q.weight (F16) is all NaN."""
+    from qconvert.gguf_header import read_gguf_header
+
+    t = next(t for t in read_gguf_header(src).tensors if t.name == "blk.1.attn_q.weight")
+    data = bytearray(src.read_bytes())
+    data[t.offset: t.offset + t.n_bytes] = b"\xff\x7f" * (t.n_bytes // 2)
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_nan_logits(files, tmp_path):
+    """A reference whose logits are NaN is refused (its NaN probabilities were dropped from the
+    KL sum: Q8_0 scored mean KL 0 against it); a candidate's NaN is a warning line and null
+    figures in the JSON."""
+    nan = _with_nan_weights(files["F16"], tmp_path / "nan-F16.gguf")
+    plot = tmp_path / "kl.png"
+    r = run("eval", files["Q8_0"], "-r", nan, "--ctx", N_CTX, "--max-windows", 1, "--plot", plot)
+    assert r.returncode == 2 and "the reference gave NaN or Inf logits" in one_error_line(r)
+    assert not plot.exists()
+    r = run("eval", nan, "-r", files["F16"], "--ctx", N_CTX, "--max-windows", 1, "--threads", 1, "--json")
+    assert r.returncode == 0
+    n = N_CTX // 2 - 1
+    assert r.stderr.splitlines() == [f"warning: {nan}: NaN or Inf logits at {n} of {n} scored positions (its weights "
+                                     "may hold NaN or Inf); its figures are NaN"]
+    got = json.loads(r.stdout)["results"][0]
+    assert got["nonfinite"] == n and got["ppl"] is None and got["mean_kl"] is None

@@ -143,3 +143,17 @@ def test_temporary_reference_is_removed_on_close(setup):
         path = ref.path
         assert (path / "logprobs.npy").exists()
     assert not path.exists()
+
+
+def test_kl_against_nan_probabilities_is_nan_not_zero():
+    from qconvert.eval.statistics import Accumulator, log_softmax
+
+    logq = log_softmax(np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]))
+    logp = logq.copy()
+    logp[1] = np.nan
+    acc = Accumulator()
+    acc.add(logq, np.array([2, 0]), logp, np.array([2, 0]), -logq[[0, 1], [2, 0]])
+    kl = acc.kl[0]
+    assert kl[0] == 0.0 and np.isnan(kl[1])
+    acc.add(np.full((1, 3), np.nan), np.array([0]))
+    assert acc.nonfinite == 1

@@ -138,6 +138,14 @@ def eval_cmd(
 
         cmp = evaluate(inputs[: len(models)], reference, text=text_value, tokenizer=tokenizer, n_ctx=n_ctx,
                        max_windows=max_windows, threads=threads or _default_threads(), on_model=on_model)
+    for r in cmp.rows:
+        if r.metrics.nonfinite:
+            from ._render import printable
+            from .quantize import err_console
+
+            err_console.print(f"warning: {printable(r.path)}: NaN or Inf logits at {r.metrics.nonfinite:,} of "
+                              f"{r.metrics.n_positions:,} scored positions (its weights may hold NaN or Inf); "
+                              "its figures are NaN")
     if plot_out is not None:
         from ..eval.plot import plot
 

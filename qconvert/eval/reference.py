@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, InputError
 from .logits import backend_for, check_vocab, open_logits
 from .statistics import Accumulator, Metrics, log_softmax, row_chunks
 from .windows import Windows
@@ -119,6 +119,9 @@ def reference_from(model: Path | str, windows: Windows, workdir: Path | str | No
     try:
         for w in range(windows.n_windows):
             logits = src(windows.tokens[w], windows.first)
+            if not np.isfinite(logits).all():  # KL against NaN means nothing: refuse, naming the file
+                raise InputError(f"{model}: the reference gave NaN or Inf logits (window {w + 1}); its weights "
+                                 "may hold NaN or Inf (check with qconvert inspect); give a sound reference")
             if store is None:  # the vocabulary is known once the first window has run
                 shape = (*targets.shape, logits.shape[-1])
                 if dtype is None:

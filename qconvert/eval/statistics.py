@@ -54,6 +54,7 @@ class Metrics:
     max_kl: float = float("nan")
     top1: float = float("nan")  # fraction of positions whose argmax matches the reference's
     seconds: float = 0.0
+    nonfinite: int = 0  # positions whose logits held NaN or Inf (their figures are NaN)
 
     @property
     def ppl(self) -> float:
@@ -77,6 +78,7 @@ class Accumulator:
         self.delta: list[np.ndarray] = []
         self.same_top = 0
         self.count = 0
+        self.nonfinite = 0
 
     def add(self, logq: np.ndarray, targets: np.ndarray, logp: Optional[np.ndarray] = None,
             ref_top: Optional[np.ndarray] = None, ref_nll: Optional[np.ndarray] = None) -> None:
@@ -85,18 +87,21 @@ class Accumulator:
         nll = -logq[np.arange(len(targets)), targets]
         self.nll.append(nll)
         self.count += len(targets)
+        self.nonfinite += int(np.sum(~np.isfinite(logq).all(axis=-1)))
         if logp is None:
             return
         self.delta.append(nll - ref_nll)
         p = np.exp(logp)
-        # p == 0 contributes nothing, even where log q is -inf (0 * inf would be nan)
-        terms = np.where(p > 0, p * (logp - logq), 0.0)
+        # p == 0 contributes nothing, even where log q is -inf (0 * inf would be nan); a NaN
+        # p stays NaN (`p > 0` would have dropped it: a NaN reference gave KL 0)
+        terms = np.where(p == 0, 0.0, p * (logp - logq))
         self.kl.append(terms.sum(axis=-1))
         self.same_top += int(np.sum(np.argmax(logq, axis=-1) == ref_top))
 
     def result(self, model: str, backend: str, reference: str, seconds: float) -> Metrics:
         nll = np.concatenate(self.nll)
-        m = Metrics(model, backend, reference, len(nll), float(nll.mean()), _se(nll), seconds=seconds)
+        m = Metrics(model, backend, reference, len(nll), float(nll.mean()), _se(nll), seconds=seconds,
+                    nonfinite=self.nonfinite)
         if self.kl:
             m.delta_nll_se = _se(np.concatenate(self.delta))
             kl = np.concatenate(self.kl)
