@@ -13,6 +13,7 @@ import pytest
 import qconvert
 from ggml_oracle import ggml_quantize
 from qconvert.cli.app import run
+from qconvert.errors import InputError
 
 CAL = ["--calibration", "default", "--calibration-samples", "4", "--calibration-seqlen", "64", "--device", "cpu"]
 
@@ -92,3 +93,53 @@ def test_gptq_runs_on_fallback_grids(narrow, f32_weights, tmp_path):
     # and through the command line, as the issue ran it
     assert run(["quantize", str(narrow), "-o", str(tmp_path / "cli.gguf"), "-t", "Q4_K_M", "--scheme", "gptq",
                 *CAL]) == 0
+
+
+def test_sized_plan_solved_with_gptq(narrow, tmp_path):
+    """--target-size with --scheme gptq-imatrix: the sized route's types (measured with the
+    same statistics), the decoder linears solved by GPTQ on them, the file exactly the
+    budget; tensors GPTQ leaves alone are the sized route's bytes."""
+    from qconvert.calib.collect import collect_importance
+
+    imx = tmp_path / "imatrix.gguf"
+    collect_importance(narrow, n_samples=4, seqlen=64, device="cpu", show_progress=False).save(imx)
+    preset = qconvert.quantize(narrow, tmp_path / "preset.gguf", type="Q4_K_M", imatrix=imx)
+    budget = preset.file_size
+    common = dict(target_size=budget, imatrix=imx, sensitivity_cache=tmp_path / "cache.json")
+    rtn = qconvert.quantize(narrow, tmp_path / "sized.gguf", **common)
+    res = qconvert.quantize(narrow, tmp_path / "sized-gptq.gguf", scheme="gptq-imatrix", calibration_samples=4,
+                            calibration_seqlen=64, device="cpu", **common)
+    assert res.file_size == rtn.file_size <= budget
+    want = {t.name: t.qtype.name for t in rtn.plan.tensors}
+    assert {t.name: t.qtype.name for t in res.plan.tensors} == want
+    solved = [t.name for t in res.plan.tensors if t.scheme == "gptq"]
+    assert len(solved) >= 10 and set(solved) <= set(res.stats)
+    assert np.mean([res.stats[n]["err"] / res.stats[n]["rtn_err"] for n in solved]) < 1.0
+    a, b = tensors(rtn.output), tensors(res.output)
+    moved = [n for n in solved if not np.array_equal(np.asarray(a[n].data), np.asarray(b[n].data))]
+    assert len(moved) == len(solved)
+    for n in set(a) - set(solved):
+        assert np.array_equal(np.asarray(a[n].data), np.asarray(b[n].data)), n
+    runs_in_llama_cpp(res.output)
+    # awq has no sized route: still refused in one line before any work
+    with pytest.raises(InputError, match="--scheme"):
+        qconvert.quantize(narrow, tmp_path / "awq.gguf", scheme="awq", **common)
+
+
+def test_sized_gptq_route_options():
+    """What --target-size with --scheme gptq consumes: the sized route's options, GPTQ's
+    damping and the calibration pass's; a preset's type choices stay refused."""
+    from pathlib import Path
+
+    from qconvert.job import build_job
+    from qconvert.routes import route_for
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "tiny-llama"
+    base = dict(target_size="1GB", scheme="gptq")
+    for kw in ({"damp": 0.02}, {"calibration": True, "calibration_samples": 8, "device": "cpu"},
+               {"imatrix": "x.gguf", "calibration_seqlen": 64}, {"candidates": "legacy"},
+               {"sensitivity_cache": "c.json"}):
+        assert route_for(build_job(example, **base, **kw)).name == "gguf-sized-gptq", kw
+    for kw in ({"type": "Q4_K_M"}, {"tensor_types": ["attn_v=Q8_0"]}, {"group_size": 64}):
+        with pytest.raises(InputError, match="not used by a sized GGUF plan solved with --scheme gptq"):
+            route_for(build_job(example, **base, **kw))

@@ -142,7 +142,9 @@ def test_cli_refuses_unused_options_with_exit_2(tmp_path):
 
 
 def test_routes_come_from_the_registry():
-    assert set(ROUTES.names()) == {"gguf", "gguf-sized", "gguf-gptq", "gguf-awq", "safetensors"}
+    assert set(ROUTES.names()) == {"gguf", "gguf-sized", "gguf-sized-gptq", "gguf-gptq", "gguf-awq", "gguf-awq-gptq",
+                                   "safetensors"}
+    assert route_name(build_job(EXAMPLE, scheme="gptq-imatrix", target_size="1GB")) == "gguf-sized-gptq"
     assert route_name(build_job(EXAMPLE, scheme="awq")) == "gguf-awq"
     assert route_name(build_job(EXAMPLE, scheme="gptq-imatrix")) == "gguf-gptq"
     assert route_name(build_job(EXAMPLE, scheme="awq", format="safetensors")) == "safetensors"

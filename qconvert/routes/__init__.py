@@ -3,6 +3,7 @@ asks for; the runner (runner.py) drives every route through the same stages.
 
     gguf         a preset or plain type; round-to-nearest or importance-weighted
     gguf-sized   --target-size / --target-bpw / --target-vram
+    gguf-sized-gptq  the same with --scheme gptq, gptq-imatrix
     gguf-gptq    --scheme gptq, gptq-imatrix
     gguf-awq     --scheme awq
     gguf-awq-gptq --scheme awq+gptq, awq+gptq-imatrix
@@ -23,9 +24,11 @@ from .gguf import PresetRoute
 from .gptq import GPTQRoute
 from .safetensors import SafetensorsRoute
 from .sized import SizedRoute
+from .sized_gptq import SizedGPTQRoute
 
 ROUTES: Registry[Route] = Registry("route")
-for _route in (PresetRoute(), SizedRoute(), GPTQRoute(), AWQRoute(), AWQGPTQRoute(), SafetensorsRoute()):
+for _route in (PresetRoute(), SizedRoute(), SizedGPTQRoute(), GPTQRoute(), AWQRoute(), AWQGPTQRoute(),
+               SafetensorsRoute()):
     ROUTES.add(_route.name, _route)
 
 
@@ -33,7 +36,7 @@ def route_name(job: Job) -> str:
     if job.format == "safetensors":
         return "safetensors"
     if job.budget is not None:
-        return "gguf-sized"
+        return "gguf-sized-gptq" if job.scheme.name in ("gptq", "gptq-imatrix") else "gguf-sized"
     return {"gptq": "gguf-gptq", "gptq-imatrix": "gguf-gptq", "awq": "gguf-awq", "awq+gptq": "gguf-awq-gptq",
             "awq+gptq-imatrix": "gguf-awq-gptq"}.get(job.scheme.name, "gguf")
 
