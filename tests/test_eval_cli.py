@@ -218,3 +218,16 @@ def test_nan_logits(files, tmp_path):
                                      "may hold NaN or Inf); its figures are NaN"]
     got = json.loads(r.stdout)["results"][0]
     assert got["nonfinite"] == n and got["ppl"] is None and got["mean_kl"] is None
+
+
+def test_a_gguf_is_known_by_its_magic_whatever_its_name(files, tmp_path):
+    """-r ref.bin (a link to an F16 GGUF) was "not a .gguf file ...; name the backend", an
+    option eval does not have."""
+    ref = tmp_path / "ref.bin"
+    ref.symlink_to(files["F16"])
+    got = _eval(files["Q8_0"], "-r", ref)
+    assert got["reference"]["label"] == "F16" and got["results"][0]["mean_kl"] > 0
+    text = tmp_path / "notes.bin"
+    text.write_text("GGUX and more")
+    r = run("eval", files["Q8_0"], "-r", text)
+    assert r.returncode == 2 and "notes.bin: not a GGUF file or a model directory" in one_error_line(r)

@@ -44,9 +44,18 @@ def backend_for(model: Path | str) -> str:
     path = Path(model)
     if path.is_dir():
         return "hf"
-    if path.suffix.lower() == ".gguf" and path.is_file():
+    if path.is_file() and (path.suffix.lower() == ".gguf" or _gguf_magic(path)):
         return "gguf"
-    raise InputError(f"{path}: not a .gguf file or a model directory; name the backend (gguf or hf)")
+    raise InputError(f"{path}: not a GGUF file or a model directory")
+
+
+def _gguf_magic(path: Path) -> bool:
+    """A file named otherwise (a link `model.bin -> x.gguf`) is a GGUF by its first bytes."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
 
 
 def open_logits(model: Path | str, *, backend: Optional[str] = None, n_ctx: int = 512,

@@ -81,14 +81,18 @@ def cut(ids, n_ctx: int, *, bos: Optional[int] = None, first: Optional[int] = No
 def load_tokenizer(model: Path | str):
     """The tokenizer of a Hugging Face model directory (transformers), or of a GGUF file
     (llama.cpp's, from the file's own vocabulary)."""
+    from .logits import backend_for
+
     path = Path(model)
-    if path.is_file() and path.suffix.lower() == ".gguf":
+    try:
+        kind = backend_for(path)
+    except InputError:
+        raise InputError(f"{path}: evaluation text is tokenized by a Hugging Face model directory or a GGUF "
+                         "file; this is neither") from None
+    if kind == "gguf":
         from .gguf_tokenizer import GGUFTokenizer
 
         return GGUFTokenizer(path)
-    if not path.is_dir():
-        raise InputError(f"{path}: evaluation text is tokenized by a Hugging Face model directory or a .gguf "
-                         "file; this is neither")
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
