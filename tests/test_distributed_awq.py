@@ -43,6 +43,20 @@ def test_two_ranks_write_the_awq_gptq_safetensors_of_one_process(tmp_path, one_t
     assert sorted(os.listdir(two)) == ["q"]
 
 
+def test_two_ranks_write_the_awq_safetensors_of_one_process(text, tmp_path, one_thread):  # noqa: F811
+    # int-N grids: the clipped weights are searched on rank 0 and broadcast too
+    one, two = dirs(tmp_path)
+    qconvert.quantize(MODEL, one / "q", format="safetensors", bits=3, scheme="awq", calibration=text,
+                      device="cpu", **CAL)
+    p = torchrun(["--format", "safetensors", "--bits", "3", "--scheme", "awq", "--calibration", str(text),
+                  "-o", "q", *CAL_ARGS], two)
+    assert p.returncode == 0, p.stderr[-3000:]
+    names = sorted(f.name for f in (one / "q").iterdir())
+    assert sorted(f.name for f in (two / "q").iterdir()) == names
+    for name in names:
+        assert (two / "q" / name).read_bytes() == (one / "q" / name).read_bytes(), name
+
+
 def test_a_world_of_one_searches_and_keeps_its_sums():
     """Outside torchrun the uniting and the broadcast are no-ops: the search's own answer."""
     g = torch.Generator().manual_seed(0)
