@@ -13,7 +13,9 @@ Kinds: family (config.json values of the MoE/new families, expert tensors missin
 index), embedding (modules.json, pooling config, sentence_bert_config, WordPiece vocab),
 quantized (scale tensors' shapes/dtypes, quantization_config), split (a member missing,
 renamed, another set's, split.* keys edited), eval (--text binary/huge/empty, --ctx,
---max-windows, --plot paths)."""
+--max-windows, --plot paths; and runs that should work: NaN weights in a model or the
+reference, a reference linked under another name, an architecture llama.cpp refuses, --ctx
+past the training length)."""
 
 from __future__ import annotations
 
@@ -372,9 +374,55 @@ EVAL_TEXTS = {"empty": b"", "binary": bytes(range(256)) * 40, "nul": b"hello\x00
               "controls": "\x1b[31mred\u202e \x07".encode() * 500, "ok": b"the quick brown fox jumps. " * 400}
 
 
+def nan_tail(gguf: bytes, n: int = 1 << 16) -> bytes:
+    """The GGUF with its last n bytes (the end of its last tensor's data) set to 0xff 0x7f
+    pairs: NaN read as F16, BF16 or F32, so the model's logits turn NaN."""
+    return gguf[:-n] + b"\xff\x7f" * (n // 2)
+
+
+def alien_arch(gguf: bytes) -> bytes:
+    """The GGUF with general.architecture's value overwritten (same length): llama.cpp
+    refuses it ("unknown model architecture"), qconvert's header reader does not."""
+    key = b"general.architecture"
+    at = gguf.index(key) + len(key) + 4  # past the value type
+    n = struct.unpack_from("<Q", gguf, at)[0]
+    return gguf[:at + 8] + b"z" * n + gguf[at + 8 + n:]
+
+
+def gen_eval_sound(rng: random.Random, s) -> "Case":
+    """Runs that should work, or fail for one stated reason: a reference or model whose logits
+    are NaN (refused / a warning), a reference linked under a name without .gguf, an
+    architecture llama.cpp does not know, --ctx past the training length."""
+    from fuzz_cases import Case
+
+    f16 = s.gguf["f16.gguf"]
+    files: dict[str, bytes | str] = {"f16.gguf": "seed:f16.gguf", "q8.gguf": "seed:q8.gguf",
+                                     "nan.gguf": nan_tail(f16), "alien.gguf": alien_arch(f16),
+                                     "ref.bin": f"symlink:{CASE}/f16.gguf",
+                                     "t.txt": b"the quick brown fox jumps over the lazy dog.\n" * 2000}
+    model = rng.choice(["q8.gguf", "q8.gguf", "nan.gguf", "alien.gguf", "ref.bin"])
+    ref = rng.choice(["f16.gguf", "ref.bin", "nan.gguf", None])
+    argv = ["eval", f"{CASE}/{model}", "--threads", "1", "--max-windows", rng.choice(["1", "2"]),
+            "--ctx", rng.choice(["64", "128", "1024"])]
+    if ref is not None and ref != model:
+        argv += ["-r", f"{CASE}/{ref}"]
+    if rng.random() < 0.5:
+        argv += ["--text", f"{CASE}/t.txt"]
+    if rng.random() < 0.3 and ref is not None and ref != model:
+        argv += ["--plot", f"{CASE}/kl.png"]
+    if rng.random() < 0.5:
+        argv.append("--json")
+    refuse = "a reference with NaN logits" if "-r" in argv and ref == "nan.gguf" else ""
+    refuse = refuse or ("an architecture llama.cpp does not know" if model == "alien.gguf" else "")
+    protected = ["f16.gguf", "q8.gguf", "nan.gguf", "alien.gguf", "t.txt"]
+    return Case("eval", argv, files, f"sound: {model} -r {ref}", protected, refuse, timeout=60.0)
+
+
 def gen_eval(rng: random.Random, s) -> "Case":
     from fuzz_cases import Case
 
+    if rng.random() < 0.4:
+        return gen_eval_sound(rng, s)
     files: dict[str, bytes | str] = {"f16.gguf": "seed:f16.gguf", "q8.gguf": "seed:q8.gguf",
                                      **{n: f"seed:models/split/{n}" for n in SPLIT}}
     text = rng.choice(list(EVAL_TEXTS))
