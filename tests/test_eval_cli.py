@@ -231,3 +231,16 @@ def test_a_gguf_is_known_by_its_magic_whatever_its_name(files, tmp_path):
     text.write_text("GGUX and more")
     r = run("eval", files["Q8_0"], "-r", text)
     assert r.returncode == 2 and "notes.bin: not a GGUF file or a model directory" in one_error_line(r)
+
+
+def test_plot_of_only_nan_kl_is_a_warning_after_the_figures(files, tmp_path):
+    """The figures were computed, then lost to "--plot shows KL against the reference: give
+    --reference" (exit 3) although a reference was given: the only file's KL was NaN."""
+    nan = _with_nan_weights(files["F16"], tmp_path / "nan-F16.gguf")
+    plot = tmp_path / "kl.png"
+    r = run("eval", nan, "-r", files["F16"], "--ctx", N_CTX, "--max-windows", 1, "--threads", 1, "--json",
+            "--plot", plot)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines()[-1] == f"warning: --plot {plot} not written: no file has a finite KL against " \
+                                        "the reference"
+    assert json.loads(r.stdout)["results"][0]["nonfinite"] > 0 and not plot.exists()

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InputError
-from ._render import console, human_bytes, print_json, table, text
+from ._render import console, human_bytes, print_json, printable, table, text
 
 MAX_THREADS = 1024
 MAX_CTX = 1 << 20
@@ -39,7 +39,6 @@ def _warn_past_training_context(paths: list[Path], n_ctx: int) -> None:
     (the figures then measure that too, not only the quantization); llama.cpp's own warning
     is kept out of the terminal (eval/llama_model.py)."""
     from ..eval.comparison import training_context
-    from ._render import printable
     from .quantize import err_console
 
     past = [f"{printable(p)} ({t:,})" for p in paths if (t := training_context(p)) is not None and n_ctx > t]
@@ -140,15 +139,21 @@ def eval_cmd(
                        max_windows=max_windows, threads=threads or _default_threads(), on_model=on_model)
     for r in cmp.rows:
         if r.metrics.nonfinite:
-            from ._render import printable
             from .quantize import err_console
 
             err_console.print(f"warning: {printable(r.path)}: NaN or Inf logits at {r.metrics.nonfinite:,} of "
                               f"{r.metrics.n_positions:,} scored positions (its weights may hold NaN or Inf); "
                               "its figures are NaN")
     if plot_out is not None:
-        from ..eval.plot import plot
+        from ..eval.plot import plot, plottable
 
+        if not plottable(cmp):  # every file's KL is NaN: say so, and still print the figures
+            from .quantize import err_console
+
+            err_console.print(f"warning: --plot {printable(plot_path)} not written: no file has a finite KL "
+                              "against the reference")
+            plot_out = None
+    if plot_out is not None:
         with ExitStack() as stack:
             tmp = stack.enter_context(atomic_path(plot_out))
             plot(cmp, tmp)

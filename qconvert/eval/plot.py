@@ -5,6 +5,7 @@ below the preset curve at the same size. matplotlib is optional (`pip install
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..errors import UnsupportedError
@@ -23,12 +24,18 @@ def pyplot():
     return plt
 
 
+def plottable(cmp: Comparison) -> list:
+    """The rows with a finite mean KL against the reference: a file whose logits were NaN
+    (NaN weights) has none and is left out of the figure."""
+    return [r for r in cmp.rows if math.isfinite(r.metrics.mean_kl)]
+
+
 def plot(cmp: Comparison, out: Path) -> None:
     """Write the figure as PNG to `out` (a path the caller made safe to write)."""
     plt = pyplot()
-    rows = [r for r in cmp.rows if r.metrics.mean_kl == r.metrics.mean_kl]  # scored against a reference
+    rows = plottable(cmp)
     if not rows:
-        raise UnsupportedError("--plot shows KL against the reference: give --reference")
+        raise UnsupportedError("--plot: no file has a finite KL against a reference; nothing to plot")
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     try:
         presets = sorted((r for r in rows if is_preset(r.label)), key=lambda r: r.file_bytes)
