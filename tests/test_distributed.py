@@ -60,8 +60,8 @@ def one_thread():
     from qconvert.calib.world import _numba_threads
 
     n = torch.get_num_threads()
+    before = _numba_threads(1)  # first: starting numba's pool may reset OpenMP's count
     torch.set_num_threads(1)
-    before = _numba_threads(1)
     yield
     _numba_threads(before)
     torch.set_num_threads(n)
@@ -270,3 +270,28 @@ def test_expert_solves_are_dealt_out_in_rounds_and_broadcast_back():
         want = 1.0 if t % 2 == 0 else 7.0
         assert bool((expert_weight(experts, e, proj) == want).all()), (t, e, proj)
     assert len(stats) == 9
+
+
+def test_a_calibration_pass_keeps_the_thread_count_numba_would_change(tmp_path):
+    """OMP_NUM_THREADS=1 alone: numba's first parallel kernel (here inside the transform, as
+    in a GPTQ solve) sets OpenMP's count to numba's; the layer-wise pass keeps torch on the
+    count it started with, so every layer's re-run uses what its first run used."""
+    script = tmp_path / "threads.py"
+    script.write_text(f"""
+import numpy as np, torch
+from qconvert.calib.layerwise import load_causal_lm, run_layerwise
+from qconvert.kernels._blocks import row_sigma2
+seen = []
+def on_linear(i, name, x):
+    seen.append(torch.get_num_threads())
+def transform(i, layer):
+    row_sigma2(np.ones((64, 256), np.float32))
+    seen.append(torch.get_num_threads())
+run_layerwise(load_causal_lm({str(MODEL)!r}), torch.zeros((2, 8), dtype=torch.int64), on_linear=on_linear,
+              transform=transform, device="cpu")
+print(sorted(set(seen)), torch.get_num_threads())
+""")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
+    p = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.split("\n")[-2].startswith("[1] "), p.stdout

@@ -289,7 +289,7 @@ def run_layerwise(model: nn.Module, samples: torch.Tensor, *, on_linear: Optiona
     passes = 2 if transform is not None else 1
     # a transformed layer about to be dropped needs no copy in the stored dtype
     write_back = transform is not None and (weights is None or keep_weights)
-    with torch.no_grad(), reporter(show_progress) as rep:
+    with torch.no_grad(), reporter(show_progress) as rep, _threads_pinned():
         rep.start("calibrating", total=n_layers * n_batches * passes)
         for i, layer in enumerate(dec.layers):
             item = f"layer {i + 1}/{n_layers}"
@@ -307,6 +307,25 @@ def run_layerwise(model: nn.Module, samples: torch.Tensor, *, on_linear: Optiona
     if weights is not None and keep_weights:
         weights.materialise_rest()
     return hidden
+
+
+@contextmanager
+def _threads_pinned():
+    """Keep torch's thread count for the whole pass. Given only by OMP_NUM_THREADS, it is
+    not pinned: torch's matrix products follow OpenMP's count, which numba's OpenMP layer
+    sets to numba's own (all the cores) at its first parallel kernel -- a GPTQ solve's --
+    so layer 0 would be re-run on another thread count than it was first run on, and the
+    float32 sums change (a 1-thread run of the Qwen3-MoE fixture differed from 2 torchrun
+    ranks on 1 thread each by 118 bytes). Numba's kernels get the same count meanwhile."""
+    from .world import _numba_threads
+
+    n = torch.get_num_threads()
+    before = _numba_threads(n)  # first: starting numba's pool may reset OpenMP's count
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        _numba_threads(before)
 
 
 def _forward_all(layer: nn.Module, i: int, hidden: list[torch.Tensor], state: LayerInputs, *,

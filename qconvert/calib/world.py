@@ -273,8 +273,8 @@ def joined(device: str) -> Iterator[World]:
     if backend == "nccl":
         torch.cuda.set_device(int(dev.split(":")[1]))
     threads = rank_threads(world)
+    numba_before = _numba_threads(threads)  # first: starting numba's pool may reset OpenMP's count
     torch.set_num_threads(threads)
-    numba_before = _numba_threads(threads)
     own = not dist.is_initialized()  # a caller's program may have set up the group already
     if own:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds()))
