@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..half import f16_bits_to_f32_np, f32_to_f16_bits_np
-from ..scale_refine import D_TRIES, HALF, MARGIN, SPECS
+from ..scale_refine_spec import D_TRIES, HALF, MARGIN, SPECS
 from .kquant_common import (
     F0, F1, F32, f16_bytes, nearest_int, pack_2bit, pack_scale_min_k4, quiet, unpack_2bit,
     unpack_scale_min_k4,
