@@ -176,7 +176,7 @@ def safetensors_awq(job: Job, planned, scratch: Optional[Path]):
     import torch
 
     from ..schemes.awq_driver import int_quantizer, run_awq
-    from .safetensors import int_gptq
+    from .safetensors_gptq import int_gptq
 
     s, c, splan = job.scheme, job.calibration, planned.plan
     sd = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[splan.scale_dtype]

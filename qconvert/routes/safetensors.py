@@ -14,6 +14,7 @@ from ..job import Job
 from ..results import SafetensorsResult
 from ..source.hub import hub_name
 from .base import CALIBRATION_RUN, Route
+from .safetensors_gptq import int_gptq
 
 BITS = (2, 3, 4, 8)
 
@@ -106,21 +107,6 @@ class SafetensorsRoute(Route[SafetensorsPlanned, SafetensorsResult]):
 
     def dry_result(self, job: Job, planned: SafetensorsPlanned) -> SafetensorsResult:
         return SafetensorsResult(None, planned.plan, planned.label, notes=list(planned.notes))
-
-
-def int_gptq(job: Job, planned: SafetensorsPlanned, model_dir: Path, store: Optional[Path]):
-    """GPTQ over `model_dir`'s calibration pass, results staged in `store` (None: a
-    torchrun rank that stages nothing); (quantized supplier, statistics)."""
-    from ..schemes.gptq_safetensors import run_gptq_int, staged_results
-
-    s, c, splan = job.scheme, job.calibration, planned.plan
-    targets = {it.hf_name for it in splan.items if it.quantize}
-    stats = run_gptq_int(model_dir, store, targets=targets, bits=planned.bits, group_size=s.group_size,
-                         sym=s.sym, act_order=s.act_order, damp=s.damp, scale_dtype=splan.scale_dtype,
-                         text_file=c.text_file, n_samples=c.samples, seqlen=c.seqlen, device=c.device,
-                         progress=job.progress,
-                         group_sizes={it.hf_name: it.group_size for it in splan.items if it.quantize})
-    return (None if store is None else staged_results(store)), stats
 
 
 def fallback_notes(splan) -> list[str]:
