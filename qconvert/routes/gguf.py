@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..job import Job
+from ..kernels.warmup import warm
 from ..plan.sized_figures import SizedFigures
 from ..plan.tensor_plan import Plan
 from ..plan.type_plan import make_quant_plan, resolve_type
@@ -78,6 +79,8 @@ def write_with_importance(job: Job, planned: GGUFPlanned, plan: Plan, imx, out: 
     def encoder(tp, s):
         return pieces(tp, s, importance_for(imx, tp.name), job.scale_search)
 
+    # first run: the plan's encoders compiled in parallel children (rank 0 alone writes, so no race)
+    warm({tp.qtype.name for tp in plan.tensors}, with_importance=imx is not None)
     tok = write_gguf(planned.src, plan, out, encoder, job.progress, job.split)
     return GGUFResult(out, plan, tokenizer=tok, notes=list(notes), budget=planned.budget, **written(out, job.split))
 
