@@ -1,6 +1,12 @@
 """Train the bundled example model: a tiny Llama with grouped-query attention.
 
     python scripts/make_example_model.py [--out examples/tiny-llama] [--steps N] [--quick]
+    python scripts/make_example_model.py --shape narrow --out /tmp/narrow-llama
+
+`--shape narrow` trains a second model shaped like SmolLM-135M in miniature: row widths that
+are multiples of 32 but not of 256 (hidden 192, like 576), an FFN width that is a multiple of
+256 (512, like 1536, in the same 8:3 ratio), 3 query heads per KV head, tied embeddings. Its
+K-quant presets fall back to Q5_0/Q8_0 on most matrices, as they do on real 135M-class models.
 
 The result is a real Hugging Face checkpoint (config.json, generation_config.json,
 model.safetensors in bfloat16, tokenizer.json, tokenizer_config.json,
@@ -68,6 +74,20 @@ MODEL_SHAPE = dict(
     rms_norm_eps=1e-5,
     tie_word_embeddings=False,
 )
+
+# SmolLM-135M in miniature (576 / 1536, 9 heads / 3 KV heads of 64, tied): every width but the
+# FFN's is a multiple of 32 and not of 256, so Q4_K/Q6_K fall back to Q5_0/Q8_0 there.
+NARROW_SHAPE = dict(
+    MODEL_SHAPE,
+    hidden_size=192,
+    intermediate_size=512,
+    num_hidden_layers=6,
+    num_attention_heads=3,
+    num_key_value_heads=1,
+    tie_word_embeddings=True,
+)
+
+SHAPES = {"tiny": MODEL_SHAPE, "narrow": NARROW_SHAPE}
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -144,7 +164,7 @@ def token_stream(tok: Tokenizer, texts: list[str]) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- model
 
-def make_model(tok: Tokenizer) -> LlamaForCausalLM:
+def make_model(tok: Tokenizer, shape: dict = MODEL_SHAPE) -> LlamaForCausalLM:
     config = LlamaConfig(
         vocab_size=tok.get_vocab_size(),
         bos_token_id=tok.token_to_id(BOS),
@@ -154,7 +174,7 @@ def make_model(tok: Tokenizer) -> LlamaForCausalLM:
         initializer_range=0.02,
         attention_bias=False,
         mlp_bias=False,
-        **MODEL_SHAPE,
+        **shape,
     )
     return LlamaForCausalLM(config)
 
@@ -215,31 +235,34 @@ def mean_loss(model: LlamaForCausalLM, stream: torch.Tensor, seq: int = 256) -> 
 
 # ----------------------------------------------------------------------------- model card
 
-def write_card(out: Path, facts: dict) -> None:
-    (out / "README.md").write_text(f"""# tiny-llama (qconvert example model)
+def write_card(out: Path, facts: dict, shape: dict = MODEL_SHAPE) -> None:
+    s = shape
+    name = "tiny-llama" if shape is MODEL_SHAPE else out.name
+    (out / "README.md").write_text(f"""# {name} (qconvert example model)
 
 A {facts['params'] / 1e6:.1f}M-parameter `LlamaForCausalLM` with grouped-query attention, made by
-`scripts/make_example_model.py` so that qconvert's tests and examples have a real, trained
+`scripts/make_example_model.py{'' if shape is MODEL_SHAPE else ' --shape narrow'}` so that qconvert's tests and examples have a real, trained
 checkpoint to convert.  It writes English-looking Python-manual prose; it knows nothing else.
 
 | field | value |
 |---|---|
-| layers / hidden / intermediate | 4 / 256 / 768 |
-| attention heads / KV heads / head_dim | 4 / 2 / 64 |
+| layers / hidden / intermediate | {s['num_hidden_layers']} / {s['hidden_size']} / {s['intermediate_size']} |
+| attention heads / KV heads / head_dim | {s['num_attention_heads']} / {s['num_key_value_heads']} / {s['head_dim']} |
 | vocab | {facts['vocab']} (byte-level BPE) |
 | context, RoPE theta, RMSNorm eps | 512, 10000, 1e-5 |
-| tied embeddings | no |
+| tied embeddings | {'yes' if s['tie_word_embeddings'] else 'no'} |
 | weights | bfloat16, `model.safetensors` |
 
 ## Data
 
 The pydoc topic texts that ship with CPython ({facts['python']}), `pydoc_data.topics.topics`,
-split by whole topic with a stable rule (`qconvert/calib/corpus.py`):
+and the docstrings of the pure-Python standard library (one document per module file, read
+with `ast`), split by whole topic or file with a stable rule (`qconvert/calib/corpus.py`):
 `sha256(b"qconvert:" + key)`, first 8 bytes big-endian, mod 10: 0 is *evaluation*,
-1 is *calibration*, the rest *train*.  Topics quote each other, so train topics lose every
-paragraph of 40+ characters that also occurs in a held-out topic.  The training text is the
-train topics plus the docstrings of the pure-Python standard library ({facts['docstring_files']}
-module files read with `ast`, `corpus.training_documents`; a docstring paragraph holding a
+1 is *calibration*, the rest *train*.  Topics and docstrings quote each other, so training
+text loses every paragraph of 40+ characters that also occurs in a held-out document.  The
+training text is the train topics plus the train split's docstrings ({facts['docstring_files']}
+module files, `corpus.training_documents`; a docstring paragraph holding a
 held-out paragraph is dropped).  Tokenizer and model saw only that text
 ({facts['train_chars']:,} characters, {facts['train_tokens']:,} tokens); evaluation has
 {facts['eval_chars']:,} characters ({facts['eval_tokens']:,} tokens).
@@ -259,9 +282,10 @@ AdamW (betas 0.9/0.95, weight decay 0.1), peak LR {facts['lr']}, warm-up then co
 {facts['steps']} steps of {facts['batch']} random windows of {facts['seq']} tokens, float32 on
 {facts['threads']} CPU threads, seed {SEED}: {facts['seconds']:.0f} s of wall time on the machine that
 made this copy (a few minutes on two otherwise idle cores; far longer on a busy one).
-Training sees {facts['epochs']:.2f} epochs of its text, so it cannot memorise it: the train
-loss is a fair estimate of loss on unseen text of the same kind, and the evaluation split
-(reference-manual prose only, no docstrings) is held out.
+Training sees {facts['epochs']:.2f} epochs of its text, too few for a 4M-parameter model to
+memorise 400k tokens: the loss on the held-out evaluation split (topics and module files it
+never saw) stays within {facts['eval_loss_f32'] - facts['train_loss']:.2f} nats of the train loss, so
+perplexity differences between quantized variants reflect what the quantization lost.
 
 | loss (nats/token) | value |
 |---|---|
@@ -275,17 +299,24 @@ loss is a fair estimate of loss on unseen text of the same kind, and the evaluat
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "examples" / "tiny-llama")
-    ap.add_argument("--steps", type=int, default=240)  # ~0.9 epochs of the training text
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny",
+                    help="tiny: the bundled example (widths of 256); narrow: SmolLM-like widths that K-quants do not fit")
+    ap.add_argument("--out", type=Path, help="default: examples/tiny-llama (--shape tiny), examples/narrow-llama")
+    ap.add_argument("--steps", type=int, default=800)  # ~3.9 epochs of the training text
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--quick", action="store_true", help="a few steps only, to test this script")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads (1 wastes less on a machine busy with other work)")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps = 5
+    shape = SHAPES[args.shape]
+    if args.out is None:
+        args.out = Path(__file__).resolve().parents[1] / "examples" / f"{args.shape}-llama"
 
-    threads = 2
+    threads = args.threads
     torch.manual_seed(SEED)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
@@ -297,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_stream = token_stream(tok, eval_texts)
     print(f"vocab {tok.get_vocab_size()}, train {len(train_stream)} tokens, eval {len(eval_stream)} tokens")
 
-    model = make_model(tok)
+    model = make_model(tok, shape)
     params = sum(p.numel() for p in model.parameters())
     print(f"{params / 1e6:.2f}M parameters")
     t0 = time.time()
@@ -325,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.steps * args.batch * args.seq / len(train_stream),
         lr=args.lr, steps=args.steps, batch=args.batch, seq=args.seq, threads=threads,
         seconds=seconds, train_loss=train_loss, eval_loss_f32=eval_f32, eval_loss_bf16=eval_bf16,
-    ))
+    ), shape)
     for f in sorted(out.iterdir()):
         print(f"{f.stat().st_size:>10,}  {f}")
     return 0
