@@ -12,6 +12,8 @@ solver (budget.py) picks from its candidates (sensitivity.py), subject to floors
   room at tight budgets.
 - token_embd not below Q3_K: its rows are looked up, not summed over the hidden state, so
   it tolerates coarse types (llama.cpp's Q3_K mixes store it at Q3_K).
+- without importance statistics: output.weight not below Q6_K where the budget allows, and
+  the losses of attn_v, attn_output and ffn_down counted ROLE_WEIGHT times (see below).
 
 Bytes are counted as the writer lays them out: each tensor's size from qtypes padded to the
 file's data alignment, plus the header (metadata + tensor infos, whose size does not depend
@@ -36,6 +38,18 @@ from .tensor_plan import Plan, TensorPlan
 
 FLOORS = {"output.weight": "Q5_K", "token_embd.weight": "Q3_K"}
 TIED_OUTPUT_FLOOR = "Q5_K"
+# without statistics every input column weighs alike, so the measured loss cannot see that
+# the logits take output.weight's error unmixed: the solver gave it Q5_K and lost to the
+# preset (KL 1.19x Q4_K_M's on examples/tiny-llama). Then llama.cpp's Q6_K is its floor
+# where the budget allows it (FLOORS' Q5_K otherwise).
+PLAIN_OUTPUT_FLOOR = "Q6_K"
+# ...and cannot see that attn_v, attn_output and ffn_down (the two that write the residual
+# stream and the values attn_output mixes) pass their error on less diluted than q, k, gate,
+# up: llama.cpp's mixes give exactly these more bits. Without statistics their losses count
+# ROLE_WEIGHT times (measured on examples/tiny-llama, KL vs the preset at its size:
+# Q4_K_M 1.05x -> 0.92x, Q3_K_M 1.12x -> 0.97x; llama_narrow Q4_K_M 0.77x -> 0.74x).
+ROLE_WEIGHT = 2.0
+WEIGHTED_ROLES = ("attn_v", "attn_output", "ffn_down")
 MIX_NAME = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 
 
@@ -141,11 +155,24 @@ def sized_plan(src, base: Plan, *, header_bytes: int, alignment: int, target_siz
     losses, measured = measure(src, variable, imatrix=imatrix, cache_path=sensitivity_cache, save=write_cache)
     options = {n: usable_options(n, [Option(t, pad(qtype(t).nbytes(_shape(base, n)), alignment), losses[(n, t)])
                                      for t in c]) for n, c in variable.items()}
-    try:
-        sol = solve(options, weight_budget - fixed_bytes)
-    except BudgetError as e:
-        smallest_w = e.smallest + fixed_bytes
-        raise _unmet(kind, report, smallest_w, n_params) from None
+    if imatrix is None:
+        options = {n: weighted_by_role(n, o) for n, o in options.items()}
+    sol = None
+    out_name = "token_embd.weight" if tied else "output.weight"
+    if imatrix is None and out_name in options:
+        raised = raise_floor(options, out_name, PLAIN_OUTPUT_FLOOR)
+        if raised is not None:
+            try:
+                sol = solve(raised, weight_budget - fixed_bytes)
+                options = raised
+            except BudgetError:
+                sol = None  # too tight for it: the usual floors
+    if sol is None:
+        try:
+            sol = solve(options, weight_budget - fixed_bytes)
+        except BudgetError as e:
+            smallest_w = e.smallest + fixed_bytes
+            raise _unmet(kind, report, smallest_w, n_params) from None
 
     tensors, per = [], {}
     for tp in base.tensors:
@@ -168,6 +195,26 @@ def sized_plan(src, base: Plan, *, header_bytes: int, alignment: int, target_siz
         report.vram_total = memory_needed(weights, shape, context, kv_type)
         report.overhead_bytes = report.vram_total - weights - kv
     return plan, report
+
+
+def weighted_by_role(name: str, options: list[Option]) -> list[Option]:
+    """`options` with the losses of a WEIGHTED_ROLES tensor (blk.N.ffn_down.weight,
+    blk.N.ffn_down_exps.weight...) scaled by ROLE_WEIGHT; others unchanged."""
+    parts = name.split(".")
+    role = parts[2] if len(parts) > 3 and parts[0] == "blk" else ""
+    if not any(role == r or role.startswith(r + "_") for r in WEIGHTED_ROLES):
+        return options
+    return [replace(o, loss=o.loss * ROLE_WEIGHT) for o in options]
+
+
+def raise_floor(options: dict, name: str, floor: str) -> Optional[dict]:
+    """`options` with `name` limited to types of at least `floor`'s bits; None when that
+    leaves it nothing (a width the floor's block does not divide) or changes nothing."""
+    bits = qtype(floor).bits_per_weight
+    kept = [o for o in options[name] if qtype(o.type).bits_per_weight >= bits]
+    if not kept or len(kept) == len(options[name]):
+        return None
+    return {**options, name: kept}
 
 
 def usable_options(name: str, options: list[Option]) -> list[Option]:
