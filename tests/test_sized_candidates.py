@@ -62,3 +62,18 @@ def test_bad_candidates_are_refused(narrow, bad):
 def test_candidates_need_a_target(narrow):
     with pytest.raises(InputError, match="--candidates"):
         qconvert.quantize(narrow, type="Q4_K_M", candidates="k", dry_run=True)
+
+
+def test_fallback_output_keeps_the_presets_bits_with_statistics(narrow, tmp_path):
+    """An output whose width the K-quants do not divide falls back to Q8_0 in Q4_K_M; with
+    statistics the sized plan must not trade it down to a 5-6-bit 32-wide type (a tied
+    SmolLM-shaped model lost 4.5x the preset's KL when its output went to Q5_1)."""
+    preset = qconvert.quantize(narrow, tmp_path / "p.gguf", type="Q4_K_M")
+    want = {t.name: t.qtype.name for t in preset.plan.tensors}["output.weight"]
+    assert want == "Q8_0"
+    res = qconvert.quantize(narrow, tmp_path / "s.gguf", target_size=os.path.getsize(preset.output),
+                            calibration=True, calibration_samples=4, calibration_seqlen=32, device="cpu",
+                            sensitivity_cache=tmp_path / "c.json")
+    got = {t.name: t.qtype.name for t in res.plan.tensors}["output.weight"]
+    assert got in ("Q8_0", "F16"), got
+    assert os.path.getsize(res.output) <= os.path.getsize(preset.output)
