@@ -47,9 +47,16 @@ def run(*args, env=None, timeout: float = 60) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """In the child: SIGINT back to its default. A test run started in the background by a
+    non-interactive shell (or under nohup) inherits SIGINT ignored, and Python keeps an
+    ignored SIGINT ignored, so Ctrl-C tests would test the harness, not qconvert."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args, **kw) -> subprocess.Popen:
     return subprocess.Popen([*QCONVERT, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_env(), **kw)
+                            text=True, env=_env(), preexec_fn=_sigint_as_at_a_terminal, **kw)
 
 
 def one_error_line(r: subprocess.CompletedProcess) -> str:
