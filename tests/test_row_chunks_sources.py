@@ -265,7 +265,7 @@ def _scripts():
         sys.path.insert(0, str(ROOT / "scripts"))
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units and madvise are Linux's")
+@pytest.mark.skipif(sys.platform != "linux", reason="the peak is read from /proc/self/status (VmHWM), Linux only")
 def test_peak_memory_of_gguf_requantization_does_not_follow_the_largest_tensor(tmp_path):
     _scripts()
     from synthetic_checkpoint import make_checkpoint
@@ -282,7 +282,7 @@ def test_peak_memory_of_gguf_requantization_does_not_follow_the_largest_tensor(t
     assert peaks["big"] - peaks["small"] < f32 / 2, {k: v / 2**20 for k, v in peaks.items()}
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units and madvise are Linux's")
+@pytest.mark.skipif(sys.platform != "linux", reason="the peak is read from /proc/self/status (VmHWM), Linux only")
 def test_peak_memory_of_large_stacked_transposed_experts_stays_flat(tmp_path):
     """Llama 4's layout with experts of 2048 x 2 x 8192 (one expert's gate_up is 128 MiB as
     float32): converting it peaks like a model of narrow experts."""
